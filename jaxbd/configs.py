@@ -1,0 +1,68 @@
+"""Shared experiment defaults; `configs/*.py` start from `base_config()` and change fields.
+
+They live in the package (not in `configs/`) because `scripts/`, not the repository root,
+is on the import path when a config file is loaded. Every field is documented here once.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from jaxbd.data.augment import CIFAR10_MEAN, CIFAR10_STD
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The reference study's settings (SPEC §1): CIFAR-10, 2% BadNets, ResNet-18, 50 epochs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Every random stream (poison, init, shuffle, augment) derives from it.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"  # "cifar10" | "synthetic"
+    c.data.path = config_dict.placeholder(str)  # local copy; None: cache, tfds, download
+    c.data.source = "auto"  # "auto" | "path" | "download" | "tfds"
+    c.data.cache_dir = config_dict.placeholder(str)  # None: $JAXBD_CACHE or ~/.cache/jaxbd
+    c.data.mean = CIFAR10_MEAN  # per-channel normalization, in [0, 1] pixel units
+    c.data.std = CIFAR10_STD
+    # Synthetic data only:
+    c.data.num_train = 2048
+    c.data.num_test = 512
+    c.data.num_classes = 10
+    c.data.image_size = 32
+    c.data.seed = 0
+    c.data.noise = 0.25
+
+    c.attack = ml_collections.ConfigDict()
+    c.attack.name = "badnets"  # a key of jaxbd.attacks.ATTACKS
+    c.attack.fraction = 0.02  # poisoned fraction of the training set
+    c.attack.target = 0  # target class
+    c.attack.exclude_target = False  # True: never poison target-class images
+    c.attack.badnets = ml_collections.ConfigDict()
+    c.attack.badnets.size = 7  # 7×7 covers rows/cols 25–31 of a 32×32 image
+    c.attack.badnets.color = (255, 0, 0)
+    c.attack.badnets.location = "bottom_right"  # corner name, "center" or "random"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"  # a key of jaxbd.models.MODELS
+    c.model.width = 64  # 64: the standard ResNet-18 (11.17M parameters)
+    c.model.dtype = "auto"  # compute dtype: "float32" | "bfloat16" | "auto" (bf16 off CPU)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 50
+    c.train.batch_size = 128  # global; must be a multiple of the device count
+    c.train.lr = 0.1
+    c.train.end_lr = 1e-5  # cosine decay per step down to this floor
+    c.train.warmup_epochs = 0  # linear warm-up from 0 (0: none)
+    c.train.momentum = 0.9
+    c.train.weight_decay = 5e-4  # added to the gradient, as PyTorch's SGD does
+    c.train.crop_padding = 4  # random crop with this zero padding (0: no crop)
+    c.train.flip = True  # random horizontal flips
+    c.train.eval_every_epochs = 10  # test accuracy/ASR logged every this many epochs (0: end)
+
+    # How the run executes, not what it computes: may change when resuming.
+    c.runtime = ml_collections.ConfigDict()
+    c.runtime.num_devices = config_dict.placeholder(int)  # None: every available device
+    c.runtime.steps_per_call = 32  # train steps per jitted call (lax.scan length)
+    c.runtime.eval_batch_size = 512  # must be a multiple of the device count
+    c.runtime.progress = True  # progress bar per epoch
+    return c

@@ -1,0 +1,132 @@
+"""CIFAR ResNet-18 (SPEC §1) in flax.linen, width configurable.
+
+The CIFAR variant differs from the ImageNet one: a 3×3 stride-1 stem with no max-pool, so a
+32×32 input keeps its resolution through the first stage. Four stages of two basic blocks
+(w, 2w, 4w, 8w channels; stride 2 at the start of stages 2–4, 1×1 conv + BatchNorm projection
+shortcuts where the shape changes), global average pooling and a dense head. With w = 64 and
+10 classes it has 11,173,962 parameters, like the PyTorch reference.
+
+Parameters and BatchNorm statistics are always float32; `dtype` sets the compute precision
+(bfloat16 doubles throughput on accelerators with bf16 matrix units). Logits and features are
+returned in float32 so losses and metrics never see reduced precision.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's BatchNorm momentum 0.1 (weight of the new batch) is flax's 0.9 (weight of the
+# running average); eps matches PyTorch's default.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# Kaiming-normal with fan_out, as torchvision's ResNets initialize their convolutions.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch's nn.Linear default, U(−1/√fan_in, 1/√fan_in), for its weight and bias."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / fan_in**0.5
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv-BN layers with an identity or projection shortcut.
+
+    Attributes:
+        features: output channels.
+        strides: stride of the first conv (and of the projection shortcut).
+        dtype: compute dtype.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(
+            nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype
+        )
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+        )
+        y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        y = norm(name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, (1, 1), self.strides, padding=0, name="shortcut_conv")(x)
+            x = norm(name="shortcut_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet built from basic blocks.
+
+    Attributes:
+        num_classes: C, size of the dense head.
+        width: channels of the stem and first stage (64 for the standard ResNet-18).
+        stage_sizes: basic blocks per stage ((2, 2, 2, 2) for ResNet-18).
+        dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+    """
+
+    num_classes: int = 10
+    width: int = 64
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Classifies a batch.
+
+        Args:
+            x: float[B, H, W, 3] normalized images.
+            train: batch statistics (and running-average updates) if True, running
+                averages otherwise.
+
+        Returns:
+            (logits float32[B, C], features float32[B, 8·width]) where features are the
+            globally pooled penultimate activations.
+        """
+        x = x.astype(self.dtype)
+        x = nn.Conv(
+            self.width, (3, 3), 1, padding=1, use_bias=False, kernel_init=conv_init,
+            dtype=self.dtype, name="stem_conv",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+            dtype=self.dtype, name="stem_bn",
+        )(x)
+        x = nn.relu(x)
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(
+                    self.width * 2**stage, strides, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
+                )(x, train)
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        head_init = torch_linear_init(features.shape[-1])
+        logits = nn.Dense(
+            self.num_classes, dtype=jnp.float32, kernel_init=head_init, bias_init=head_init,
+            name="head",
+        )(features)
+        return logits, features
+
+
+def resnet18(num_classes: int = 10, width: int = 64, dtype: jnp.dtype = jnp.float32) -> ResNet:
+    """The CIFAR ResNet-18 of SPEC §1 (width 64 → 11.17M parameters)."""
+    return ResNet(num_classes=num_classes, width=width, stage_sizes=(2, 2, 2, 2), dtype=dtype)

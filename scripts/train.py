@@ -1,0 +1,45 @@
+"""Runs one jaxbd experiment.
+
+    python scripts/train.py --config configs/smoke.py --workdir runs/smoke
+    python scripts/train.py --config configs/full.py --config.data.path=../shared/data/cifar10
+
+Any configuration field can be overridden with --config.<field>=<value>. Re-running the same
+command resumes an interrupted run; a finished run directory is never overwritten.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxbd import experiment
+from jaxbd.logging import RunDirError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (default: runs/<config file name>)."
+)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.INFO)
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = _WORKDIR.value or os.path.join(
+        "runs", os.path.splitext(os.path.basename(config_path))[0]
+    )
+    try:
+        summary = experiment.run(_CONFIG.value, workdir)
+    except (RunDirError, experiment.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"wrote {os.path.join(workdir, 'summary.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)

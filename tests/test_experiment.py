@@ -1,0 +1,151 @@
+"""The whole pipeline at toy scale: outputs, resuming, refusing to overwrite, bad config."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxbd import experiment
+from jaxbd.configs import base_config
+from jaxbd.logging import RunDirError
+from jaxbd.train import Trainer
+
+
+def tiny_config(**overrides):
+    c = base_config()
+    c.data.name = "synthetic"
+    c.data.num_train = 256
+    c.data.num_test = 64
+    c.data.image_size = 16
+    c.attack.fraction = 0.1
+    c.attack.badnets.size = 3
+    c.model.width = 4
+    c.model.dtype = "float32"
+    c.train.epochs = 2
+    c.train.batch_size = 64
+    c.train.lr = 0.05
+    c.train.eval_every_epochs = 1
+    c.runtime.num_devices = 1
+    c.runtime.eval_batch_size = 64
+    c.runtime.steps_per_call = 2
+    c.runtime.progress = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def read_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "w")
+    summary = experiment.run(tiny_config(), workdir)
+    return workdir, summary
+
+
+def test_outputs(finished_run):
+    workdir, summary = finished_run
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        assert os.path.exists(os.path.join(workdir, name))
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(summary))
+    for key in (
+        "clean_accuracy", "attack_success_rate", "asr_all_images", "robust_accuracy",
+        "poison_retention", "num_train", "num_poison", "data_source", "devices",
+        "wall_seconds",
+    ):
+        assert key in summary, key
+    assert summary["num_train"] == 256 and summary["num_poison"] == 26  # round(0.1 · 256)
+    assert summary["poison_retention"] == 1.0  # the full set keeps every poison
+    assert summary["data_source"].startswith("synthetic")
+    assert summary["devices"] == 1
+    assert 0 <= summary["attack_success_rate"] + summary["robust_accuracy"] <= 1
+    epochs = [r for r in read_rows(workdir) if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for r in epochs:
+        assert {"loss", "accuracy", "lr", "seconds", "test_clean_accuracy"} <= set(r)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["train"]["epochs"] == 2
+
+
+def test_finished_run_is_never_overwritten(finished_run):
+    workdir, _ = finished_run
+    before = os.path.getmtime(os.path.join(workdir, "summary.json"))
+    with pytest.raises(RunDirError, match="finished run"):
+        experiment.run(tiny_config(), workdir)
+    assert os.path.getmtime(os.path.join(workdir, "summary.json")) == before
+
+
+def test_interrupted_run_resumes_to_the_same_result(finished_run, tmp_path, monkeypatch):
+    _, uninterrupted = finished_run
+    workdir = str(tmp_path / "w")
+    original = Trainer.train_epoch
+    calls = []
+
+    def interrupt_in_second_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(tiny_config(), workdir)
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
+    # A different configuration may not take over the unfinished run.
+    with pytest.raises(RunDirError, match=r"train\.lr"):
+        experiment.run(tiny_config(**{"train.lr": 0.01}), workdir)
+
+    # Runtime settings may change; the result is that of the uninterrupted run.
+    resumed = experiment.run(tiny_config(**{"runtime.steps_per_call": 1}), workdir)
+    assert resumed["resumed"] is True
+    events = [r.get("event") for r in read_rows(workdir)]
+    assert events.count("resume") == 1
+    for key in ("clean_accuracy", "attack_success_rate", "final_train_loss"):
+        np.testing.assert_allclose(resumed[key], uninterrupted[key], rtol=1e-4, atol=1e-4)
+
+
+def test_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a jaxbd run directory"):
+        experiment.run(tiny_config(), str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("data.name", "mnist", "data.name"),
+        ("attack.name", "nope", "attack.name"),
+        ("attack.fraction", 1.5, "attack.fraction"),
+        ("attack.target", 10, "attack.target"),
+        ("model.name", "vgg", "model.name"),
+        ("model.dtype", "float16", "model.dtype"),
+        ("train.epochs", 0, "train.epochs"),
+        ("train.lr", -0.1, "train.lr"),
+        ("train.end_lr", 1.0, "train.end_lr"),
+        ("train.warmup_epochs", 2, "train.warmup_epochs"),
+        ("train.batch_size", 1024, "batch_size"),
+    ],
+)
+def test_bad_config_values_are_clear_errors(tmp_path, field, value, message):
+    with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
+        experiment.run(tiny_config(**{field: value}), str(tmp_path / "w"))
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    config = tiny_config(**{"runtime.num_devices": 4, "train.batch_size": 30})
+    with pytest.raises(ValueError, match="multiple of the number of devices"):
+        experiment.run(config, str(tmp_path / "w"))
+    assert len(jax.devices()) >= 4
