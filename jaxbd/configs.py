@@ -62,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     # How the run executes, not what it computes: may change when resuming.
     c.runtime = ml_collections.ConfigDict()
     c.runtime.num_devices = config_dict.placeholder(int)  # None: every available device
-    c.runtime.steps_per_call = 32  # train steps per jitted call (lax.scan length)
+    # Train steps per jitted call (lax.scan length); None: 1 on CPU, 32 on accelerators.
+    c.runtime.steps_per_call = config_dict.placeholder(int)
     c.runtime.eval_batch_size = 512  # must be a multiple of the device count
     c.runtime.progress = True  # progress bar per epoch
     return c

@@ -27,7 +27,7 @@ from jaxbd import attacks, metrics, models, rng
 from jaxbd import logging as runlog
 from jaxbd.checkpoint import Checkpointer
 from jaxbd.data import load_dataset
-from jaxbd.train import CosineSchedule, DeviceData, TrainState, Trainer, make_mesh
+from jaxbd.train import CosineSchedule, DeviceData, Trainer, TrainState, make_mesh
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -48,34 +48,62 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ConfigError: naming the offending field, its value and what is allowed.
     """
     c = config
-    _check(c.data.name in ("cifar10", "synthetic"), "data.name",
-           f"must be 'cifar10' or 'synthetic', got {c.data.name!r}")
-    _check(c.attack.name in attacks.ATTACKS, "attack.name",
-           f"must be one of {sorted(attacks.ATTACKS)}, got {c.attack.name!r}")
-    _check(0.0 <= c.attack.fraction <= 1.0, "attack.fraction",
-           f"must be in [0, 1], got {c.attack.fraction}")
-    _check(c.model.name in models.MODELS, "model.name",
-           f"must be one of {sorted(models.MODELS)}, got {c.model.name!r}")
+    _check(
+        c.data.name in ("cifar10", "synthetic"),
+        "data.name",
+        f"must be 'cifar10' or 'synthetic', got {c.data.name!r}",
+    )
+    _check(
+        c.attack.name in attacks.ATTACKS,
+        "attack.name",
+        f"must be one of {sorted(attacks.ATTACKS)}, got {c.attack.name!r}",
+    )
+    _check(
+        0.0 <= c.attack.fraction <= 1.0,
+        "attack.fraction",
+        f"must be in [0, 1], got {c.attack.fraction}",
+    )
+    _check(
+        c.model.name in models.MODELS,
+        "model.name",
+        f"must be one of {sorted(models.MODELS)}, got {c.model.name!r}",
+    )
     _check(c.model.width >= 1, "model.width", f"must be >= 1, got {c.model.width}")
-    _check(c.model.dtype in ("auto", *DTYPES), "model.dtype",
-           f"must be one of {['auto', *DTYPES]}, got {c.model.dtype!r}")
+    _check(
+        c.model.dtype in ("auto", *DTYPES),
+        "model.dtype",
+        f"must be one of {['auto', *DTYPES]}, got {c.model.dtype!r}",
+    )
     t = c.train
     _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
-    _check(0 <= t.end_lr <= t.lr, "train.end_lr",
-           f"must be in [0, train.lr={t.lr}], got {t.end_lr}")
-    _check(0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs",
-           f"must be in [0, train.epochs={t.epochs}), got {t.warmup_epochs}")
+    _check(
+        0 <= t.end_lr <= t.lr, "train.end_lr", f"must be in [0, train.lr={t.lr}], got {t.end_lr}"
+    )
+    _check(
+        0 <= t.warmup_epochs < t.epochs,
+        "train.warmup_epochs",
+        f"must be in [0, train.epochs={t.epochs}), got {t.warmup_epochs}",
+    )
     _check(0 <= t.momentum < 1, "train.momentum", f"must be in [0, 1), got {t.momentum}")
     _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     _check(t.crop_padding >= 0, "train.crop_padding", f"must be >= 0, got {t.crop_padding}")
-    _check(t.eval_every_epochs >= 0, "train.eval_every_epochs",
-           f"must be >= 0, got {t.eval_every_epochs}")
-    _check(len(c.data.mean) == 3 and len(c.data.std) == 3 and min(c.data.std) > 0,
-           "data.mean/std", "need three channel values each, std > 0")
-    _check(c.runtime.steps_per_call >= 1, "runtime.steps_per_call",
-           f"must be >= 1, got {c.runtime.steps_per_call}")
+    _check(
+        t.eval_every_epochs >= 0,
+        "train.eval_every_epochs",
+        f"must be >= 0, got {t.eval_every_epochs}",
+    )
+    _check(
+        len(c.data.mean) == 3 and len(c.data.std) == 3 and min(c.data.std) > 0,
+        "data.mean/std",
+        "need three channel values each, std > 0",
+    )
+    _check(
+        c.runtime.steps_per_call >= 1,
+        "runtime.steps_per_call",
+        f"must be >= 1, got {c.runtime.steps_per_call}",
+    )
 
 
 def resolve_dtype(name: str) -> jnp.dtype:
@@ -183,10 +211,17 @@ def train_phase(
         rundir.log(row)
         logging.info(
             "%s epoch %d/%d: loss %.4f, train accuracy %.4f, %.1f s (%.0f images/s)%s",
-            name, epoch, epochs, stats.loss, stats.accuracy, stats.seconds,
+            name,
+            epoch,
+            epochs,
+            stats.loss,
+            stats.accuracy,
+            stats.seconds,
             stats.images_per_second,
             f", test accuracy {row['test_clean_accuracy']:.4f}, ASR "
-            f"{row['test_attack_success_rate']:.4f}" if "test_clean_accuracy" in row else "",
+            f"{row['test_attack_success_rate']:.4f}"
+            if "test_clean_accuracy" in row
+            else "",
         )
         checkpointer.save(epoch, state, {"epoch": epoch, "row": row})
     checkpointer.close()
@@ -212,8 +247,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Data and poisoning.
     splits = load_dataset(config.data)
     train_set, test_set = splits.train, splits.test
-    _check(0 <= config.attack.target < train_set.num_classes, "attack.target",
-           f"must be in [0, {train_set.num_classes}), got {config.attack.target}")
+    _check(
+        0 <= config.attack.target < train_set.num_classes,
+        "attack.target",
+        f"must be in [0, {train_set.num_classes}), got {config.attack.target}",
+    )
     attack = attacks.make_attack(config.attack)
 
     # Model and engine (this validates the batch sizes against the devices).
@@ -240,8 +278,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     steps_per_epoch = trainer.steps_per_epoch(len(train_set))
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"config.train.batch_size={t.batch_size} exceeds the {len(train_set)} training "
-            f"examples"
+            f"config.train.batch_size={t.batch_size} exceeds the {len(train_set)} training examples"
         )
 
     # Everything is valid: claim the run directory (new run, or resume).
@@ -254,10 +291,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         fraction=config.attack.fraction,
         exclude_target=config.attack.exclude_target,
     )
-    triggered = attacks.triggered_test_set(rng.stream(config.seed, "test_trigger"), test_set, attack)
+    triggered = attacks.triggered_test_set(
+        rng.stream(config.seed, "test_trigger"), test_set, attack
+    )
     logging.info(
         "data: %s; %d training images, %d poisoned (%s → class %d)",
-        splits.source, len(train_set), len(poisoned.poison_indices), attack.name, attack.target,
+        splits.source,
+        len(train_set),
+        len(poisoned.poison_indices),
+        attack.name,
+        attack.target,
     )
     data = trainer.put(poisoned.dataset.images, poisoned.dataset.labels)
     test_images = trainer.replicate(test_set.images)

@@ -31,7 +31,11 @@ from jaxbd.models import resnet18
 from jaxbd.train import CosineSchedule, Trainer, make_mesh
 
 DEFAULT_TORCH_SCRIPT = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench",
+    os.path.dirname(os.path.abspath(__file__)),
+    "..",
+    "..",
+    "shared",
+    "bench",
     "torch_cifar_resnet18.py",
 )
 
@@ -89,9 +93,20 @@ def bench_jax(args) -> dict:
 def bench_torch(args) -> dict:
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     cmd = [
-        sys.executable, args.torch_script, "--device", device, "--width", str(args.width),
-        "--n", str(args.n), "--batch", str(args.batch), "--epochs", str(args.epochs),
-        "--precision", args.precision,
+        sys.executable,
+        args.torch_script,
+        "--device",
+        device,
+        "--width",
+        str(args.width),
+        "--n",
+        str(args.n),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        str(args.epochs),
+        "--precision",
+        args.precision,
     ]
     if args.torch_compile:
         cmd.append("--compile")
@@ -123,11 +138,18 @@ def main():
     if args.torch:
         baseline = bench_torch(args)
         print(json.dumps(baseline), flush=True)
-        print(json.dumps({
-            "comparison": "jax_images_per_s / torch_images_per_s",
-            "ratio": result["images_per_s"] / baseline["images_per_s"],
-            "width": args.width, "precision": args.precision, "batch": args.batch,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "comparison": "jax_images_per_s / torch_images_per_s",
+                    "ratio": result["images_per_s"] / baseline["images_per_s"],
+                    "width": args.width,
+                    "precision": args.precision,
+                    "batch": args.batch,
+                }
+            ),
+            flush=True,
+        )
     print(json.dumps({"bench_wall_s": time.perf_counter() - started}), file=sys.stderr)
 
 

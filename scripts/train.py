@@ -18,9 +18,7 @@ from jaxbd import experiment
 from jaxbd.logging import RunDirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (default: runs/<config file name>)."
-)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
 flags.mark_flags_as_required(["config"])
 
 

@@ -59,8 +59,15 @@ def test_outputs(finished_run):
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f) == json.loads(json.dumps(summary))
     for key in (
-        "clean_accuracy", "attack_success_rate", "asr_all_images", "robust_accuracy",
-        "poison_retention", "num_train", "num_poison", "data_source", "devices",
+        "clean_accuracy",
+        "attack_success_rate",
+        "asr_all_images",
+        "robust_accuracy",
+        "poison_retention",
+        "num_train",
+        "num_poison",
+        "data_source",
+        "devices",
         "wall_seconds",
     ):
         assert key in summary, key

@@ -54,9 +54,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(
-            nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype
-        )
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -104,24 +102,39 @@ class ResNet(nn.Module):
         """
         x = x.astype(self.dtype)
         x = nn.Conv(
-            self.width, (3, 3), 1, padding=1, use_bias=False, kernel_init=conv_init,
-            dtype=self.dtype, name="stem_conv",
+            self.width,
+            (3, 3),
+            1,
+            padding=1,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name="stem_conv",
         )(x)
         x = nn.BatchNorm(
-            use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-            dtype=self.dtype, name="stem_bn",
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            name="stem_bn",
         )(x)
         x = nn.relu(x)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(
-                    self.width * 2**stage, strides, self.dtype, name=f"stage{stage + 1}_block{block + 1}"
+                    self.width * 2**stage,
+                    strides,
+                    self.dtype,
+                    name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         head_init = torch_linear_init(features.shape[-1])
         logits = nn.Dense(
-            self.num_classes, dtype=jnp.float32, kernel_init=head_init, bias_init=head_init,
+            self.num_classes,
+            dtype=jnp.float32,
+            kernel_init=head_init,
+            bias_init=head_init,
             name="head",
         )(features)
         return logits, features

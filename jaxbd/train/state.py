@@ -70,8 +70,10 @@ def create_train_state(
         mask: optional pruning mask (bool or float pytree like `params`); dense if None.
             The parameters are multiplied by it so pruned weights start at exactly zero.
     """
-    mask = dense_mask(params) if mask is None else jax.tree.map(
-        lambda m: jnp.asarray(m, jnp.float32), mask
+    mask = (
+        dense_mask(params)
+        if mask is None
+        else jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mask)
     )
     params = jax.tree.map(lambda p, m: p * m, params, mask)
     return TrainState(

@@ -83,9 +83,7 @@ def make_train_step(
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
-            (logits, _), updates = model.apply(
-                variables, x, train=True, mutable=["batch_stats"]
-            )
+            (logits, _), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
             per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             loss = jnp.mean(weights * per_example)
             return loss, (logits, updates.get("batch_stats", state.batch_stats))

@@ -8,7 +8,10 @@ arguments, so a new phase compiles nothing new as long as the shapes stay the sa
 The dataset is placed on the devices once as uint8. Each epoch draws a permutation on the
 device and runs `steps_per_call` train steps per jitted call (a `lax.scan`), so the host only
 dispatches a few calls per epoch and reads metrics back once per call, one call late, so it
-never stalls the device.
+never stalls the device. On the CPU the default is one step per call without `scan`: XLA:CPU
+runs convolutions inside a loop body an order of magnitude slower than at the top level
+(measured: 1.66 s vs 0.11 s per ResNet-18 step at width 8, batch 64), and dispatch overhead is
+negligible there.
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ class Trainer:
         std: per-channel normalization standard deviation.
         crop_padding: random-crop zero padding (0 disables).
         flip: random horizontal flips.
-        steps_per_call: at most this many steps per jitted call.
+        steps_per_call: at most this many steps per jitted call; None: 1 on the CPU (no
+            scan, see the module docstring), 32 on accelerators.
         progress: show a progress bar per epoch.
     """
 
@@ -119,11 +123,13 @@ class Trainer:
         std: Sequence[float],
         crop_padding: int = 4,
         flip: bool = True,
-        steps_per_call: int = 32,
+        steps_per_call: int | None = None,
         progress: bool = True,
     ):
         sharding.check_batch_size(batch_size, mesh, "batch_size")
         sharding.check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+        if steps_per_call is None:
+            steps_per_call = 1 if jax.default_backend() == "cpu" else 32
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         self.model = model
@@ -139,21 +145,20 @@ class Trainer:
         )
         self.train_step = train_step
 
-        def train_steps(state, data: DeviceData, idx):
-            def body(state, batch_idx):
-                batch_idx = jax.lax.with_sharding_constraint(
-                    batch_idx, sharding.batch_sharded(mesh)
-                )
-                return train_step(
-                    state, data.images[batch_idx], data.labels[batch_idx], data.weights[batch_idx]
-                )
+        def gathered_step(state, data: DeviceData, batch_idx):
+            batch_idx = jax.lax.with_sharding_constraint(batch_idx, sharding.batch_sharded(mesh))
+            return train_step(
+                state, data.images[batch_idx], data.labels[batch_idx], data.weights[batch_idx]
+            )
 
-            return jax.lax.scan(body, state, idx)
+        def train_steps(state, data: DeviceData, idx):
+            if idx.shape[0] == 1:  # No loop: see the module docstring.
+                state, out = gathered_step(state, data, idx[0])
+                return state, jax.tree.map(lambda x: x[None], out)
+            return jax.lax.scan(lambda s, i: gathered_step(s, data, i), state, idx)
 
         # The state is donated: its buffers are reused for the new state.
-        self._train_steps = jax.jit(
-            train_steps, donate_argnums=0, out_shardings=self._replicated
-        )
+        self._train_steps = jax.jit(train_steps, donate_argnums=0, out_shardings=self._replicated)
         self._predict = jax.jit(
             make_predict_step(model, mean=mean, std=std, mesh=mesh),
             out_shardings=self._replicated,

@@ -33,6 +33,8 @@ def _train(num_devices, steps=2):
     )
     state, stats, _ = trainer.train_epoch(state, data, jax.random.key(2))
     logits, _ = trainer.predict(state, splits.test.images)
+    devices_used = len(jax.tree.leaves(state.params)[0].sharding.device_set)
+    assert devices_used == num_devices
     return jax.device_get((state.params, state.batch_stats, state.opt_state)), stats, logits
 
 
@@ -40,7 +42,6 @@ def test_one_and_four_devices_agree():
     assert len(jax.devices()) >= 4, "conftest.py should provide 4 CPU devices"
     (p1, s1, o1), stats1, logits1 = _train(1)
     (p4, s4, o4), stats4, logits4 = _train(4)
-    # The 4-device run really was sharded over 4 devices.
     chex.assert_trees_all_close(p1, p4, rtol=1e-4, atol=1e-5)
     chex.assert_trees_all_close(s1, s4, rtol=1e-4, atol=1e-5)
     chex.assert_trees_all_close(o1, o4, rtol=1e-4, atol=1e-5)

@@ -62,14 +62,15 @@ def test_epoch_learns_and_reports(setup):
 def test_mask_keeps_pruned_weights_at_zero(setup):
     _, trainer, data = setup
     dense = fresh_state(trainer)
-    mask = jax.tree.map(
-        lambda p: jax.random.bernoulli(jax.random.key(p.size), 0.5, p.shape), dense.params
-    )
+    rng = np.random.default_rng(0)
+    mask = jax.tree.map(lambda p: rng.random(p.shape) < 0.5, jax.device_get(dense.params))
     state = fresh_state(trainer, mask=mask)
     state, _, _ = trainer.train_epoch(state, data, jax.random.key(0))
-    for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask), strict=True):
-        assert jnp.all(jnp.where(m, True, p == 0))
-        assert jnp.any(p[m] != 0) or not jnp.any(m)
+    params = jax.device_get(state.params)
+    for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True):
+        assert np.all(p[~m] == 0)  # pruned weights are exactly zero
+        if m.sum() > 100:
+            assert np.mean(p[m] != 0) > 0.99  # the others train
 
 
 def test_indices_restrict_the_epoch(setup):
@@ -107,7 +108,8 @@ def test_changing_mask_weights_schedule_does_not_recompile(setup):
     state, _ = step(state, images, labels, jnp.ones(32))
     # A new mask (an IMP round), new weights (a coreset) and a new schedule (a new phase).
     pruned = jax.tree.map(lambda m: m.at[..., :1].set(0.0), state.mask)
-    state = state.replace(mask=pruned, schedule=CosineSchedule.create(0.01, 7, warmup_steps=2))
+    schedule = trainer.replicate(CosineSchedule.create(0.01, 7, warmup_steps=2))
+    state = state.replace(mask=pruned, schedule=schedule)
     state, _ = step(state, images, labels, jax.random.uniform(jax.random.key(0), (32,)))
     state, _ = step(state, images[::-1], labels[::-1], jnp.zeros(32))
     del batch
@@ -115,9 +117,7 @@ def test_changing_mask_weights_schedule_does_not_recompile(setup):
 
 def test_batch_size_must_divide_over_devices():
     with pytest.raises(ValueError, match="multiple of the number of devices"):
-        Trainer(
-            resnet18(width=4), make_mesh(4), batch_size=30, mean=MEAN, std=STD, progress=False
-        )
+        Trainer(resnet18(width=4), make_mesh(4), batch_size=30, mean=MEAN, std=STD, progress=False)
 
 
 def test_too_many_devices_is_a_clear_error():

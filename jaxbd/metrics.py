@@ -1,0 +1,260 @@
+"""Evaluation metrics, exactly as defined in SPEC §7.
+
+The per-model metrics are pure functions over arrays: they take NumPy or JAX arrays, compute
+with `jax.numpy` (so they also run inside `jit`), and return a float32 scalar array (call
+`float(...)` for a Python number). A metric whose denominator is empty — ASR with no eligible
+image, retention with no poison, AUC with one class only — is NaN rather than 0 or 1, so an
+undefined value can never pass for a real one in a table. Shapes are checked at trace time
+(ValueError on a mismatch).
+
+`aggregate` and `format_mean_std` summarize repeated runs on the host for reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+
+def clean_accuracy(predictions: ArrayLike, labels: ArrayLike) -> jax.Array:
+    """Top-1 accuracy (CDA when evaluated on the clean test set).
+
+    Args:
+        predictions: int[M] predicted classes.
+        labels: int[M] true classes.
+
+    Returns:
+        float32 scalar: fraction of `predictions == labels`; NaN when M = 0.
+    """
+    predictions, labels = _check_same_shape(predictions=predictions, labels=labels)
+    return _fraction(predictions == labels, jnp.ones(predictions.shape, bool))
+
+
+def attack_success_rate(
+    predictions: ArrayLike, target_labels: ArrayLike, true_labels: ArrayLike
+) -> jax.Array:
+    """ASR: among triggered images whose true label differs from the target, the fraction
+    predicted as the target.
+
+    Images whose true label already is the target are left out: a model that ignores the
+    trigger still "succeeds" on them, which put a floor of about 1/C under the ASR of earlier
+    studies (SPEC §1). The target is per example, so all-to-all attacks (target
+    (y + 1) mod C) use the same function. See `asr_all_images` for the variant that counts
+    every image.
+
+    Args:
+        predictions: int[M] predictions on the triggered images.
+        target_labels: int[M] attacker's labels (`TriggeredTestSet.labels`), or a scalar
+            target class broadcast to every image.
+        true_labels: int[M] clean labels.
+
+    Returns:
+        float32 scalar in [0, 1]; NaN when no image is eligible.
+    """
+    predictions, target_labels, true_labels = _check_attack_args(
+        predictions, target_labels, true_labels
+    )
+    return _fraction(predictions == target_labels, target_labels != true_labels)
+
+
+def asr_all_images(predictions: ArrayLike, target_labels: ArrayLike) -> jax.Array:
+    """ASR over all triggered images, target-class images included.
+
+    Only for comparison with studies that computed ASR this way (SPEC §1, "known flaws");
+    it is at least the target class's share of correct predictions even for a clean model.
+    jaxbd's headline ASR is `attack_success_rate`.
+
+    Args:
+        predictions: int[M] predictions on the triggered images.
+        target_labels: int[M] attacker's labels, or a scalar target class.
+
+    Returns:
+        float32 scalar: fraction of `predictions == target_labels`; NaN when M = 0.
+    """
+    predictions = jnp.asarray(predictions)
+    target_labels = _broadcast_target(target_labels, predictions)
+    predictions, target_labels = _check_same_shape(
+        predictions=predictions, target_labels=target_labels
+    )
+    return _fraction(predictions == target_labels, jnp.ones(predictions.shape, bool))
+
+
+def robust_accuracy(
+    predictions: ArrayLike, target_labels: ArrayLike, true_labels: ArrayLike
+) -> jax.Array:
+    """RA: on the images ASR counts, the fraction predicted as their true label.
+
+    ASR + RA ≤ 1 on the same images; the rest are predicted as some third class.
+
+    Args:
+        predictions: int[M] predictions on the triggered images.
+        target_labels: int[M] attacker's labels, or a scalar target class.
+        true_labels: int[M] clean labels.
+
+    Returns:
+        float32 scalar in [0, 1]; NaN when no image is eligible.
+    """
+    predictions, target_labels, true_labels = _check_attack_args(
+        predictions, target_labels, true_labels
+    )
+    return _fraction(predictions == true_labels, target_labels != true_labels)
+
+
+def poison_retention(is_poison: ArrayLike, selected_indices: ArrayLike) -> jax.Array:
+    """Fraction of the training set's poisons that a selection kept.
+
+    Args:
+        is_poison: bool[N] poison flags by canonical index.
+        selected_indices: int[k] selected canonical indices in [0, N); a repeated index
+            counts once.
+
+    Returns:
+        float32 scalar: poisons among the selected / poisons in the training set, in [0, 1];
+        NaN when the training set has no poison (retention is undefined, not 0 or 1).
+
+    Raises:
+        ValueError: if `is_poison` is not 1-D, or (for concrete inputs; under `jit` the
+            range cannot be checked and out-of-range indices are ignored) an index lies
+            outside [0, N).
+    """
+    is_poison = jnp.asarray(is_poison, bool)
+    selected_indices = jnp.asarray(selected_indices)
+    if is_poison.ndim != 1 or selected_indices.ndim != 1:
+        raise ValueError(
+            f"is_poison must be bool[N] and selected_indices int[k], got shapes "
+            f"{is_poison.shape} and {selected_indices.shape}"
+        )
+    if not jnp.issubdtype(selected_indices.dtype, jnp.integer):
+        if selected_indices.size:
+            raise ValueError(f"selected_indices must be integers, got {selected_indices.dtype}")
+        selected_indices = selected_indices.astype(jnp.int32)  # e.g. np.array([]) is float
+    n = is_poison.shape[0]
+    if not isinstance(selected_indices, jax.core.Tracer) and selected_indices.size:
+        low, high = int(selected_indices.min()), int(selected_indices.max())
+        if low < 0 or high >= n:
+            raise ValueError(f"selected_indices must lie in [0, {n}), found [{low}, {high}]")
+    # A membership mask rather than is_poison[selected].sum(): repeats count once, so
+    # retention is monotone in the selected set and never exceeds 1.
+    selected = jnp.zeros((n,), bool).at[selected_indices].set(True, mode="drop")
+    return _fraction(selected, is_poison)
+
+
+def defense_effectiveness_rating(
+    cda_before: ArrayLike, cda_after: ArrayLike, asr_before: ArrayLike, asr_after: ArrayLike
+) -> jax.Array:
+    """DER (BackdoorBench): [max(0, ΔASR) − max(0, ΔCDA) + 1] / 2.
+
+    Δ are drops from the undefended model (before − after). All four are fractions in
+    [0, 1] (not percentages); then DER lies in [0, 1], 0.5 means no change (or equal
+    gains and costs), 1 means the ASR fell from 1 to 0 at no clean-accuracy cost. Gains in
+    clean accuracy and rises in ASR are clipped to 0, as in BackdoorBench. Arrays broadcast
+    (e.g. one value per seed).
+
+    Returns:
+        float32 array of the broadcast shape (a scalar for scalar inputs).
+    """
+    cda_before, cda_after, asr_before, asr_after = (
+        jnp.asarray(v, jnp.float32) for v in (cda_before, cda_after, asr_before, asr_after)
+    )
+    asr_drop = jnp.maximum(0.0, asr_before - asr_after)
+    cda_drop = jnp.maximum(0.0, cda_before - cda_after)
+    return (asr_drop - cda_drop + 1.0) / 2.0
+
+
+def roc_auc(scores: ArrayLike, is_positive: ArrayLike) -> jax.Array:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative),
+    ties counting one half (the Mann-Whitney U statistic / (P·N)).
+
+    Computed from mid-ranks in O(M log M), with no M×M comparison matrix, so it scales to
+    input-level detectors scored on a whole test set.
+
+    Args:
+        scores: float[M], higher meaning "more likely positive" (poisoned / trojaned).
+        is_positive: bool[M] ground truth.
+
+    Returns:
+        float32 scalar in [0, 1]; NaN when there are no positives or no negatives.
+    """
+    scores, is_positive = _check_same_shape(scores=scores, is_positive=is_positive)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
+    is_positive = is_positive.astype(bool)
+    scores = scores.astype(jnp.float32)
+    ordered = jnp.sort(scores)
+    # 1-based mid-rank of each score among all scores: tied scores share their mean rank.
+    below = jnp.searchsorted(ordered, scores, side="left")
+    through = jnp.searchsorted(ordered, scores, side="right")
+    ranks = (below + through + 1).astype(jnp.float32) / 2.0
+    num_pos = jnp.sum(is_positive).astype(jnp.float32)
+    num_neg = scores.shape[0] - num_pos
+    # Positive ranks minus their ranks among positives alone = (wins + ties/2) over negatives.
+    u = jnp.sum(jnp.where(is_positive, ranks, 0.0)) - num_pos * (num_pos + 1.0) / 2.0
+    defined = (num_pos > 0) & (num_neg > 0)
+    return jnp.where(defined, u / jnp.where(defined, num_pos * num_neg, 1.0), jnp.nan)
+
+
+def aggregate(values: Sequence[float] | ArrayLike) -> dict[str, float | int]:
+    """Mean and sample standard deviation (ddof = 1) over repeated runs (e.g. seeds).
+
+    Host-side (NumPy, float64), for reports.
+
+    Args:
+        values: the n per-run values.
+
+    Returns:
+        `{"mean": float, "std": float, "n": int}`. With n = 1 the sample std is undefined
+        and is NaN; with n = 0 the mean is NaN too. A NaN value propagates to both.
+    """
+    values = np.asarray(values, np.float64).ravel()
+    n = int(values.size)
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "n": n}
+
+
+def format_mean_std(values: Sequence[float] | ArrayLike, digits: int = 2) -> str:
+    """ "mean ± std (n=k)", e.g. "94.12 ± 0.31 (n=5)", with `digits` decimals.
+
+    Values are printed as given: multiply fractions by 100 first for percentages. With a
+    single run there is no std: "94.12 (n=1)"; with none: "nan (n=0)".
+    """
+    stats = aggregate(values)
+    if stats["n"] <= 1:  # no sample std to show
+        return f"{stats['mean']:.{digits}f} (n={stats['n']})"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} (n={stats['n']})"
+
+
+def _fraction(hits: jax.Array, eligible: jax.Array) -> jax.Array:
+    """sum(hits & eligible) / sum(eligible) as float32; NaN when nothing is eligible."""
+    count = jnp.sum(eligible)
+    num = jnp.sum(hits & eligible)
+    return jnp.where(count > 0, num / jnp.maximum(count, 1), jnp.nan).astype(jnp.float32)
+
+
+def _broadcast_target(target_labels: ArrayLike, predictions: jax.Array) -> jax.Array:
+    target_labels = jnp.asarray(target_labels)
+    if target_labels.ndim == 0:  # one target class for every image
+        target_labels = jnp.broadcast_to(target_labels, predictions.shape)
+    return target_labels
+
+
+def _check_attack_args(predictions, target_labels, true_labels):
+    predictions = jnp.asarray(predictions)
+    target_labels = _broadcast_target(target_labels, predictions)
+    return _check_same_shape(
+        predictions=predictions, target_labels=target_labels, true_labels=true_labels
+    )
+
+
+def _check_same_shape(**arrays: ArrayLike) -> tuple[jax.Array, ...]:
+    converted = {name: jnp.asarray(a) for name, a in arrays.items()}
+    shapes = {name: a.shape for name, a in converted.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"shapes must match: {listed}")
+    return tuple(converted.values())
