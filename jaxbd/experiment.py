@@ -100,9 +100,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "need three channel values each, std > 0",
     )
     _check(
-        c.runtime.steps_per_call >= 1,
+        c.runtime.steps_per_call is None or c.runtime.steps_per_call >= 1,
         "runtime.steps_per_call",
-        f"must be >= 1, got {c.runtime.steps_per_call}",
+        f"must be None (auto) or >= 1, got {c.runtime.steps_per_call}",
     )
 
 

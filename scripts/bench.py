@@ -79,7 +79,7 @@ def bench_jax(args) -> dict:
         "batch": args.batch,
         "n": args.n,
         "precision": args.precision,
-        "steps_per_call": args.steps_per_call,
+        "steps_per_call": trainer.steps_per_call,
         "timed_epochs": len(times) - 1,
         "first_epoch_s": times[0],
         "compile_s_estimate": times[0] - epoch_s,
@@ -124,7 +124,9 @@ def main():
     p.add_argument("--n", type=int, default=50_000, help="images per epoch")
     p.add_argument("--epochs", type=int, default=3, help="including one warm-up epoch")
     p.add_argument("--devices", type=int, default=None, help="default: all")
-    p.add_argument("--steps-per-call", type=int, default=32)
+    p.add_argument(
+        "--steps-per-call", type=int, default=None, help="default: 1 on CPU, 32 otherwise"
+    )
     p.add_argument("--torch", action="store_true", help="also run the PyTorch baseline")
     p.add_argument("--torch-script", default=DEFAULT_TORCH_SCRIPT)
     p.add_argument("--torch-compile", action="store_true")

@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxbd import experiment
+from jaxbd.data import DataError
 from jaxbd.logging import RunDirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -32,7 +33,7 @@ def main(argv):
     )
     try:
         summary = experiment.run(_CONFIG.value, workdir)
-    except (RunDirError, experiment.ConfigError) as e:
+    except (RunDirError, experiment.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(summary, indent=2, sort_keys=True))

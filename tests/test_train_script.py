@@ -1,0 +1,68 @@
+"""The main command: end to end at toy scale, and its errors (exit status 2, clear message)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.data.num_train=256",
+    "--config.data.num_test=64",
+    "--config.data.image_size=16",
+    "--config.attack.badnets.size=3",
+    "--config.model.width=4",
+    "--config.train.epochs=1",
+    "--config.train.batch_size=64",
+    "--config.runtime.eval_batch_size=64",
+    "--config.runtime.progress=False",
+]
+
+
+def train(workdir, *extra):
+    command = [
+        sys.executable,
+        os.path.join(REPO, "scripts", "train.py"),
+        "--config",
+        os.path.join(REPO, "configs", "smoke.py"),
+        "--workdir",
+        str(workdir),
+        *TINY,
+        *extra,
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def test_smoke_config_end_to_end_then_refuses_to_overwrite(tmp_path):
+    workdir = tmp_path / "run"
+    first = train(workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["num_train"] == 256 and summary["data_source"].startswith("synthetic")
+    assert (workdir / "config.json").exists() and (workdir / "metrics.jsonl").exists()
+
+    second = train(workdir)
+    assert second.returncode == 2
+    assert "finished run" in second.stderr and "never overwritten" in second.stderr
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.epochs=0", "config.train.epochs"),
+        ("--config.model.dtype=float16", "config.model.dtype"),
+        ("--config.data.name=cifar10", "does not exist"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(tmp_path, override, message):
+    extra = [override]
+    if "cifar10" in override:
+        extra.append(f"--config.data.path={tmp_path / 'missing'}")
+    result = train(tmp_path / "run", *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing was written for a rejected run
