@@ -36,6 +36,13 @@ def main(argv):
     except (RunDirError, experiment.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: re-run the same command to resume {workdir} from its last "
+            f"finished epoch",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {os.path.join(workdir, 'summary.json')}")
 
