@@ -336,7 +336,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     train_seconds = time.perf_counter() - train_started
 
-    result = evaluate_fn(state)
+    # The last epoch's row already holds the final test metrics (train_phase always
+    # evaluates after the last epoch, and a resumed finished phase restores that row).
+    result = {k.removeprefix("test_"): v for k, v in last_row.items() if k.startswith("test_")}
+    if not result:
+        result = evaluate_fn(state)
     all_indices = np.arange(len(train_set))
     summary = {
         **result,

@@ -155,7 +155,7 @@ def load_cifar10(
     if source == "path" or (source == "auto" and path is not None):
         if path is None:
             raise DataError("source='path' needs a path to a local CIFAR-10 copy, got None")
-        return _load_path(Path(path), cache)
+        return _load_path(Path(path).expanduser().absolute(), cache)
     if path is not None:
         raise DataError(
             f"path={str(path)!r} is only used with source 'path' or 'auto', got "
