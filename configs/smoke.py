@@ -34,4 +34,9 @@ def get_config():
     c.select.pretrain_epochs = 2
     c.select.score.ensemble_size = 2
     c.select.score.score_epochs = (1,)
+    # A small pruned arm (`--config.prune.rounds=0` turns it off): two IMP rounds of 30%
+    # (rewind to epoch 1 of 2-epoch rounds), then the 51%-sparse network trains 4 epochs.
+    c.prune.rounds = 2
+    c.prune.round_epochs = 2
+    c.prune.rewind_epoch = 1
     return c

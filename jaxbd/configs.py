@@ -76,6 +76,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.select.craig.greedy = "lazy"  # "exact" | "lazy" (same result, faster) | "stochastic"
     c.select.craig.epsilon = 0.1  # stochastic greedy's ε
 
+    # The pruned arm (SPEC §1.5, §3): IMP with rewinding on the same data (the selection),
+    # from the dense arm's initialization, then the final sparse network trained with its
+    # mask. rounds = 0 turns the arm off. See jaxbd/prune/imp.py for the exact procedure.
+    c.prune = ml_collections.ConfigDict()
+    c.prune.rounds = 3  # prune-and-retrain rounds; sparsity ≈ 1 − (1 − rate)^rounds
+    c.prune.rate = 0.3  # fraction of the remaining prunable weights pruned per round
+    c.prune.scope = "layerwise"  # "layerwise" (every conv/dense kernel) | "global"
+    c.prune.rewind_epoch = 1  # survivors rewind to their values after this epoch (0: init)
+    c.prune.round_epochs = 10  # each round trains to this epoch of a schedule this long
+    c.prune.final_epochs = config_dict.placeholder(int)  # final sparse run; None: train.epochs
+    c.prune.control = "none"  # lottery controls: "none" | "reinit" | "random_mask"
+
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"  # a key of jaxbd.models.MODELS
     c.model.width = 64  # 64: the standard ResNet-18 (11.17M parameters)

@@ -1,18 +1,20 @@
-"""One experiment, top to bottom: data → poison → select → train → evaluate → summary.json.
+"""One experiment, top to bottom: data → poison → select → train dense and pruned → evaluate →
+summary.json.
 
 `run(config, workdir)` is what `scripts/train.py` calls. Read it first: each stage is one
 call into a library module, and every random choice comes from its own named stream of
 `config.seed` (`jaxbd.rng.stream`).
 
 Training runs in named *phases* ("pretrain" and "pretrain_<m>" for selection, "dense" on the
-selection; `jaxbd.phase`), each checkpointed at the end of every epoch under
-`workdir/checkpoints/<phase>`; the selection itself is saved as `workdir/selection.npz`.
-Re-running the same command resumes at the last finished epoch; a finished run
-(`summary.json` present) is never overwritten.
+selection, "imp_rewind", "imp_round<r>" and "pruned" for the pruned arm; `jaxbd.phase`),
+each checkpointed at the end of every epoch under `workdir/checkpoints/<phase>`; the
+selection itself is saved as `workdir/selection.npz`. Re-running the same command resumes at
+the last finished epoch; a finished run (`summary.json` present) is never overwritten.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from typing import Any
@@ -25,6 +27,7 @@ from absl import logging
 
 from jaxbd import attacks, models, rng
 from jaxbd import logging as runlog
+from jaxbd import prune as prune_lib
 from jaxbd import select as select_lib
 from jaxbd.data import load_dataset
 from jaxbd.phase import evaluate, train_phase
@@ -107,6 +110,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "need three channel values each, std > 0",
     )
     _validate_select(c)
+    _validate_prune(c)
     _check(
         c.runtime.steps_per_call is None or c.runtime.steps_per_call >= 1,
         "runtime.steps_per_call",
@@ -183,6 +187,44 @@ def _validate_select(c: ml_collections.ConfigDict) -> None:
     _check(
         0 < s.craig.epsilon < 1, "select.craig.epsilon", f"must be in (0, 1), got {s.craig.epsilon}"
     )
+
+
+def imp_settings(config: ml_collections.ConfigDict) -> prune_lib.IMPSettings:
+    """The pruned arm's IMP settings from `config.prune` (rounds must be ≥ 1)."""
+    p = config.prune
+    return prune_lib.IMPSettings(
+        rounds=p.rounds,
+        rate=p.rate,
+        scope=p.scope,
+        rewind_epoch=p.rewind_epoch,
+        round_epochs=p.round_epochs,
+        final_epochs=config.train.epochs if p.final_epochs is None else p.final_epochs,
+        control=p.control,
+    )
+
+
+def _validate_prune(c: ml_collections.ConfigDict) -> None:
+    _check(
+        c.prune.rounds >= 0,
+        "prune.rounds",
+        f"must be >= 0 (0: no pruned arm), got {c.prune.rounds}",
+    )
+    if c.prune.rounds == 0:
+        return
+    try:
+        settings = imp_settings(c)
+    except ValueError as e:
+        raise ConfigError(f"config.prune.{e}") from None
+    for field, epochs in (
+        ("round_epochs", settings.round_epochs),
+        ("final_epochs", settings.final_epochs),
+    ):
+        _check(
+            c.train.warmup_epochs < epochs,
+            "train.warmup_epochs",
+            f"must be below prune.{field}={epochs} (the pruned arm's schedules warm up too), "
+            f"got {c.train.warmup_epochs}",
+        )
 
 
 def resolve_dtype(name: str) -> jnp.dtype:
@@ -465,16 +507,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # Dense training on the selection (the whole poisoned set without one).
     steps_per_epoch = trainer.steps_per_epoch(num_selected)
-    schedule = CosineSchedule.create(
-        t.lr,
-        t.epochs * steps_per_epoch,
-        end=t.end_lr,
-        warmup_steps=t.warmup_epochs * steps_per_epoch,
-    )
+
+    def make_schedule(epochs: int) -> CosineSchedule:
+        return CosineSchedule.create(
+            t.lr,
+            epochs * steps_per_epoch,
+            end=t.end_lr,
+            warmup_steps=t.warmup_epochs * steps_per_epoch,
+        )
+
     state = trainer.init_state(
         rng.stream(config.seed, "init"),
         train_set.image_shape,
-        schedule,
+        make_schedule(t.epochs),
         rng=rng.stream(config.seed, "augment"),
     )
     train_started = time.perf_counter()
@@ -498,6 +543,42 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result = {k.removeprefix("test_"): v for k, v in last_row.items() if k.startswith("test_")}
     if not result:
         result = evaluate_fn(state)
+    # The pruned arm: IMP with rewinding on the same data, from the dense arm's
+    # initialization, then the final sparse network (SPEC §1.5).
+    pruned = None
+    if config.prune.rounds > 0:
+        pruned_started = time.perf_counter()
+        imp = prune_lib.run_imp(
+            trainer,
+            data,
+            imp_settings(config),
+            init_key=rng.stream(config.seed, "init"),
+            stream=lambda name: rng.stream(config.seed, name),
+            make_schedule=make_schedule,
+            image_shape=train_set.image_shape,
+            rundir=rundir,
+            evaluate_fn=evaluate_fn,
+            eval_every=t.eval_every_epochs,
+            indices=indices,
+            epoch_fn=epoch_fn,
+        )
+        pruned = {
+            k.removeprefix("test_"): v for k, v in imp.last_row.items() if k.startswith("test_")
+        } or evaluate_fn(imp.state)
+        pruned.update(
+            sparsity={
+                "total": imp.sparsity["total"],
+                "per_round": imp.round_sparsity,
+                "per_layer": imp.sparsity["layers"],
+            },
+            num_weights_kept=imp.sparsity["prunable"] - imp.sparsity["pruned"],
+            num_prunable=imp.sparsity["prunable"],
+            final_train_loss=imp.last_row.get("loss"),
+            final_train_accuracy=imp.last_row.get("accuracy"),
+            **{f"imp_{k}": v for k, v in dataclasses.asdict(imp_settings(config)).items()},
+            seconds_this_invocation=time.perf_counter() - pruned_started,
+        )
+
     report = select_lib.selection_report(
         selection.indices,
         poisoned.is_poison,
@@ -533,6 +614,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "train_seconds_this_invocation": train_seconds,
         "wall_seconds": time.perf_counter() - started,
     }
-    rundir.log({"event": "end", **result})
+    if pruned is not None:
+        summary["pruned"] = pruned
+    pruned_metrics = {f"pruned_{k}": pruned[k] for k in result if pruned and k in pruned}
+    rundir.log({"event": "end", **result, **pruned_metrics})
     rundir.write_summary(summary)
     return summary

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -31,6 +32,7 @@ def tiny_config(**overrides):
     c.runtime.eval_batch_size = 64
     c.runtime.steps_per_call = 2
     c.runtime.progress = False
+    c.prune.rounds = 0  # the pruned arm is tested on its own (test_pruned_arm)
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
@@ -144,11 +146,20 @@ def test_foreign_directory_is_refused(tmp_path):
         ("train.end_lr", 1.0, "train.end_lr"),
         ("train.warmup_epochs", 2, "train.warmup_epochs"),
         ("train.batch_size", 1024, "batch_size"),
+        ("prune.rounds", -1, "prune.rounds"),
+        ("prune.rate", 1.0, "config.prune.rate must be in (0, 1)"),
+        ("prune.scope", "channel", "config.prune.scope must be one of"),
+        ("prune.control", "shuffle", "config.prune.control must be one of"),
+        ("prune.rewind_epoch", 10, "config.prune.round_epochs must exceed rewind_epoch=10"),
     ],
 )
 def test_bad_config_values_are_clear_errors(tmp_path, field, value, message):
-    with pytest.raises(experiment.ConfigError, match=message.replace(".", r"\.")):
-        experiment.run(tiny_config(**{field: value}), str(tmp_path / "w"))
+    overrides = {field: value}
+    if field.startswith("prune.") and field != "prune.rounds":
+        overrides["prune.rounds"] = 2
+    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+        experiment.run(tiny_config(**overrides), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "config.json")
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
@@ -156,3 +167,30 @@ def test_batch_not_divisible_by_devices(tmp_path):
     with pytest.raises(ValueError, match="multiple of the number of devices"):
         experiment.run(config, str(tmp_path / "w"))
     assert len(jax.devices()) >= 4
+
+
+def test_pruned_arm(tmp_path):
+    """Dense metrics at the top level, the pruned arm's under `pruned` with its sparsity."""
+    config = tiny_config(
+        **{
+            "prune.rounds": 2,
+            "prune.round_epochs": 2,
+            "prune.rewind_epoch": 1,
+            "prune.final_epochs": 1,
+        }
+    )
+    workdir = str(tmp_path / "w")
+    summary = experiment.run(config, workdir)
+    pruned = summary["pruned"]
+    for key in ("clean_accuracy", "attack_success_rate", "asr_all_images", "robust_accuracy"):
+        assert key in summary and 0.0 <= pruned[key] <= 1.0
+    # Two 30% rounds: about 51% of the kernels pruned, exactly as the rounding defines.
+    assert pruned["sparsity"]["per_round"][0] == pytest.approx(0.3, abs=0.01)
+    assert pruned["sparsity"]["total"] == pruned["sparsity"]["per_round"][1]
+    assert pruned["sparsity"]["total"] == pytest.approx(0.51, abs=0.01)
+    kept = pruned["num_prunable"] * (1 - pruned["sparsity"]["total"])
+    assert pruned["num_weights_kept"] == round(kept)
+    assert pruned["imp_control"] == "none" and pruned["imp_final_epochs"] == 1
+    phases = [r["phase"] for r in read_rows(workdir) if r.get("event") == "epoch"]
+    assert phases == ["dense", "dense", "imp_rewind", "imp_round1", "imp_round2", "pruned"]
+    assert read_rows(workdir)[-1]["pruned_clean_accuracy"] == pruned["clean_accuracy"]

@@ -1,0 +1,52 @@
+"""Pruning: masks as pytrees, magnitude pruning, IMP with rewinding (SPEC §3).
+
+    from jaxbd import prune
+
+    mask = prune.magnitude_masks(params, 0.3, scope="layerwise")  # bool pytree like params
+    params = prune.apply_mask(params, mask)
+    prune.sparsity(mask)["total"]                                 # 0.3 of the kernels
+
+Masks are boolean pytrees with exactly the parameters' structure (all-True for leaves never
+pruned: biases, BatchNorm); training with one (`Trainer.new_state(..., mask=mask)`) keeps
+pruned weights at exactly zero without recompiling when the mask changes.
+"""
+
+from jaxbd.prune.imp import CONTROLS, IMPResult, IMPSettings, rewind, run_imp
+from jaxbd.prune.magnitude import (
+    SCOPES,
+    magnitude_masks,
+    num_to_prune,
+    random_masks,
+    survivor_counts,
+)
+from jaxbd.prune.masks import (
+    apply_mask,
+    check_mask,
+    full_mask,
+    is_kernel,
+    path_name,
+    prunable_leaves,
+    sparsity,
+    survivors,
+)
+
+__all__ = [
+    "CONTROLS",
+    "SCOPES",
+    "IMPResult",
+    "IMPSettings",
+    "apply_mask",
+    "check_mask",
+    "full_mask",
+    "is_kernel",
+    "magnitude_masks",
+    "num_to_prune",
+    "path_name",
+    "prunable_leaves",
+    "random_masks",
+    "rewind",
+    "run_imp",
+    "sparsity",
+    "survivor_counts",
+    "survivors",
+]
