@@ -1,0 +1,140 @@
+"""The reference study's grid: selection methods × seeds, each cell one experiment.
+
+`run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell of
+`config.sweep.methods × config.sweep.seeds` as `jaxbd.experiment.run` in
+`workdir/cells/<method>/seed<seed>`, seed by seed, and after every cell rewrites the
+grid's report (`results.csv`, `table.md`, plots; `jaxbd.report`).
+
+- **Nothing is recomputed.** A finished cell (its `summary.json` exists) is read, not run; an
+  interrupted cell resumes from its last checkpoint; re-running the same command after an
+  interruption continues the grid. Adding seeds or methods later runs only the new cells.
+- **Work shared within a seed is done once.** The poisoned training set is a deterministic
+  function of the seed (every cell of a seed poisons identically), and the pretraining run
+  that EL2N, forgetting, CRAIG and grad_align score with is stored once per seed under
+  `workdir/pretrain` (`select.pretrain_dir`) and reused by each of them. The compiled
+  training steps are shared by every cell in the process (`experiment.make_trainer`).
+- **The grid is one configuration.** `workdir/sweep.json` records it; a different
+  configuration (other than the method and seed lists, and `runtime.*`) is refused, as a
+  cell directory refuses a different run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from jaxbd import experiment, report
+from jaxbd import logging as runlog
+from jaxbd.select import pipeline as select_pipeline
+
+SWEEP_FILE = "sweep.json"
+FULL = "full"
+"""The method name of the no-selection cell (training on the whole poisoned set)."""
+
+# Settings a grid may change between invocations: which cells exist, and how they execute.
+_SWEEP_RESUMABLE = ("sweep.methods", "sweep.seeds")
+
+
+def cell_config(config: ml_collections.ConfigDict, method: str, seed: int, pretrain_dir: str):
+    """The experiment configuration of one grid cell (the sweep settings removed)."""
+    c = copy.deepcopy(config)
+    del c["sweep"]
+    c.seed = seed
+    c.select.name = None if method == FULL else method
+    c.select.pretrain_dir = pretrain_dir
+    return c
+
+
+def cell_dir(workdir: str, method: str, seed: int) -> str:
+    """Where a cell's run directory lives."""
+    return os.path.join(workdir, "cells", method, f"seed{seed}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the sweep settings and every cell's experiment settings before any work.
+
+    Raises:
+        experiment.ConfigError: naming the offending field.
+    """
+    if "sweep" not in config:
+        raise experiment.ConfigError(
+            "config.sweep: missing; a sweep config needs sweep.methods and sweep.seeds "
+            "(see configs/paper.py)"
+        )
+    methods, seeds = list(config.sweep.methods), list(config.sweep.seeds)
+    valid = (FULL, *select_pipeline.METHODS)
+    if not methods or any(m not in valid for m in methods) or len(set(methods)) < len(methods):
+        raise experiment.ConfigError(
+            f"config.sweep.methods: must be distinct names from {list(valid)}, got {methods}"
+        )
+    if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise experiment.ConfigError(f"config.sweep.seeds: must be distinct integers, got {seeds}")
+    for method in methods:
+        experiment.validate_config(cell_config(config, method, seeds[0], "unused"))
+
+
+def _claim(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Records the grid's configuration, or refuses a workdir holding another grid."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, SWEEP_FILE)
+    new = config.to_dict()
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = [
+            line
+            for line in runlog.config_differences(old, new)
+            if not line.startswith(_SWEEP_RESUMABLE)
+        ]
+        if diff:
+            raise runlog.RunDirError(
+                f"{workdir} holds a sweep with a different configuration:\n  "
+                + "\n  ".join(diff)
+                + "\nUse the same configuration to continue it, or choose another --workdir."
+            )
+    elif os.listdir(workdir):
+        raise runlog.RunDirError(
+            f"{workdir} is not empty and holds no {SWEEP_FILE}: it is not a jaxbd sweep "
+            f"directory, and jaxbd will not write into it. Choose another --workdir."
+        )
+    runlog.write_json_atomic(path, new)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Runs (or continues) the grid and writes its report.
+
+    Args:
+        config: an experiment configuration with a `sweep` section (`methods`, `seeds`).
+        workdir: the grid's directory.
+
+    Returns:
+        One row per cell (`report.cell_row`), in grid order (seed-major).
+    """
+    validate(config)
+    workdir = os.path.abspath(workdir)
+    _claim(workdir, config)
+    pretrain_dir = os.path.join(workdir, "pretrain")
+    rows, started = [], time.perf_counter()
+    cells = [(m, s) for s in config.sweep.seeds for m in config.sweep.methods]
+    for i, (method, seed) in enumerate(cells):
+        path = cell_dir(workdir, method, seed)
+        summary_path = os.path.join(path, runlog.SUMMARY_FILE)
+        if os.path.exists(summary_path):
+            logging.info(
+                "cell %d/%d %s seed %d: finished, skipped", i + 1, len(cells), method, seed
+            )
+            with open(summary_path) as f:
+                summary = json.load(f)
+        else:
+            logging.info("cell %d/%d %s seed %d: running", i + 1, len(cells), method, seed)
+            summary = experiment.run(cell_config(config, method, seed, pretrain_dir), path)
+        rows.append(report.cell_row(method, seed, summary))
+        report.write(workdir, rows, grid_seconds=time.perf_counter() - started)
+    report.write(workdir, rows, grid_seconds=time.perf_counter() - started, plots=True)
+    return rows
