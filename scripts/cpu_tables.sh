@@ -19,6 +19,7 @@ COMMON=(
   --config.model.dtype=float32
   --config.train.eval_every_epochs=0
   --config.runtime.progress=false
+  --config.prune.rounds=0  # dense arm only; the pruned arm is the grid's (cpu_grid.sh)
 )
 
 run() {  # run <workdir> <config> [overrides...]
