@@ -9,6 +9,12 @@ following epochs. `epoch_s_50k` extrapolates to a 50,000-image epoch.
     python scripts/bench.py --width 64 --precision bf16 --batch 128 --n 50000 --epochs 3
     python scripts/bench.py --width 16 --precision fp32 --n 2048 --epochs 3 --torch
 
+`--members M` also trains M models at once with `jax.vmap` (`Trainer.train_epoch_ensemble`,
+as EL2N ensembles and replicate seeds can) and prints the time of one epoch of all M against
+M one-at-a-time epochs (`vmap_speedup` > 1: batching the models is faster):
+
+    python scripts/bench.py --width 8 --precision fp32 --n 2048 --epochs 3 --members 3
+
 `--devices` sets the data-parallel device count (default: all). `--torch` also runs the
 PyTorch baseline (`--torch-script`, default ../shared/bench/torch_cifar_resnet18.py) with the
 same settings in a subprocess and prints its line and the ratio of the two.
@@ -40,10 +46,9 @@ DEFAULT_TORCH_SCRIPT = os.path.join(
 )
 
 
-def bench_jax(args) -> dict:
-    mesh = make_mesh(args.devices)
+def make_trainer(args, mesh) -> Trainer:
     dtype = {"bf16": jnp.bfloat16, "fp32": jnp.float32}[args.precision]
-    trainer = Trainer(
+    return Trainer(
         resnet18(num_classes=10, width=args.width, dtype=dtype),
         mesh,
         batch_size=args.batch,
@@ -53,10 +58,56 @@ def bench_jax(args) -> dict:
         steps_per_call=args.steps_per_call,
         progress=False,
     )
+
+
+def random_data(args, trainer):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, args.n).astype(np.int32)
-    data = trainer.put(images, labels)
+    return trainer.put(images, labels)
+
+
+def bench_members(args, single: dict) -> dict:
+    """One epoch of `args.members` models trained together with vmap vs one at a time."""
+    mesh = make_mesh(args.devices)
+    trainer = make_trainer(args, mesh)
+    data = random_data(args, trainer)
+    steps = trainer.steps_per_epoch(args.n)
+    schedule = CosineSchedule.create(0.1, steps * args.epochs, end=1e-5)
+    states = trainer.stack(
+        [
+            trainer.init_state(
+                jax.random.key(m), (32, 32, 3), schedule, rng=jax.random.key(100 + m)
+            )
+            for m in range(args.members)
+        ]
+    )
+    times = []
+    for epoch in range(args.epochs):
+        keys = jnp.stack([jax.random.key(1000 * m + epoch) for m in range(args.members)])
+        states, stats, _ = trainer.train_epoch_ensemble(states, data, keys)
+        times.append(stats[0].seconds)
+    vmap_s = statistics.median(times[1:])
+    sequential_s = args.members * single["epoch_s"]
+    return {
+        "measurement": "vmap over members vs one at a time",
+        "members": args.members,
+        "width": args.width,
+        "batch": args.batch,
+        "n": args.n,
+        "precision": args.precision,
+        "backend": jax.default_backend(),
+        "vmap_first_epoch_s": times[0],
+        "vmap_epoch_s": vmap_s,
+        "sequential_epoch_s": sequential_s,
+        "vmap_speedup": sequential_s / vmap_s,
+    }
+
+
+def bench_jax(args) -> dict:
+    mesh = make_mesh(args.devices)
+    trainer = make_trainer(args, mesh)
+    data = random_data(args, trainer)
     steps = trainer.steps_per_epoch(args.n)
     state = trainer.init_state(
         jax.random.key(0),
@@ -127,6 +178,9 @@ def main():
     p.add_argument(
         "--steps-per-call", type=int, default=None, help="default: 1 on CPU, 32 otherwise"
     )
+    p.add_argument(
+        "--members", type=int, default=1, help="also time this many models trained with vmap"
+    )
     p.add_argument("--torch", action="store_true", help="also run the PyTorch baseline")
     p.add_argument("--torch-script", default=DEFAULT_TORCH_SCRIPT)
     p.add_argument("--torch-compile", action="store_true")
@@ -137,6 +191,8 @@ def main():
     started = time.perf_counter()
     result = bench_jax(args)
     print(json.dumps(result), flush=True)
+    if args.members > 1:
+        print(json.dumps(bench_members(args, result)), flush=True)
     if args.torch:
         baseline = bench_torch(args)
         print(json.dumps(baseline), flush=True)
