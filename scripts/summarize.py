@@ -4,7 +4,8 @@ Usage:
     python scripts/summarize.py runs/sel_* [--columns selection,poison_kept,...]
 
 Each argument is a run directory; unfinished runs are listed as such. The default columns
-are the selection report and the dense metrics; `--columns` picks others (any summary key).
+are the selection report and the dense metrics; `--columns` picks others (any summary key;
+dotted keys reach into objects, e.g. `pruned.clean_accuracy,pruned.sparsity.total`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def _format(value) -> str:
     return "" if value is None else str(value)
 
 
+def _get(summary: dict, column: str):
+    value = summary
+    for key in column.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories")
@@ -50,7 +60,7 @@ def main() -> None:
             continue
         with open(path) as f:
             summary = json.load(f)
-        cells = [_format(summary.get(c)) for c in columns]
+        cells = [_format(_get(summary, c)) for c in columns]
         print(f"| {os.path.basename(os.path.normpath(run))} | " + " | ".join(cells) + " |")
 
 
