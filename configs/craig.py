@@ -12,6 +12,10 @@ Run (the README's main command):
 Options: `--config.select.craig.greedy=exact|lazy|stochastic`,
 `--config.select.craig.proxy=error|concat|outer` (outer: the full last-layer weight gradient,
 through the kernel identity). Runtime: 20 pretraining epochs plus 50 epochs on half the data.
+
+Every config trains a dense and a pruned arm: the pruned arm (IMP, `config.prune`: 3 rounds
+of 30% on 10-epoch rounds rewound to epoch 1, then the 65.7%-sparse network for the full
+schedule) adds 28 + 50 epochs on the same data; `--config.prune.rounds=0` skips it.
 """
 
 from jaxbd.configs import base_config

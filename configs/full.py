@@ -10,6 +10,10 @@ Run:
 Expected (SPEC §8): clean accuracy about 94–95%, ASR about 100%. Runtime: about 37 minutes per
 epoch on a 2-core CPU (measured, BENCHMARKS.md; interrupt and re-run the same command to
 resume); on a GPU not yet measured (target: under a second per epoch on one H200, bf16).
+
+Every config trains a dense and a pruned arm: the pruned arm (IMP, `config.prune`: 3 rounds
+of 30% on 10-epoch rounds rewound to epoch 1, then the 65.7%-sparse network for the full
+schedule) adds 28 + 50 epochs on the same data; `--config.prune.rounds=0` skips it.
 """
 
 from jaxbd.configs import base_config

@@ -11,6 +11,10 @@ Run:
 
 Runtime: as configs/el2n.py plus 4 GraNd passes over the training set (each about three
 inference passes).
+
+Every config trains a dense and a pruned arm: the pruned arm (IMP, `config.prune`: 3 rounds
+of 30% on 10-epoch rounds rewound to epoch 1, then the 65.7%-sparse network for the full
+schedule) adds 28 + 50 epochs on the same data; `--config.prune.rounds=0` skips it.
 """
 
 from jaxbd.configs import base_config

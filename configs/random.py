@@ -9,6 +9,10 @@ Run:
 
 Expected (SPEC §8): clean accuracy about 91%, poison retention about 0.5, ASR about 100%.
 Runtime: half of configs/full.py (no pretraining).
+
+Every config trains a dense and a pruned arm: the pruned arm (IMP, `config.prune`: 3 rounds
+of 30% on 10-epoch rounds rewound to epoch 1, then the 65.7%-sparse network for the full
+schedule) adds 28 + 50 epochs on the same data; `--config.prune.rounds=0` skips it.
 """
 
 from jaxbd.configs import base_config
