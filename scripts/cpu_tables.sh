@@ -37,13 +37,16 @@ case ${1:-} in
          "--config.select.score.score_epochs=(3,)"
          --config.select.pretrain_dir="$OUT/selection/pretrain")
     run "$OUT/selection/full" configs/full.py --config.train.epochs=12
-    for method in random el2n grand forgetting craig grad_align; do
+    for method in random el2n forgetting craig grad_align; do
       run "$OUT/selection/$method" "configs/$method.py" "${SEL[@]}" \
         --config.select.name="$method"
     done
     run "$OUT/selection/el2n_study" configs/el2n.py "${SEL[@]}" --config.select.variant=study
     run "$OUT/selection/forgetting_study" configs/forgetting.py "${SEL[@]}" \
       --config.select.variant=study
+    # GraNd from one model (per-example gradients of all 10,000 images cost about 95 s per
+    # model on this CPU; EL2N above averages 4).
+    run "$OUT/selection/grand" configs/grand.py "${SEL[@]}" --config.select.score.ensemble_size=1
     ;;
   attacks)
     # 14 epochs on 5,000 images (at 8 epochs even BadNets was not learned yet: ASR 0.13);
