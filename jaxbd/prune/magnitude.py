@@ -47,17 +47,17 @@ def survivor_counts(n: int, rate: float, rounds: int) -> list[int]:
     return counts
 
 
-@jax.jit
-def _keep_largest(scores: jax.Array, keep: jax.Array) -> jax.Array:
+def _keep_largest(scores: np.ndarray, keep: int) -> np.ndarray:
     """bool[n]: True at the `keep` entries of `scores` ranked highest by (score, index).
 
     A stable ascending sort ranks equal scores by index, so the result has exactly `keep`
-    True entries whatever the ties. `keep` is traced: one compilation per length.
+    True entries whatever the ties. On the host with NumPy: it runs once per pruning round,
+    and a jitted sort would compile once per kernel size for no gain.
     """
-    order = jnp.argsort(scores, stable=True)
-    n = scores.shape[0]
-    kept_in_order = jnp.arange(n) >= n - keep
-    return jnp.zeros(n, bool).at[order].set(kept_in_order)
+    order = np.argsort(scores, kind="stable")
+    kept = np.zeros(scores.shape[0], bool)
+    kept[order[scores.shape[0] - keep :]] = True
+    return kept
 
 
 def _check_rate(rate: float) -> None:
@@ -105,26 +105,26 @@ def magnitude_masks(
     masks = jax.tree.leaves(mask)
     chosen = [i for i, (path, p) in enumerate(leaves) if prunable(path, p)]
 
+    host_masks = {i: np.asarray(jax.device_get(masks[i]), bool).reshape(-1) for i in chosen}
+
     def scores(i):
         # Already-pruned weights rank below every survivor (whose |w| ≥ 0).
-        p, m = leaves[i][1], masks[i]
-        return jnp.where(jnp.asarray(m, bool), jnp.abs(p), -jnp.inf).reshape(-1)
+        p = np.abs(np.asarray(jax.device_get(leaves[i][1]), np.float32)).reshape(-1)
+        return np.where(host_masks[i], p, -np.inf)
 
     new = [jnp.asarray(m, bool) for m in masks]
     if scope == "layerwise":
         for i in chosen:
-            remaining = int(np.count_nonzero(jax.device_get(masks[i])))
+            remaining = int(np.count_nonzero(host_masks[i]))
             keep = remaining - num_to_prune(remaining, rate)
-            new[i] = _keep_largest(scores(i), jnp.int32(keep)).reshape(np.shape(masks[i]))
+            new[i] = jnp.asarray(_keep_largest(scores(i), keep).reshape(np.shape(masks[i])))
     elif chosen:
-        remaining = sum(int(np.count_nonzero(jax.device_get(masks[i]))) for i in chosen)
+        remaining = sum(int(np.count_nonzero(host_masks[i])) for i in chosen)
         keep = remaining - num_to_prune(remaining, rate)
-        flat = _keep_largest(
-            jnp.concatenate([scores(i).astype(jnp.float32) for i in chosen]), jnp.int32(keep)
-        )
+        flat = _keep_largest(np.concatenate([scores(i) for i in chosen]), keep)
         offsets = np.cumsum([0] + [np.size(masks[i]) for i in chosen])
         for j, i in enumerate(chosen):
-            new[i] = flat[offsets[j] : offsets[j + 1]].reshape(np.shape(masks[i]))
+            new[i] = jnp.asarray(flat[offsets[j] : offsets[j + 1]].reshape(np.shape(masks[i])))
     return jax.tree.unflatten(treedef, new)
 
 
@@ -156,13 +156,13 @@ def random_masks(
     sizes = [int(np.size(leaves[i][1])) for i in chosen]
     if scope == "layerwise":
         for j, i in enumerate(chosen):
-            noise = jax.random.uniform(jax.random.fold_in(key, j), (sizes[j],))
-            kept = _keep_largest(noise, jnp.int32(counts[j]))
-            new[i] = kept.reshape(np.shape(leaves[i][1]))
+            noise = np.asarray(jax.random.uniform(jax.random.fold_in(key, j), (sizes[j],)))
+            kept = _keep_largest(noise, counts[j])
+            new[i] = jnp.asarray(kept.reshape(np.shape(leaves[i][1])))
     elif chosen:
-        noise = jax.random.uniform(key, (sum(sizes),))
-        flat = _keep_largest(noise, jnp.int32(sum(counts)))
+        noise = np.asarray(jax.random.uniform(key, (sum(sizes),)))
+        flat = _keep_largest(noise, sum(counts))
         offsets = np.cumsum([0, *sizes])
         for j, i in enumerate(chosen):
-            new[i] = flat[offsets[j] : offsets[j + 1]].reshape(np.shape(leaves[i][1]))
+            new[i] = jnp.asarray(flat[offsets[j] : offsets[j + 1]].reshape(np.shape(leaves[i][1])))
     return jax.tree.unflatten(treedef, new)
