@@ -44,7 +44,8 @@ _SWEEP_RESUMABLE = ("sweep.methods", "sweep.seeds")
 def cell_config(config: ml_collections.ConfigDict, method: str, seed: int, pretrain_dir: str):
     """The experiment configuration of one grid cell (the sweep settings removed)."""
     c = copy.deepcopy(config)
-    del c["sweep"]
+    with c.unlocked():  # configs from the command line (config_flags) are locked
+        del c["sweep"]
     c.seed = seed
     c.select.name = None if method == FULL else method
     c.select.pretrain_dir = pretrain_dir

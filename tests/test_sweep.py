@@ -30,7 +30,9 @@ def grid_config(seeds=(0, 1), **overrides):
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("grid") / "g")
-    rows = sweep.run(grid_config(), workdir)
+    config = grid_config()
+    config.lock()  # as scripts/sweep.py receives it from config_flags
+    rows = sweep.run(config, workdir)
     return workdir, rows
 
 
