@@ -2,7 +2,9 @@
 
 A narrow ResNet-18 (width 8) trains on 2,048 synthetic 32×32 images with 5% BadNets poisons
 for 4 epochs; it reaches high clean accuracy and learns the backdoor (ASR well above chance).
-Measured on a 2-core CPU: 33 s in all, clean accuracy 99.8%, ASR 99.8%.
+The pruned arm then runs IMP (2 rounds of 30%) and trains the 51%-sparse network 4 epochs.
+Measured on a 2-core CPU (CI, 2026-11-30): 101 s in all; dense and pruned arms both at 100%
+clean accuracy and 100% ASR. `--config.prune.rounds=0` skips the pruned arm.
 
 Run:
     python scripts/train.py --config configs/smoke.py --workdir runs/smoke
