@@ -389,6 +389,14 @@ def make_trainer(config: ml_collections.ConfigDict, num_classes: int) -> Trainer
     return trainer
 
 
+def _final_metrics(last_row: dict, state, evaluate_fn) -> dict[str, float]:
+    """A phase's final test metrics: its last log row holds them (`train_phase` always
+    evaluates after the last epoch, and a resumed finished phase restores that row);
+    evaluated afresh only if the row lacks them."""
+    metrics = {k.removeprefix("test_"): v for k, v in last_row.items() if k.startswith("test_")}
+    return metrics or evaluate_fn(state)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) one experiment and returns its summary.
 
@@ -538,20 +546,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     train_seconds = time.perf_counter() - train_started
 
-    # The last epoch's row already holds the final test metrics (train_phase always
-    # evaluates after the last epoch, and a resumed finished phase restores that row).
-    result = {k.removeprefix("test_"): v for k, v in last_row.items() if k.startswith("test_")}
-    if not result:
-        result = evaluate_fn(state)
+    result = _final_metrics(last_row, state, evaluate_fn)
     # The pruned arm: IMP with rewinding on the same data, from the dense arm's
     # initialization, then the final sparse network (SPEC §1.5).
     pruned = None
     if config.prune.rounds > 0:
         pruned_started = time.perf_counter()
+        settings = imp_settings(config)
         imp = prune_lib.run_imp(
             trainer,
             data,
-            imp_settings(config),
+            settings,
             init_key=rng.stream(config.seed, "init"),
             stream=lambda name: rng.stream(config.seed, name),
             make_schedule=make_schedule,
@@ -562,9 +567,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             indices=indices,
             epoch_fn=epoch_fn,
         )
-        pruned = {
-            k.removeprefix("test_"): v for k, v in imp.last_row.items() if k.startswith("test_")
-        } or evaluate_fn(imp.state)
+        pruned = _final_metrics(imp.last_row, imp.state, evaluate_fn)
         pruned.update(
             sparsity={
                 "total": imp.sparsity["total"],
@@ -575,7 +578,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             num_prunable=imp.sparsity["prunable"],
             final_train_loss=imp.last_row.get("loss"),
             final_train_accuracy=imp.last_row.get("accuracy"),
-            **{f"imp_{k}": v for k, v in dataclasses.asdict(imp_settings(config)).items()},
+            **{f"imp_{k}": v for k, v in dataclasses.asdict(settings).items()},
             seconds_this_invocation=time.perf_counter() - pruned_started,
         )
 

@@ -9,14 +9,11 @@ command resumes an interrupted run; a finished run directory is never overwritte
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxbd import experiment
-from jaxbd.data import DataError
-from jaxbd.logging import RunDirError
+from jaxbd import cli, experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")
@@ -27,22 +24,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
-    config_path = flags.FLAGS["config"].config_filename
-    workdir = _WORKDIR.value or os.path.join(
-        "runs", os.path.splitext(os.path.basename(config_path))[0]
+    workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
+    summary = cli.run_or_exit(
+        lambda: experiment.run(_CONFIG.value, workdir),
+        on_interrupt=f"re-run the same command to resume {workdir} from its last finished epoch",
     )
-    try:
-        summary = experiment.run(_CONFIG.value, workdir)
-    except (RunDirError, experiment.ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: re-run the same command to resume {workdir} from its last "
-            f"finished epoch",
-            file=sys.stderr,
-        )
-        sys.exit(130)
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {os.path.join(workdir, 'summary.json')}")
 

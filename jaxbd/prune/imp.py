@@ -125,13 +125,14 @@ def rewind(state: TrainState, mask: PyTree, tx: optax.GradientTransformation) ->
         tx: the optimizer whose state `state.opt_state` is (locates parameter-shaped
             buffers in any optax chain).
     """
-    float_mask = jax.tree.map(lambda m: np.float32(1) * (m != 0), mask)
+    float_mask = jax.tree.map(lambda m: (m != 0).astype(np.float32), mask)
+    # Masking makes new parameter and buffer arrays; every other leaf is copied.
     params = jax.tree.map(lambda p, m: p * m.astype(p.dtype), state.params, float_mask)
     opt_state = optax.tree_utils.tree_map_params(
         tx, lambda buffer, m: buffer * m.astype(buffer.dtype), state.opt_state, float_mask
     )
-    copy = jax.tree.map(_copy, state.replace(params=params, opt_state=opt_state))
-    return copy.replace(mask=jax.tree.map(lambda m: m.astype(np.float32), float_mask))
+    rest = jax.tree.map(_copy, state.replace(params=None, opt_state=None, mask=None))
+    return rest.replace(params=params, opt_state=opt_state, mask=float_mask)
 
 
 def _copy(x):
