@@ -20,24 +20,36 @@ code release that lists the attack as "Parameter-Controlled Backdoor (Ours)"):
   (momentum 0.9, weight decay 5e-4), so momentum and weight decay still move the other
   parameters during a poisoned step; BatchNorm running statistics are updated by both kinds
   of step;
-- the trigger is stamped on the loader's batch, i.e. after its augmentation.
+- the trigger is stamped on the loader's batch, i.e. after its augmentation, so it is
+  always where the test images have it. jaxbd does the same by default
+  (`trigger_stage="after_augment"`: the engine applies the trigger's `train_fn` to the
+  poison rows of each poisoned batch after cropping and flipping); `"before_augment"`
+  stamps the stored copies instead, as data-poisoning attacks must (SPEC §1.1), so crops
+  shift the patch and flips mirror it.
 
 jaxbd's differences: the count per tensor is `round(p · size)` rather than `int(p · size)`
 (so a tensor is left out entirely only when `p · size <= 0.5`), with an optional global
-draw; the trigger is stamped on the raw image before augmentation, as everywhere in jaxbd
-(SPEC §1.1); and by default a poisoned step *freezes* the unselected parameters completely
+draw; and by default a poisoned step *freezes* the unselected parameters completely
 (`update_mask_mode="freeze"`: no momentum, no weight decay, bit-identical parameters and
 momentum buffers), so that a poisoned step changes only the selected parameters, exactly.
 `update_mask_mode="gradient"` reproduces the reference behaviour. In both modes the poisoned
 loss's gradient reaches only the selected parameters. The reference code has no default for
 p (its `update_param_fraction` defaults to 1.0, i.e. no restriction); `param_fraction=0.1`
-here is jaxbd's choice (in small CPU trials p = 0.01 implanted no backdoor, p = 0.1 did but
-less stably than p = 1; measure it for your setting).
+here is jaxbd's choice (in small CPU trials p = 0.01 implanted no backdoor).
 
-The poisoned examples come from a separate pool built once (`poison_source`: triggered copies
-of training images, labelled with the target), which the engine samples from on the device;
-the reference stamps the trigger on random training images on the fly, which a pool of
-triggered copies of the whole training set reproduces. The training set itself stays clean.
+Stability: restricting the poisoned steps to a random subset breaks the symmetries plain
+SGD respects (the rescaling symmetries of BatchNorm and of the softmax), and with a large
+learning rate on a small model the alternation can blow the weights up. On 5,000 CIFAR-10
+images with ResNet-18 at width 8 and lr 0.1, p = 0.1 diverged (training loss 2 → 10³)
+in jaxbd *and* in the authors' PyTorch procedure (`scripts/pcb_reference_torch.py`), while
+p = 1 and lr ≤ 0.05 trained normally; see the README's attack table. Lower the learning rate
+if the training loss grows.
+
+The poisoned examples come from a separate pool built once (`poison_source`: copies of
+training images, triggered and labelled with the target up front or, by default, when the
+engine stamps them after augmentation), which the engine samples from on the device; the
+reference poisons random training images on the fly, which a pool of copies of the whole
+training set reproduces. The training set itself stays clean.
 At test time the attack is just its trigger: `test_fn` is the trigger's, so
 `triggered_test_set` and ASR work unchanged.
 """
@@ -66,6 +78,10 @@ PyTree = Any
 SCOPES = ("leaf", "global")
 """How the controlled parameters are drawn: a fraction of every leaf, or of all entries."""
 
+TRIGGER_STAGES = ("after_augment", "before_augment")
+"""When the poisoned steps' examples get the trigger: in the step, after augmentation (the
+reference code), or once, on the stored copies."""
+
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class ParameterControlledBackdoor:
@@ -91,6 +107,7 @@ class ParameterControlledBackdoor:
         poison_batch_ratio: fraction of a poisoned batch that is triggered (the rest keeps
             its clean examples); see `poison_batch_size`.
         update_mask_mode: "freeze" or "gradient", see the module docstring.
+        trigger_stage: "after_augment" or "before_augment", see the module docstring.
         name: "pcb".
     """
 
@@ -101,6 +118,7 @@ class ParameterControlledBackdoor:
     poison_every: int = 2
     poison_batch_ratio: float = 0.1
     update_mask_mode: str = "freeze"
+    trigger_stage: str = "after_augment"
     name: str = "pcb"
 
     # -- the Attack interface --------------------------------------------------------------
@@ -135,6 +153,7 @@ class ParameterControlledBackdoor:
             ("poison_every", self.poison_every),
             ("poison_batch_ratio", self.poison_batch_ratio),
             ("update_mask_mode", self.update_mask_mode),
+            ("trigger_stage", self.trigger_stage),
             ("trigger", self.trigger.description),
         )
 
@@ -176,13 +195,17 @@ class ParameterControlledBackdoor:
         fraction: float = 1.0,
         exclude_target: bool = False,
     ) -> Dataset:
-        """The pool of poisoned examples the poisoned steps sample from.
+        """The pool of examples the poisoned steps sample from.
 
-        Triggered copies (`trigger.train_fn`) of a random `fraction` of the training images,
-        labelled as `poison_dataset` labels the trigger's poisons (the target class; a
-        clean-label trigger draws target-class images only). The default, every training
-        image, matches the reference, which may trigger any training image in any epoch;
-        a smaller pool costs less device memory (the pool is a second uint8 image array).
+        Copies of a random `fraction` of the training images (the candidates
+        `poison_dataset` draws for the trigger: a clean-label trigger draws target-class
+        images only). With `trigger_stage="before_augment"` they are triggered
+        (`trigger.train_fn`) and labelled as `poison_dataset` labels the trigger's poisons;
+        with "after_augment" they keep their images and labels, and the engine applies
+        `trigger.train_fn` to them in each poisoned step, after augmentation. The default,
+        every training image, matches the reference, which may trigger any training image
+        in any epoch; a smaller pool costs less device memory (the pool is a second uint8
+        image array).
 
         Args:
             key: PRNG key (a stream of its own, e.g. `rng.stream(seed, "pcb_pool")`).
@@ -191,8 +214,8 @@ class ParameterControlledBackdoor:
             exclude_target: only copy images whose label is not the target.
 
         Returns:
-            A `Dataset` of the triggered copies, in increasing order of their source index;
-            put it on the devices with `Trainer.put(pool.images, pool.labels)`.
+            A `Dataset` of the copies, in increasing order of their source index; put it on
+            the devices with `Trainer.put(pool.images, pool.labels)`.
 
         Raises:
             ValueError: if the pool would be empty, or as `poison_dataset` does.
@@ -206,12 +229,14 @@ class ParameterControlledBackdoor:
                 f"pcb: fraction={fraction} of {len(train)} training images gives an empty "
                 f"poison pool"
             )
+        source = train if self.trigger_stage == "after_augment" else poisoned.dataset
+        state = "clean, triggered in the step" if source is train else "triggered"
         return Dataset(
-            images=poisoned.dataset.images[chosen],
-            labels=poisoned.dataset.labels[chosen],
+            images=source.images[chosen],
+            labels=source.labels[chosen],
             num_classes=train.num_classes,
             class_names=train.class_names,
-            source=f"{train.source} | pcb pool: {chosen.size} triggered copies "
+            source=f"{train.source} | pcb pool: {chosen.size} copies, {state} "
             f"({self.trigger.description})",
         )
 
@@ -228,7 +253,8 @@ class ParameterControlledBackdoor:
         desc: str = "train+pcb",
     ) -> tuple[TrainState, AlternatingEpochStats]:
         """One epoch of PCB training: `trainer.train_epoch_alternating` with this attack's
-        schedule, poisoned batch size, update mask and mode.
+        schedule, poisoned batch size, update mask and mode, and (trigger stage
+        "after_augment") the trigger as the poison transform.
 
         Args:
             trainer: the engine.
@@ -254,6 +280,9 @@ class ParameterControlledBackdoor:
             poison_every=self.poison_every,
             poison_batch_size=self.poison_batch_size(trainer.batch_size),
             update_mask_mode=self.update_mask_mode,
+            poison_transform=(
+                self.trigger.train_fn if self.trigger_stage == "after_augment" else None
+            ),
             indices=indices,
             desc=desc,
         )
@@ -270,6 +299,7 @@ def pcb(
     poison_every: int = 2,
     poison_batch_ratio: float = 0.1,
     update_mask_mode: Literal["freeze", "gradient"] = "freeze",
+    trigger_stage: Literal["after_augment", "before_augment"] = "after_augment",
 ) -> ParameterControlledBackdoor:
     """Builds a Parameter-Controlled Backdoor for a model with parameters `params`.
 
@@ -291,12 +321,15 @@ def pcb(
             (reference: 0.1); 1 makes poisoned batches entirely triggered.
         update_mask_mode: "freeze" (default) or "gradient" (the reference code); see the
             module docstring.
+        trigger_stage: "after_augment" (default, the reference code: the engine stamps the
+            trigger on the augmented batch) or "before_augment" (the pool holds triggered
+            copies, augmented like any example).
 
     Returns:
         The attack, holding the float32 update mask.
 
     Raises:
-        ValueError: for a bad fraction, scope, schedule, ratio, mode, a trigger whose target
+        ValueError: for a bad fraction, scope, schedule, ratio, mode, stage, a trigger whose target
             differs from `target`, or parameters without entries.
     """
     if trigger is None:
@@ -320,6 +353,10 @@ def pcb(
         )
     if not 0.0 < poison_batch_ratio <= 1.0:
         raise ValueError(f"pcb: poison_batch_ratio must be in (0, 1], got {poison_batch_ratio}")
+    if trigger_stage not in TRIGGER_STAGES:
+        raise ValueError(
+            f"pcb: trigger_stage must be one of {TRIGGER_STAGES}, got {trigger_stage!r}"
+        )
     if update_mask_mode not in UPDATE_MASK_MODES:
         raise ValueError(
             f"pcb: update_mask_mode must be one of {UPDATE_MASK_MODES}, got {update_mask_mode!r}"
@@ -332,6 +369,7 @@ def pcb(
         poison_every=poison_every,
         poison_batch_ratio=float(poison_batch_ratio),
         update_mask_mode=update_mask_mode,
+        trigger_stage=trigger_stage,
     )
 
 

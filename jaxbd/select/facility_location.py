@@ -228,7 +228,8 @@ def _pairwise_sum(x):
     while x.shape[-1] > 1:
         if x.shape[-1] % 2:
             x = jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
-        x = x[..., 0::2] + x[..., 1::2]
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
     return x[..., 0]
 
 

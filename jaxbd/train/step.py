@@ -14,7 +14,7 @@ which keeps its meaning: pruned weights are zero after every step, masked or not
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
@@ -28,6 +28,10 @@ from jaxbd.train import sharding
 from jaxbd.train.state import TrainState
 
 PyTree = Any
+
+BatchTransform = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+"""`fn(key, images uint8[B, H, W, 3], labels int32[B]) -> (images, labels)`, e.g. an attack's
+`train_fn`."""
 
 UPDATE_MASK_MODES = ("freeze", "gradient")
 """How a step treats the coordinates its update mask excludes (see `make_train_step`)."""
@@ -58,6 +62,7 @@ def make_train_step(
     flip: bool = True,
     mesh: Mesh | None = None,
     update_mask_mode: Literal["freeze", "gradient"] = "freeze",
+    after_augment: BatchTransform | None = None,
 ):
     """Builds `train_step(state, images, labels, weights, update_mask=None) -> (state, out)`.
 
@@ -95,6 +100,11 @@ def make_train_step(
         mesh: when given, the batch is constrained to be split over the mesh's data axis.
         update_mask_mode: "freeze" or "gradient", see above; only matters for calls with an
             update mask.
+        after_augment: optional `fn(key, images uint8[B, H, W, 3], labels int32[B]) ->
+            (images, labels)` applied to the augmented batch before normalization, with a
+            key of its own per step; the returned labels are the ones trained on and
+            scored. A training-time attack that controls the pipeline uses it to stamp its
+            trigger after augmentation (`jaxbd.attacks.pcb`).
 
     Returns:
         The un-jitted step; `images: uint8[B, H, W, 3]`, `labels: int32[B]`,
@@ -119,6 +129,8 @@ def make_train_step(
         key = jax.random.fold_in(state.rng, state.step)
         if crop_padding or flip:
             images = augment_lib.augment(key, images, crop_padding=crop_padding, flip=flip)
+        if after_augment is not None:
+            images, labels = after_augment(jax.random.fold_in(key, 1), images, labels)
         x = augment_lib.normalize(images, mean, std)
 
         def loss_fn(params):

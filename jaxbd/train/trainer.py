@@ -42,7 +42,12 @@ from jaxbd.train import sharding
 from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
 from jaxbd.train.state import TrainState, create_train_state, init_variables
-from jaxbd.train.step import UPDATE_MASK_MODES, make_predict_step, make_train_step
+from jaxbd.train.step import (
+    UPDATE_MASK_MODES,
+    BatchTransform,
+    make_predict_step,
+    make_train_step,
+)
 
 
 @flax.struct.dataclass
@@ -237,7 +242,7 @@ class Trainer:
         self.train_step = train_step
         # Compiled poisoned (update-masked) steps, one per update-mask mode, built on first use
         # so plain training compiles nothing more than before.
-        self._poison_steps: dict[str, jax.stages.Wrapped] = {}
+        self._poison_steps: dict[tuple, jax.stages.Wrapped] = {}
 
         def gathered_step(state, data: DeviceData, batch_idx):
             batch_idx = jax.lax.with_sharding_constraint(batch_idx, sharding.batch_sharded(mesh))
@@ -397,6 +402,7 @@ class Trainer:
         poison_every: int = 2,
         poison_batch_size: int | None = None,
         update_mask_mode: Literal["freeze", "gradient"] = "freeze",
+        poison_transform: BatchTransform | None = None,
         indices: jax.Array | None = None,
         desc: str = "train+poison",
     ) -> tuple[TrainState, AlternatingEpochStats]:
@@ -434,6 +440,13 @@ class Trainer:
             update_mask_mode: "freeze" (excluded parameters and their momentum stay exactly
                 as they are during a poisoned step) or "gradient" (only their gradient is
                 masked, as in the reference PyTorch code); see `make_train_step`.
+            poison_transform: optional `fn(key, images uint8[k, H, W, 3], labels int32[k])
+                -> (images, labels)` applied to the k poison examples of each poisoned batch
+                *after* augmentation (e.g. an attack's `train_fn`, stamping its trigger where
+                the test images will have it); `poison_data` then holds the clean source
+                images. None: `poison_data` is used as it is (already transformed, then
+                augmented like every example). The function is a static part of the
+                compiled step: pass the same object every epoch.
             indices: optional int32[K] device array of the clean examples making up the
                 epoch (a coreset).
             desc: progress-bar label.
@@ -466,7 +479,7 @@ class Trainer:
                 "update_mask must have the structure of the parameters: got "
                 f"{jax.tree.structure(update_mask)}, expected {jax.tree.structure(state.params)}"
             )
-        poison_steps_fn = self._poison_steps_fn(update_mask_mode)
+        poison_steps_fn = self._poison_steps_fn(update_mask_mode, poison_transform)
         update_mask = self.replicate(update_mask)
 
         clean_order, fill_order, poison_order = _alternating_order(
@@ -532,8 +545,11 @@ class Trainer:
         )
         return state, stats
 
-    def _poison_steps_fn(self, update_mask_mode: str):
-        """The compiled poisoned step(s) for one update-mask mode (built on first use).
+    def _poison_steps_fn(
+        self, update_mask_mode: str, poison_transform: BatchTransform | None = None
+    ):
+        """The compiled poisoned step(s) for one update-mask mode and poison transform (built
+        on first use; keyed by `(update_mask_mode, poison_transform)`).
 
         `poison_steps(state, clean, poison, update_mask, fill_idx int32[c, B-k],
         poison_idx int32[c, k])` runs c steps; each batch is the k poison examples followed
@@ -543,13 +559,27 @@ class Trainer:
             raise ValueError(
                 f"update_mask_mode must be one of {UPDATE_MASK_MODES}, got {update_mask_mode!r}"
             )
-        if update_mask_mode not in self._poison_steps:
-            masked_step = self._make_train_step(update_mask_mode=update_mask_mode)
+        cache_key = (update_mask_mode, poison_transform)
+        if cache_key not in self._poison_steps:
 
             def poison_step(state, clean: DeviceData, poison: DeviceData, update_mask, fill, idx):
                 images = jnp.concatenate([poison.images[idx], clean.images[fill]])
                 labels = jnp.concatenate([poison.labels[idx], clean.labels[fill]])
                 weights = jnp.concatenate([poison.weights[idx], clean.weights[fill]])
+                after_augment = None
+                if poison_transform is not None:
+                    k = idx.shape[0]  # the poison rows lead the batch
+
+                    def after_augment(key, images, labels):
+                        head, head_labels = poison_transform(key, images[:k], labels[:k])
+                        images = jnp.concatenate([head.astype(images.dtype), images[k:]])
+                        return images, jnp.concatenate(
+                            [head_labels.astype(labels.dtype), labels[k:]]
+                        )
+
+                masked_step = self._make_train_step(
+                    update_mask_mode=update_mask_mode, after_augment=after_augment
+                )
                 return masked_step(state, images, labels, weights, update_mask)
 
             def poison_steps(state, clean, poison, update_mask, fill, idx):
@@ -562,10 +592,10 @@ class Trainer:
                     (fill, idx),
                 )
 
-            self._poison_steps[update_mask_mode] = jax.jit(
+            self._poison_steps[cache_key] = jax.jit(
                 poison_steps, donate_argnums=0, out_shardings=self._replicated
             )
-        return self._poison_steps[update_mask_mode]
+        return self._poison_steps[cache_key]
 
     # -- ensembles ---------------------------------------------------------------------
 

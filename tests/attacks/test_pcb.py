@@ -104,6 +104,7 @@ def test_default_trigger_is_badnets_with_the_target(resnet_params):
         (dict(poison_every=0), "poison_every"),
         (dict(poison_batch_ratio=0.0), "poison_batch_ratio"),
         (dict(update_mask_mode="soft"), "update_mask_mode"),
+        (dict(trigger_stage="during"), "trigger_stage"),
     ],
 )
 def test_bad_arguments_are_clear_errors(resnet_params, kwargs, match):
@@ -111,20 +112,26 @@ def test_bad_arguments_are_clear_errors(resnet_params, kwargs, match):
         pcb(resnet_params, key=jax.random.key(0), **kwargs)
 
 
-def test_poison_source_is_triggered_copies_with_the_target_label(resnet_params):
+@pytest.mark.parametrize("stage", ["after_augment", "before_augment"])
+def test_poison_source_copies_the_poisoning_draw(resnet_params, stage):
     train = make_synthetic(num_train=40, num_test=8, image_size=8, seed=2).train
-    attack = pcb(resnet_params, key=jax.random.key(0), target=4)
+    attack = pcb(resnet_params, key=jax.random.key(0), target=4, trigger_stage=stage)
     key = jax.random.key(3)
     pool = attack.poison_source(key, train, fraction=0.5, exclude_target=True)
     assert len(pool) == round(0.5 * np.sum(train.labels != 4))
-    assert np.all(pool.labels == 4) and pool.num_classes == train.num_classes
+    assert pool.num_classes == train.num_classes
     # The same draw as poisoning the set with the trigger: copies of those images, in order.
     chosen = poison_dataset(
         key, train, attack.trigger, fraction=0.5, exclude_target=True
     ).poison_indices
     assert np.all(train.labels[chosen] != 4)
-    stamped, _ = attack.trigger(key, train.images[chosen], train.labels[chosen])
-    np.testing.assert_array_equal(pool.images, np.asarray(stamped))
+    if stage == "before_augment":  # triggered and relabelled up front
+        stamped, _ = attack.trigger(key, train.images[chosen], train.labels[chosen])
+        np.testing.assert_array_equal(pool.images, np.asarray(stamped))
+        assert np.all(pool.labels == 4)
+    else:  # clean copies: the engine triggers them after augmentation
+        np.testing.assert_array_equal(pool.images, train.images[chosen])
+        np.testing.assert_array_equal(pool.labels, train.labels[chosen])
     with pytest.raises(ValueError, match="empty poison pool"):
         attack.poison_source(key, train, fraction=0.0)
 
@@ -156,6 +163,11 @@ def test_train_epoch_runs_the_engine_with_the_attack_schedule(resnet_params):
     assert kwargs["update_mask"] is attack.update_mask and kwargs["indices"] is subset
     assert kwargs["poison_every"] == 3 and kwargs["poison_batch_size"] == 16
     assert kwargs["update_mask_mode"] == "gradient"
+    # The default trigger stage hands the engine the trigger to stamp after augmentation.
+    assert kwargs["poison_transform"] is attack.trigger.train_fn
+    before = pcb(resnet_params, key=jax.random.key(0), trigger_stage="before_augment")
+    before.train_epoch(RecordingTrainer(), "s", "clean", "pool", key)
+    assert calls[-1][1]["poison_transform"] is None
     replicated = {"already": "placed"}
     attack.train_epoch(RecordingTrainer(), "s", "clean", "pool", key, update_mask=replicated)
     assert calls[-1][1]["update_mask"] is replicated

@@ -201,6 +201,26 @@ def test_new_update_mask_values_do_not_retrace():
         state, _ = step(state, *_batch(seed), _random_mask(seed, fraction))
 
 
+def test_after_augment_transforms_the_augmented_batch():
+    # A step with augmentation and an after-augment trigger equals a step without
+    # augmentation on the batch augmented with the step's key and then triggered: the patch
+    # lands where the test images have it, whatever the crop and flip.
+    trigger = badnets(size=3, target=2)
+    aug = dict(mean=MEAN, std=STD, crop_padding=2, flip=True)
+    with_hook = jax.jit(make_train_step(MODEL, TX, after_augment=trigger.train_fn, **aug))
+    plain = jax.jit(make_train_step(MODEL, TX, mean=MEAN, std=STD, crop_padding=0, flip=False))
+    state = _state()
+    images, labels, weights = _batch(3)
+    key = jax.random.fold_in(state.rng, state.step)
+    augmented = augment_lib.augment(key, images, crop_padding=2, flip=True)
+    stamped, target = trigger.train_fn(jax.random.fold_in(key, 1), augmented, labels)
+    assert np.all(np.asarray(stamped)[:, -3:, -3:] == (255, 0, 0)) and np.all(target == 2)
+    expected, expected_out = plain(_state(), stamped, target, weights)
+    got, out = with_hook(state, images, labels, weights)
+    chex.assert_trees_all_close(got.params, expected.params, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(out.correct, expected_out.correct)
+
+
 def test_unknown_update_mask_mode_is_rejected():
     with pytest.raises(ValueError, match="update_mask_mode"):
         make_train_step(MODEL, TX, mean=MEAN, std=STD, update_mask_mode="soft")
@@ -234,6 +254,7 @@ def setup():
         param_fraction=0.3,
         trigger=badnets(size=2),
         poison_batch_ratio=0.25,
+        trigger_stage="before_augment",  # a pool of triggered copies, used as it is
     )
     pool_set = attack.poison_source(jax.random.key(4), splits.train, fraction=0.2)
     assert len(pool_set) == 10 and np.all(pool_set.labels == 0)
@@ -258,7 +279,10 @@ def test_alternating_schedule():
 def _spy(trainer, record):
     """Wraps the trainer's compiled clean and poisoned steps to log every call, and checks
     that each poisoned step leaves the parameters outside the update mask unchanged."""
-    clean_fn, poison_fn = trainer._train_steps, trainer._poison_steps_fn("freeze")
+    clean_fn, poison_fn = (
+        trainer._train_steps,
+        trainer._poison_steps_fn("freeze"),
+    )  # no poison transform
 
     def clean(state, data, idx):
         record.append(("clean", np.asarray(idx)))
@@ -273,7 +297,7 @@ def _spy(trainer, record):
         record.append(("poison", np.asarray(fill), np.asarray(idx)))
         return state, out
 
-    trainer._train_steps, trainer._poison_steps["freeze"] = clean, poison
+    trainer._train_steps, trainer._poison_steps["freeze", None] = clean, poison
     return clean_fn, poison_fn
 
 
@@ -293,7 +317,7 @@ def test_alternating_epoch_order_counts_and_batches(setup):
             poison_every=3, poison_batch_size=3, indices=subset,
         )  # fmt: skip
     finally:
-        trainer._train_steps, trainer._poison_steps["freeze"] = originals
+        trainer._train_steps, trainer._poison_steps["freeze", None] = originals
     kinds = [r[0] for r in record]
     # Epoch 1: 48 examples, 6 steps, P C P C P C; epoch 2: 3 steps, P C C.
     assert kinds == ["poison", "clean"] * 3 + ["poison", "clean", "clean"]
@@ -328,7 +352,7 @@ def test_alternating_epochs_reuse_compiled_functions(setup):
     # with new masks: the mask is data, not a constant.
     state, stats = attack.train_epoch(trainer, state, clean, pool, jax.random.key(1))
     assert (stats.poison_steps, stats.clean_steps) == (3, 3)
-    poison_compiles = trainer._poison_steps["freeze"]._cache_size()
+    poison_compiles = trainer._poison_steps["freeze", None]._cache_size()
     for epoch in range(2):
         mask = _random_mask(10 + epoch, 0.3)
         state, _ = trainer.train_epoch_alternating(
@@ -337,9 +361,29 @@ def test_alternating_epochs_reuse_compiled_functions(setup):
     # Clean steps are train_epoch's compiled function (one step per call on the CPU).
     assert trainer._train_steps._cache_size() == clean_compiles
     # Poisoned steps: compiled for the attack's epoch (or by an earlier test), then reused.
-    assert trainer._poison_steps["freeze"]._cache_size() == poison_compiles
+    assert trainer._poison_steps["freeze", None]._cache_size() == poison_compiles
     state, _, _ = trainer.train_epoch(state, clean, jax.random.key(3))
     assert trainer._train_steps._cache_size() == clean_compiles
+
+
+def test_poison_transform_gets_the_poison_rows_in_a_step_of_its_own(setup):
+    trainer, clean, pool, attack = setup
+    traced = []
+    trigger = badnets(size=2)
+
+    def transform(key, images, labels):  # records what it is traced with
+        traced.append((images.shape, labels.shape))
+        return trigger.train_fn(key, images, labels)
+
+    state = _fresh(trainer)
+    for epoch in range(2):
+        state, stats = trainer.train_epoch_alternating(
+            state, clean, pool, jax.random.key(epoch), update_mask=attack.update_mask,
+            poison_batch_size=3, poison_transform=transform,
+        )  # fmt: skip
+        assert stats.poison_steps == 3 and np.isfinite(stats.poison_loss)
+    assert traced == [((3, 8, 8, 3), (3,))]  # traced once, on the 3 poison rows
+    assert trainer._poison_steps["freeze", transform]._cache_size() == 1
 
 
 def test_alternating_epoch_keeps_pruned_weights_at_zero(setup):
