@@ -12,9 +12,11 @@ from typing import Any
 from jaxbd.data import DataError
 from jaxbd.experiment import ConfigError
 from jaxbd.logging import RunDirError
+from jaxbd.phase import TrainingDivergedError
 
-USER_ERRORS = (RunDirError, ConfigError, DataError)
-"""Errors that mean "fix the command or the data", reported without a traceback."""
+USER_ERRORS = (RunDirError, ConfigError, DataError, TrainingDivergedError)
+"""Errors that mean "fix the command, the settings or the data", reported without a
+traceback."""
 
 
 def default_workdir(config_path: str) -> str:

@@ -22,6 +22,11 @@ from jaxbd import logging as runlog
 from jaxbd.checkpoint import Checkpointer
 from jaxbd.train import DeviceData, Presentations, Trainer, TrainState
 
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite: later epochs could only waste time."""
+
+
 EpochFn = Callable[..., tuple[TrainState, Any, "Presentations | None"]]
 """`epoch_fn(state, data, key, *, indices, desc, record_presentations) -> (state, stats,
 presentations)`, like `Trainer.train_epoch`; `stats` has `EpochStats`'s fields."""
@@ -150,6 +155,15 @@ def train_phase(
         if epoch_hook is not None:
             aux = epoch_hook(epoch, state, presentations, aux)
         rundir.log(row)
+        if not np.all(np.isfinite(np.asarray(stats.loss, np.float64))):
+            checkpointer.close()
+            raise TrainingDivergedError(
+                f"phase {name!r}: the training loss is {stats.loss} after epoch {epoch} of "
+                f"{epochs}: training diverged (the log has the epoch's row; the last "
+                f"checkpoint, of epoch {epoch - 1}, is kept, but resuming would diverge "
+                "again). Start a new run directory with a lower config.train.lr, or gentler "
+                "attack or selection settings."
+            )
         logging.info(
             "%s epoch %d/%d: loss %.4f, train accuracy %.4f, %.1f s (%.0f images/s)%s",
             name,
