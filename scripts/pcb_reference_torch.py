@@ -35,8 +35,8 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from ml_collections import ConfigDict
+from torch.nn import functional
 
 from jaxbd.data import load_dataset
 
@@ -97,8 +97,9 @@ def main(argv=None) -> None:
     end_lr = 1e-5
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (end_lr + 0.5 * (args.lr - end_lr) * (1 + math.cos(math.pi * s / total)))
-        / args.lr,
+        lambda s: (
+            (end_lr + 0.5 * (args.lr - end_lr) * (1 + math.cos(math.pi * s / total))) / args.lr
+        ),
     )
     num_poison = int(args.batch * args.poison_batch_ratio)
     masks: dict[int, torch.Tensor] = {}
@@ -116,7 +117,7 @@ def main(argv=None) -> None:
                 x[:num_poison] = stamp(x[:num_poison], args.patch, mean, std)
                 y[:num_poison] = args.target
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if poisoned:

@@ -19,7 +19,6 @@ import numpy as np
 from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_select
 from jaxbd.select.facility_location import (
     DEFAULT_BLOCK_SIZE,
-    DEFAULT_LAZY_BATCH,
     DEFAULT_MAX_MATRIX_BYTES,
     OuterProduct,
     facility_location_groups,
@@ -92,8 +91,9 @@ def craig(
     epsilon: float = 0.1,
     num_classes: int | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    lazy_batch: int = DEFAULT_LAZY_BATCH,
+    lazy_batch: int | None = None,
     max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
+    blocks_per_call: int | None = None,
 ) -> Selection:
     """CRAIG coreset: per-class greedy facility location, weighted by cluster sizes.
 
@@ -113,7 +113,7 @@ def craig(
             deterministic variants.
         epsilon: stochastic greedy's ε in (0, 1).
         num_classes: C; defaults to max(labels) + 1.
-        block_size, lazy_batch, max_matrix_bytes: device tiling and memory, see
+        block_size, lazy_batch, max_matrix_bytes, blocks_per_call: device tiling and memory, see
             `jaxbd.select.facility_location.facility_location_groups`.
 
     Returns:
@@ -143,6 +143,7 @@ def craig(
         block_size=block_size,
         lazy_batch=lazy_batch,
         max_matrix_bytes=max_matrix_bytes,
+        blocks_per_call=blocks_per_call,
     )
     indices = np.concatenate([r.order for r in results]) if results else np.zeros(0, np.int64)
     weights = np.concatenate([r.weights for r in results]) if results else np.zeros(0)

@@ -33,8 +33,9 @@ last-layer weight gradient (p − onehot) ⊗ h), whose distances use the kernel
 
 Everything heavy runs in one jitted call per batch of blocks: the similarity rows, the whole
 budget loop (a `lax` loop with a traced trip count) and the cluster sizes. When a block's
-n×n similarity matrix fits `max_matrix_bytes` it is materialized on the device, and several
-blocks (e.g. all classes of CIFAR-10) are processed at once under `vmap`; otherwise rows of
+n×n similarity matrix fits `max_matrix_bytes` it is materialized on the device, and on
+accelerators several blocks (e.g. all classes of CIFAR-10) are processed at once under `vmap`
+(on the CPU one per call: see `blocks_per_call`); otherwise rows of
 the matrix are recomputed from the proxies whenever they are needed (streaming), so memory is
 O(n · lazy_batch). Blocks are padded to a multiple of a power-of-two block size (padding rows
 are masked), so classes of similar size share one compilation. The host never holds an n×n
@@ -58,6 +59,10 @@ from jaxbd.select.base import Selection, make_selection
 GREEDY_VARIANTS = ("exact", "lazy", "stochastic")
 DEFAULT_BLOCK_SIZE = 256
 DEFAULT_LAZY_BATCH = 32
+CPU_LAZY_BATCH = 8
+"""Lazy greedy's re-evaluation batch when `lazy_batch=None`: wide batches keep an accelerator
+busy; on the CPU a pick usually needs only a few fresh gains, and 8 measured fastest
+(BENCHMARKS.md)."""
 DEFAULT_MAX_MATRIX_BYTES = 1 << 30
 
 _HIGHEST = lax.Precision.HIGHEST  # TF32 matmuls on GPUs would perturb distances at ~1e-3.
@@ -295,9 +300,19 @@ class _State(NamedTuple):
 
 
 def _first_argmax(values, idx):
-    """The entry of `idx` with the largest value, ties to the lowest index (any shapes [L])."""
+    """The entry of `idx` with the largest value, ties to the lowest index (any shapes [L]).
+
+    Two plain reductions (max, then min over the positions that attain it) rather than
+    `jnp.argmax`, whose (value, index) reduction XLA:CPU runs about twice as slowly; the
+    greedy loops take several per pick.
+    """
     best = jnp.max(values)
     return jnp.min(jnp.where(values == best, idx, jnp.iinfo(jnp.int32).max)), best
+
+
+def _argmax(values):
+    """int32 position of the first maximum of a 1-d array (`jnp.argmax`'s result)."""
+    return _first_argmax(values, jnp.arange(values.shape[0], dtype=jnp.int32))[0]
 
 
 def _greedy_block(factors, n, k, m, key, *, greedy, materialize, chunk, sample_pad):
@@ -330,7 +345,7 @@ def _greedy_block(factors, n, k, m, key, *, greedy, materialize, chunk, sample_p
 
     def exact_step(t, state):
         g = jnp.where(available(state), sim.all_gains(state.cur), neg_inf)
-        j = jnp.argmax(g).astype(jnp.int32)  # first maximum: ties to the lowest index
+        j = _argmax(g)  # first maximum: ties to the lowest index
         return pick(state, t, j, g[j])
 
     def lazy_step(t, state):
@@ -340,7 +355,7 @@ def _greedy_block(factors, n, k, m, key, *, greedy, materialize, chunk, sample_p
         active = (t < k) & jnp.any(avail)
 
         def leader(bound):
-            return jnp.argmax(jnp.where(avail, bound, neg_inf)).astype(jnp.int32)
+            return _argmax(jnp.where(avail, bound, neg_inf))
 
         def stale_leader(carry):
             _, fresh, j = carry
@@ -444,8 +459,9 @@ def facility_location_groups(
     keys: Sequence[jax.Array] | None = None,
     epsilon: float = 0.1,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    lazy_batch: int = DEFAULT_LAZY_BATCH,
+    lazy_batch: int | None = None,
     max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
+    blocks_per_call: int | None = None,
 ) -> list[Greedy]:
     """Independent greedy facility-location runs on several blocks of one proxy array.
 
@@ -465,9 +481,16 @@ def facility_location_groups(
         block_size: power of two; blocks are padded to a multiple of it (or of the next power
             of two ≥ the largest block, if smaller).
         lazy_batch: power of two; how many stale candidates lazy greedy re-evaluates at once,
-            also the row-chunk of the streamed path.
+            also the row-chunk of the streamed path. None: `CPU_LAZY_BATCH` on the CPU,
+            `DEFAULT_LAZY_BATCH` elsewhere.
         max_matrix_bytes: device memory for materialized float32 similarity matrices (peak
             use is about twice this). Blocks whose n_pad² · 4 bytes exceed it are streamed.
+        blocks_per_call: at most this many materialized blocks per jitted call (under
+            `vmap`; never more than fit `max_matrix_bytes`). None: 1 on the CPU, where
+            XLA runs one block at a time no slower and a batch of blocks would wait in every
+            lazy-greedy step for its slowest block; as many as fit elsewhere. Picks can
+            differ in the last bits of near-tied gains between settings, because a batched
+            matrix product may sum in another order.
 
     Returns:
         One `Greedy` per block, with `order` holding rows of `features`.
@@ -486,7 +509,17 @@ def facility_location_groups(
     ):
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
     block_size = _check_pow2("block_size", block_size)
+    if lazy_batch is None:
+        lazy_batch = CPU_LAZY_BATCH if jax.default_backend() == "cpu" else DEFAULT_LAZY_BATCH
     lazy_batch = _check_pow2("lazy_batch", lazy_batch)
+    if blocks_per_call is None:
+        blocks_per_call = 1 if jax.default_backend() == "cpu" else len(groups)
+    elif (
+        isinstance(blocks_per_call, bool)
+        or not isinstance(blocks_per_call, int | np.integer)
+        or blocks_per_call < 1
+    ):
+        raise ValueError(f"blocks_per_call must be None or an int >= 1, got {blocks_per_call!r}")
     if isinstance(max_matrix_bytes, bool) or not isinstance(max_matrix_bytes, int | np.integer):
         raise ValueError(f"max_matrix_bytes must be an int, got {max_matrix_bytes!r}")
     groups = [np.asarray(g).reshape(-1) for g in groups]
@@ -524,7 +557,8 @@ def facility_location_groups(
     chunk = min(lazy_batch, block)  # divides n_pad: both are powers of two
     matrix_bytes = n_pad * n_pad * 4
     materialize = matrix_bytes <= max_matrix_bytes
-    per_call = min(len(active), max(1, max_matrix_bytes // matrix_bytes)) if materialize else 1
+    fit = max(1, max_matrix_bytes // matrix_bytes)
+    per_call = min(len(active), fit, blocks_per_call) if materialize else 1
     sizes = {b: groups[b].size for b in active}
     # Stochastic greedy's sample size s = ⌈(n/k)·ln(1/ε)⌉ (at most n), padded to a power of two.
     samples = {
@@ -582,8 +616,9 @@ def greedy_facility_location(
     key: jax.Array | None = None,
     epsilon: float = 0.1,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    lazy_batch: int = DEFAULT_LAZY_BATCH,
+    lazy_batch: int | None = None,
     max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
+    blocks_per_call: int | None = None,
 ) -> Greedy:
     """Greedy facility location on one block, with picks and gains in pick order.
 
@@ -594,7 +629,8 @@ def greedy_facility_location(
         greedy: "exact", "lazy" (identical picks to exact, faster) or "stochastic".
         key: PRNG key, required for stochastic greedy (ignored otherwise).
         epsilon: stochastic greedy's ε in (0, 1).
-        block_size, lazy_batch, max_matrix_bytes: see `facility_location_groups`.
+        block_size, lazy_batch, max_matrix_bytes, blocks_per_call: see
+            `facility_location_groups`.
 
     Returns:
         A `Greedy` whose `order` holds positions 0..n-1 in the block.
@@ -617,6 +653,7 @@ def greedy_facility_location(
         block_size=block_size,
         lazy_batch=lazy_batch,
         max_matrix_bytes=max_matrix_bytes,
+        blocks_per_call=blocks_per_call,
     )
     return result
 
@@ -629,8 +666,9 @@ def facility_location(
     key: jax.Array | None = None,
     epsilon: float = 0.1,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    lazy_batch: int = DEFAULT_LAZY_BATCH,
+    lazy_batch: int | None = None,
     max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
+    blocks_per_call: int | None = None,
 ) -> Selection:
     """Greedy facility-location subset of one block, weighted by cluster sizes.
 
@@ -641,7 +679,8 @@ def facility_location(
         greedy: "exact", "lazy" (identical picks to exact, faster) or "stochastic".
         key: PRNG key, required for stochastic greedy (ignored otherwise).
         epsilon: stochastic greedy's ε in (0, 1).
-        block_size, lazy_batch, max_matrix_bytes: see `facility_location_groups`.
+        block_size, lazy_batch, max_matrix_bytes, blocks_per_call: see
+            `facility_location_groups`.
 
     Returns:
         A `Selection` of positions 0..n-1 in increasing order, with weights γ_j (cluster
@@ -659,6 +698,7 @@ def facility_location(
         block_size=block_size,
         lazy_batch=lazy_batch,
         max_matrix_bytes=max_matrix_bytes,
+        blocks_per_call=blocks_per_call,
     )
     return make_selection(result.order, result.weights)
 

@@ -179,7 +179,8 @@ def test_groups_batched_equal_separate_runs():
     # Room for two 64×64 matrices per call: blocks 0 and 2 share a call, block 3 is padded
     # with an empty block. Block 0 takes every candidate and is done while block 2 still
     # runs: its lazy re-evaluation loop must stop, and block 2 must be unaffected.
-    settings = dict(max_matrix_bytes=2 * 64 * 64 * 4, **FAST)
+    # (blocks_per_call: the CPU default is one block per call.)
+    settings = dict(max_matrix_bytes=2 * 64 * 64 * 4, blocks_per_call=4, **FAST)
     batched = facility_location_groups(x, groups, budgets, greedy="lazy", **settings)
     exact = facility_location_groups(x, groups, budgets, greedy="exact", **settings)
     assert batched[1].order.size == 0
@@ -226,3 +227,6 @@ def test_errors():
         facility_location_objective(x, [0, 56])
     with pytest.raises(ValueError, match="distinct"):
         facility_location_groups(x, [np.array([1, 1])], [1])
+    for bad_count in (0, 1.5, True):
+        with pytest.raises(ValueError, match="blocks_per_call"):
+            facility_location_groups(x, [np.arange(4)], [1], blocks_per_call=bad_count)
