@@ -29,13 +29,17 @@ code release that lists the attack as "Parameter-Controlled Backdoor (Ours)"):
 
 jaxbd's differences: the count per tensor is `round(p · size)` rather than `int(p · size)`
 (so a tensor is left out entirely only when `p · size <= 0.5`), with an optional global
-draw; and by default a poisoned step *freezes* the unselected parameters completely
-(`update_mask_mode="freeze"`: no momentum, no weight decay, bit-identical parameters and
-momentum buffers), so that a poisoned step changes only the selected parameters, exactly.
-`update_mask_mode="gradient"` reproduces the reference behaviour. In both modes the poisoned
-loss's gradient reaches only the selected parameters. The reference code has no default for
-p (its `update_param_fraction` defaults to 1.0, i.e. no restriction); `param_fraction=0.1`
-here is jaxbd's choice (in small CPU trials p = 0.01 implanted no backdoor).
+draw. By default a poisoned step masks only the loss gradient, as the reference does
+(`update_mask_mode="gradient"`: momentum and weight decay still move every parameter);
+`update_mask_mode="freeze"` leaves the unselected parameters and their momentum buffers
+bit-identical during a poisoned step, so that it changes only the selected parameters,
+exactly. In both modes the poisoned loss's gradient reaches only the selected parameters.
+(On 5,000 CIFAR-10 images at lr 0.05, "gradient" implanted the backdoor by epoch 9 — ASR
+98.7% — while "freeze" trained less stably and reached 55% poisoned-step accuracy only at
+epoch 13; hence the reference's behaviour is the default.) The reference code has no
+default for p (its `update_param_fraction` defaults to 1.0, i.e. no restriction);
+`param_fraction=0.1` here is jaxbd's choice (in small CPU trials p = 0.01 implanted no
+backdoor).
 
 Stability: restricting the poisoned steps to a random subset breaks the symmetries plain
 SGD respects (the rescaling symmetries of BatchNorm and of the softmax), and with a large
@@ -117,7 +121,7 @@ class ParameterControlledBackdoor:
     scope: str = "leaf"
     poison_every: int = 2
     poison_batch_ratio: float = 0.1
-    update_mask_mode: str = "freeze"
+    update_mask_mode: str = "gradient"
     trigger_stage: str = "after_augment"
     name: str = "pcb"
 
@@ -298,7 +302,7 @@ def pcb(
     scope: Literal["leaf", "global"] = "leaf",
     poison_every: int = 2,
     poison_batch_ratio: float = 0.1,
-    update_mask_mode: Literal["freeze", "gradient"] = "freeze",
+    update_mask_mode: Literal["freeze", "gradient"] = "gradient",
     trigger_stage: Literal["after_augment", "before_augment"] = "after_augment",
 ) -> ParameterControlledBackdoor:
     """Builds a Parameter-Controlled Backdoor for a model with parameters `params`.
@@ -319,7 +323,7 @@ def pcb(
             `jaxbd.train.alternating_schedule`); 2 is the reference's 1:1 alternation.
         poison_batch_ratio: in (0, 1], fraction of a poisoned batch that is triggered
             (reference: 0.1); 1 makes poisoned batches entirely triggered.
-        update_mask_mode: "freeze" (default) or "gradient" (the reference code); see the
+        update_mask_mode: "gradient" (default, the reference code) or "freeze"; see the
             module docstring.
         trigger_stage: "after_augment" (default, the reference code: the engine stamps the
             trigger on the augmented batch) or "before_augment" (the pool holds triggered

@@ -255,6 +255,7 @@ def setup():
         trigger=badnets(size=2),
         poison_batch_ratio=0.25,
         trigger_stage="before_augment",  # a pool of triggered copies, used as it is
+        update_mask_mode="freeze",  # the mode the spy below wraps
     )
     pool_set = attack.poison_source(jax.random.key(4), splits.train, fraction=0.2)
     assert len(pool_set) == 10 and np.all(pool_set.labels == 0)
