@@ -1,9 +1,24 @@
-"""Slow: a small model trained on poisoned synthetic data learns every attack's backdoor.
+"""Slow: small models trained on poisoned data learn each attack family's backdoor.
 
-One run per attack at smoke scale (`configs/smoke.py`: 2,048 synthetic 32×32 images, ResNet-18
-width 8, 4 epochs). The backdoor counts as learned when the ASR is well above chance (the
-fraction of eligible triggered images a clean model would send to the target, about 1/C) and
-clean accuracy stays high. Run with `pytest -m slow tests/test_attack_learning.py`.
+Poison-label attacks and PCB train at smoke scale (`configs/smoke.py`: 2,048 synthetic 32×32
+images, ResNet-18 width 8). The backdoor counts as learned when the ASR is well above chance
+(a model without a backdoor sends about 1/C = 10% of triggered images to the target) — here
+above 50% — with clean accuracy above 80%.
+
+The subtler triggers are learned at this scale only without the random crop and flip (which
+shift, mirror and so disguise a full-image pattern; with them, blended reached 1.5% ASR after
+8 epochs) and with 20% poisons; the settings per attack are in `CASES`. WaNet is checked at
+warp strength 1 without its noise mode (at the default strength 0.5 and noise mode the ASR
+stayed at 0 after 8 epochs).
+
+Clean-label attacks are not learned on the synthetic images at all (cl_badnets 9%, SIG 0%
+ASR with every target-class image poisoned): the class patterns there are so easy that the
+trigger never becomes the shortcut. They are checked on real CIFAR-10 instead (5,000 images
+of the shared copy, 14 epochs, as in the README's attack table), where the patch-based ones
+are learned; SIG is not learned at any scale this machine allows (README: 5.5% ASR), so it
+has no case here. Set JAXBD_CIFAR10 to the CIFAR-10 copy (default ../shared/data/cifar10).
+
+Run with `pytest -m slow tests/test_attack_learning.py` (about 20 minutes on 2 CPU cores).
 """
 
 import importlib.util
@@ -13,45 +28,82 @@ import pytest
 
 from jaxbd import experiment
 
-SMOKE = os.path.join(os.path.dirname(__file__), "..", "configs", "smoke.py")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CIFAR10 = os.environ.get("JAXBD_CIFAR10", os.path.join(ROOT, "..", "shared", "data", "cifar10"))
+
+NO_AUGMENTATION = {"train.crop_padding": 0, "train.flip": False}
+SUBTLE = {**NO_AUGMENTATION, "attack.fraction": 0.2, "train.epochs": 8}
+
+# Synthetic data (smoke config), per attack: overrides of the smoke config.
+CASES = {
+    "badnets": {},
+    "blended": SUBTLE,
+    "adaptive_blend": SUBTLE,
+    "adaptive_patch": {**SUBTLE, "train.epochs": 12},
+    "wanet": {**SUBTLE, "attack.wanet.strength": 1.0, "attack.wanet.noise_fraction": 0.0},
+    "low_frequency": SUBTLE,
+    "refool": SUBTLE,
+    "tsb": SUBTLE,
+    "all_to_all": SUBTLE,
+    "pcb": {},
+}
+
+# Clean-label attacks on CIFAR-10: overrides of configs/full.py (half the target class
+# poisoned, width 8, 14 epochs: the README's attack table).
+CIFAR_CASES = {
+    "cl_badnets": {},
+    "adv_clean_label": {"attack.surrogate_epochs": 4},
+}
+CIFAR_SCALE = {
+    "data.train_limit": 5000,
+    "attack.fraction": 0.05,
+    "model.width": 8,
+    "model.dtype": "float32",
+    "train.epochs": 14,
+    "train.eval_every_epochs": 0,
+}
 
 
-def smoke_config():
-    spec = importlib.util.spec_from_file_location("smoke", SMOKE)
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
 
 
-# Clean-label attacks poison only target-class images (≈ 10% of the set): 5% of the set is
-# half of the target class. Their triggers need more epochs to be learned than a patch.
-CASES = {
-    "badnets": {},
-    "blended": {},
-    "adaptive_blend": {"attack.fraction": 0.1},
-    "adaptive_patch": {"attack.fraction": 0.1},
-    "wanet": {"attack.fraction": 0.1, "train.epochs": 8},
-    "sig": {"train.epochs": 8},
-    "low_frequency": {},
-    "refool": {"attack.fraction": 0.1},
-    "cl_badnets": {"train.epochs": 8},
-    "adv_clean_label": {"train.epochs": 8},
-    "tsb": {"attack.fraction": 0.1},
-    "all_to_all": {"attack.fraction": 0.1, "train.epochs": 8},
-    "pcb": {},
-}
+def apply(config, overrides):
+    for key, value in overrides.items():
+        *sections, field = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[field] = value
+
+
+def train(config, attack, overrides, workdir):
+    config.attack.name = attack
+    config.runtime.progress = False
+    config.prune.rounds = 0  # the dense arm is what these tests check
+    apply(config, overrides)
+    return experiment.run(config, workdir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
-def test_backdoor_is_learned(name, tmp_path):
-    config = smoke_config()
-    config.attack.name = name
-    config.runtime.progress = False
-    config.prune.rounds = 0  # the dense arm is what this test checks
-    for key, value in CASES[name].items():
-        section, field = key.split(".")
-        config[section][field] = value
-    summary = experiment.run(config, str(tmp_path / name))
+def test_backdoor_is_learned_on_synthetic_data(name, tmp_path):
+    summary = train(load_config("smoke"), name, CASES[name], str(tmp_path / name))
     assert summary["clean_accuracy"] > 0.8, summary
+    assert summary["attack_success_rate"] > 0.5, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CIFAR_CASES))
+def test_clean_label_backdoor_is_learned_on_cifar10(name, tmp_path):
+    if not os.path.isdir(CIFAR10):
+        pytest.skip(f"no CIFAR-10 copy at {CIFAR10} (set JAXBD_CIFAR10)")
+    config = load_config("full")
+    config.data.path = CIFAR10
+    summary = train(config, name, {**CIFAR_SCALE, **CIFAR_CASES[name]}, str(tmp_path / name))
+    # Width 8 on 5,000 images reaches about 50% clean accuracy (README); chance is 10%.
+    assert summary["clean_accuracy"] > 0.4, summary
     assert summary["attack_success_rate"] > 0.5, summary
