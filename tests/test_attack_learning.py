@@ -15,10 +15,11 @@ Clean-label attacks are not learned on the synthetic images at all (cl_badnets 9
 ASR with every target-class image poisoned): the class patterns there are so easy that the
 trigger never becomes the shortcut. They are checked on real CIFAR-10 instead (5,000 images
 of the shared copy, 14 epochs, as in the README's attack table), where the patch-based ones
-are learned; SIG is not learned at any scale this machine allows (README: 5.5% ASR), so it
-has no case here. Set JAXBD_CIFAR10 to the CIFAR-10 copy (default ../shared/data/cifar10).
+are learned as they are; SIG needs 90% of the target class poisoned and no augmentation
+(measured: 90.2% ASR at 44.9% clean accuracy; with augmentation and half the class, 5.5%).
+Set JAXBD_CIFAR10 to the CIFAR-10 copy (default ../shared/data/cifar10).
 
-Run with `pytest -m slow tests/test_attack_learning.py` (about 20 minutes on 2 CPU cores).
+Run with `pytest -m slow tests/test_attack_learning.py` (about 30 minutes on 2 CPU cores).
 """
 
 import importlib.util
@@ -53,6 +54,7 @@ CASES = {
 CIFAR_CASES = {
     "cl_badnets": {},
     "adv_clean_label": {"attack.surrogate_epochs": 4},
+    "sig": {**NO_AUGMENTATION, "attack.fraction": 0.09},
 }
 CIFAR_SCALE = {
     "data.train_limit": 5000,
@@ -104,6 +106,6 @@ def test_clean_label_backdoor_is_learned_on_cifar10(name, tmp_path):
     config = load_config("full")
     config.data.path = CIFAR10
     summary = train(config, name, {**CIFAR_SCALE, **CIFAR_CASES[name]}, str(tmp_path / name))
-    # Width 8 on 5,000 images reaches about 50% clean accuracy (README); chance is 10%.
-    assert summary["clean_accuracy"] > 0.4, summary
+    # Width 8 on 5,000 images reaches 45-52% clean accuracy (README); chance is 10%.
+    assert summary["clean_accuracy"] > 0.35, summary
     assert summary["attack_success_rate"] > 0.5, summary
