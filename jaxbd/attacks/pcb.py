@@ -47,8 +47,9 @@ learning rate on a small model the alternation can blow the weights up. On 5,000
 images with ResNet-18 at width 8 and lr 0.1, p = 0.1 sent the training loss from 1.9 to 15.7
 (jaxbd, recovering only as the learning rate decayed) and to 21 in the authors' PyTorch
 procedure (`scripts/pcb_reference_torch.py`); at lr 0.05 both trained normally (and so did
-the reference at lr 0.1 with p = 0.5 or 1); see the README's attack table. Lower the learning rate if the training loss grows
-(`jaxbd.phase` stops a run whose loss becomes NaN or infinite).
+the reference at lr 0.1 with p = 0.5 or 1); see the README's attack table. Lower the
+learning rate if the training loss grows (`jaxbd.phase` stops a run whose loss becomes NaN
+or infinite).
 
 The poisoned examples come from a separate pool built once (`poison_source`: copies of
 training images, triggered and labelled with the target up front or, by default, when the
