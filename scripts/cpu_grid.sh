@@ -2,7 +2,7 @@
 # The reference grid (configs/paper.py: full, random, el2n, forgetting, craig, grad_align,
 # each dense and pruned) at the scale a 2-core CPU allows in about half an hour, as committed
 # under results/cpu_grid: a class-stratified 4,000 of the shared CIFAR-10 copy's training
-# images and 2,000 of its test images, ResNet-18 at width 8 in fp32, 2 seeds. BadNets as in
+# images and 2,000 of its test images, ResNet-18 at width 8 in fp32, 3 seeds. BadNets as in
 # the study (7×7 red square → class 0) but on 5% of the images (200 poisons): at 2% (80
 # poisons) the backdoor was not learned at this size (ASR 14% after 6 epochs on all 4,000).
 # Batch 32 at lr 0.05, 8 epochs per arm, a 3-epoch pretraining run (EL2N: 2-model ensemble
@@ -23,7 +23,7 @@ python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.attack.fraction=0.05 \
   --config.model.width=8 \
   --config.model.dtype=float32 \
-  "--config.sweep.seeds=(0,1)" \
+  "--config.sweep.seeds=(0,1,2)" \
   --config.train.epochs=8 \
   --config.train.batch_size=32 \
   --config.train.lr=0.05 \
