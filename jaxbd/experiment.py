@@ -425,12 +425,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     trainer = make_trainer(config, train_set.num_classes)
     # Build the attack now so bad hyper-parameters fail before anything is written (an
     # adversarial clean-label attack is rebuilt around its trained surrogate below).
-    if config.attack.name == "pcb":
-        attack = _parameter_controlled_backdoor(config, trainer, train_set)
-    else:
-        attack = attacks.make_attack(
-            config.attack, num_classes=train_set.num_classes, logits_fn=_untrained_surrogate
-        )
+    try:
+        if config.attack.name == "pcb":
+            attack = _parameter_controlled_backdoor(config, trainer, train_set)
+        else:
+            attack = attacks.make_attack(
+                config.attack, num_classes=train_set.num_classes, logits_fn=_untrained_surrogate
+            )
+    except ValueError as e:
+        raise ConfigError(f"config.attack.{config.attack.name}: {e}") from None
     mesh, dtype = trainer.mesh, trainer.model.dtype
     t = config.train
     if trainer.steps_per_epoch(len(train_set)) == 0:

@@ -151,6 +151,7 @@ def test_foreign_directory_is_refused(tmp_path):
         ("prune.scope", "channel", "config.prune.scope must be one of"),
         ("prune.control", "shuffle", "config.prune.control must be one of"),
         ("prune.rewind_epoch", 10, "config.prune.round_epochs must exceed rewind_epoch=10"),
+        ("attack.badnets.location", "middle", "config.attack.badnets:"),
     ],
 )
 def test_bad_config_values_are_clear_errors(tmp_path, field, value, message):
@@ -159,6 +160,15 @@ def test_bad_config_values_are_clear_errors(tmp_path, field, value, message):
         overrides["prune.rounds"] = 2
     with pytest.raises(experiment.ConfigError, match=re.escape(message)):
         experiment.run(tiny_config(**overrides), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "config.json")
+
+
+def test_bad_pcb_setting_is_a_config_error(tmp_path):
+    config = tiny_config(**{"attack.name": "pcb", "attack.pcb.trigger_stage": "during"})
+    with pytest.raises(
+        experiment.ConfigError, match=re.escape("config.attack.pcb: pcb: trigger_stage")
+    ):
+        experiment.run(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "config.json")
 
 

@@ -509,11 +509,12 @@ def facility_location_groups(
     ):
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon!r}")
     block_size = _check_pow2("block_size", block_size)
+    on_cpu = jax.default_backend() == "cpu"
     if lazy_batch is None:
-        lazy_batch = CPU_LAZY_BATCH if jax.default_backend() == "cpu" else DEFAULT_LAZY_BATCH
+        lazy_batch = CPU_LAZY_BATCH if on_cpu else DEFAULT_LAZY_BATCH
     lazy_batch = _check_pow2("lazy_batch", lazy_batch)
     if blocks_per_call is None:
-        blocks_per_call = 1 if jax.default_backend() == "cpu" else len(groups)
+        blocks_per_call = 1 if on_cpu else len(groups)
     elif (
         isinstance(blocks_per_call, bool)
         or not isinstance(blocks_per_call, int | np.integer)
