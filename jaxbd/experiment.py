@@ -15,8 +15,11 @@ the last finished epoch; a finished run (`summary.json` present) is never overwr
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import platform
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -30,7 +33,7 @@ from jaxbd import logging as runlog
 from jaxbd import prune as prune_lib
 from jaxbd import select as select_lib
 from jaxbd.data import load_dataset
-from jaxbd.phase import evaluate, train_phase
+from jaxbd.phase import evaluate, train_phase, train_phase_group
 from jaxbd.select import pipeline as select_pipeline
 from jaxbd.train import CosineSchedule, Trainer, init_variables, make_mesh
 
@@ -408,7 +411,123 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Returns:
         The summary also written to `workdir/summary.json`.
     """
-    validate_config(config)
+    return run_group([config], [workdir])[0]
+
+
+def run_group(
+    configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Runs (or resumes) experiments that differ only in their seed, training them together.
+
+    Each experiment is prepared as `run` would (data, poisoning, selection, each in its own
+    run directory), then the dense arms train as one `vmap`-batched model
+    (`jaxbd.phase.train_phase_group`), and the pruned arms likewise (`prune.run_imp_group`).
+    Every run directory ends as `run` would leave it — same checkpoints, log rows and
+    summary, up to the rounding of batched kernels — and resumes either way. Worth it where
+    one model leaves the device idle (a small network on an accelerator); on the CPU one
+    model already occupies every core and batching is slower (BENCHMARKS.md).
+
+    Args:
+        configs: experiment configurations equal but for `seed` (and `runtime.*`,
+            `select.pretrain_dir`).
+        workdirs: one distinct run directory per configuration.
+
+    Returns:
+        Each experiment's summary, in order.
+
+    Raises:
+        ConfigError: if the configurations differ in more than the seed, or use a
+            training-time attack (PCB trains one model with its own epoch function).
+    """
+    if len(configs) != len(workdirs) or not configs:
+        raise ValueError("run_group needs one workdir per config, and at least one config")
+    for config in configs:
+        validate_config(config)
+    if len(configs) > 1:
+        _check_groupable(configs, workdirs)
+        for workdir in workdirs:  # before any directory is claimed
+            runlog.RunDir(workdir).check_not_finished()
+    cells = [_prepare(config, workdir) for config, workdir in zip(configs, workdirs, strict=True)]
+    sizes = {len(cell.selection) for cell in cells}
+    # Subsets of one fraction have one size; anything else trains one at a time.
+    groups = [cells] if len(sizes) == 1 else [[cell] for cell in cells]
+    if len(groups) > 1:
+        logging.warning("selections of different sizes %s: training one at a time", sizes)
+    for group in groups:
+        _train_dense(group)
+        if configs[0].prune.rounds > 0:
+            _train_pruned(group)
+    return [_finish(cell, len(cells) // len(groups)) for cell in cells]
+
+
+def _check_groupable(configs, workdirs) -> None:
+    """Refuses experiments that cannot train as one batched model."""
+
+    first = _flat(configs[0].to_dict())
+    for config in configs[1:]:
+        other = _flat(config.to_dict())
+        diff = [
+            f"{key}: {first.get(key)!r} vs {other.get(key)!r}"
+            for key in sorted(first.keys() | other.keys())
+            if key != "seed" and first.get(key) != other.get(key)
+        ]
+        if diff:
+            raise ConfigError(
+                "experiments trained together must differ only in config.seed, got:\n  "
+                + "\n  ".join(diff)
+            )
+    if configs[0].attack.name == "pcb":
+        raise ConfigError(
+            "config.attack.name=pcb trains one model at a time (alternating poisoned steps); "
+            "run its seeds separately"
+        )
+    if len({os.path.abspath(w) for w in workdirs}) < len(workdirs):
+        raise ConfigError(f"experiments trained together need distinct workdirs: {workdirs}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} for a nested dict."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclasses.dataclass
+class _Cell:
+    """One prepared experiment: everything its training phases and summary need."""
+
+    config: ml_collections.ConfigDict
+    rundir: runlog.RunDir
+    started: float
+    resumed: bool
+    trainer: Trainer
+    source: str
+    train_set: Any
+    test_set: Any
+    attack: attacks.Attack
+    poisoned: attacks.PoisonedDataset
+    triggered: attacks.TriggeredTestSet
+    data: Any
+    indices: Any
+    selection: Any
+    selection_info: dict
+    evaluate_fn: Any
+    make_schedule: Any
+    epoch_fn: Any
+    state: Any = None
+    dense: dict | None = None
+    last_row: dict | None = None
+    train_seconds: float = 0.0
+    pruned: dict | None = None
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Cell:
+    """Validates, claims the run directory, poisons and selects: everything before the
+    dense arm's training."""
     started = time.perf_counter()
     rundir = runlog.RunDir(workdir)
     rundir.check_not_finished()
@@ -434,7 +553,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             )
     except ValueError as e:
         raise ConfigError(f"config.attack.{config.attack.name}: {e}") from None
-    mesh, dtype = trainer.mesh, trainer.model.dtype
     t = config.train
     if trainer.steps_per_epoch(len(train_set)) == 0:
         raise ConfigError(
@@ -527,50 +645,101 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             warmup_steps=t.warmup_epochs * steps_per_epoch,
         )
 
-    state = trainer.init_state(
-        rng.stream(config.seed, "init"),
-        train_set.image_shape,
-        make_schedule(t.epochs),
-        rng=rng.stream(config.seed, "augment"),
-    )
-    train_started = time.perf_counter()
-    state, last_row, _ = train_phase(
-        "dense",
-        trainer,
-        state,
-        data,
-        epochs=t.epochs,
-        shuffle_key=rng.stream(config.seed, "shuffle"),
+    return _Cell(
+        config=config,
         rundir=rundir,
-        evaluate_fn=evaluate_fn,
-        eval_every=t.eval_every_epochs,
+        started=started,
+        resumed=resumed,
+        trainer=trainer,
+        source=splits.source,
+        train_set=train_set,
+        test_set=test_set,
+        attack=attack,
+        poisoned=poisoned,
+        triggered=triggered,
+        data=data,
         indices=indices,
+        selection=selection,
+        selection_info=selection_info,
+        evaluate_fn=evaluate_fn,
+        make_schedule=make_schedule,
         epoch_fn=epoch_fn,
     )
-    train_seconds = time.perf_counter() - train_started
 
-    result = _final_metrics(last_row, state, evaluate_fn)
-    # The pruned arm: IMP with rewinding on the same data, from the dense arm's
-    # initialization, then the final sparse network (SPEC §1.5).
-    pruned = None
-    if config.prune.rounds > 0:
-        pruned_started = time.perf_counter()
-        settings = imp_settings(config)
-        imp = prune_lib.run_imp(
-            trainer,
-            data,
-            settings,
-            init_key=rng.stream(config.seed, "init"),
-            stream=lambda name: rng.stream(config.seed, name),
-            make_schedule=make_schedule,
-            image_shape=train_set.image_shape,
-            rundir=rundir,
-            evaluate_fn=evaluate_fn,
-            eval_every=t.eval_every_epochs,
-            indices=indices,
-            epoch_fn=epoch_fn,
+
+def _train_dense(cells: Sequence[_Cell]) -> None:
+    """Trains every cell's dense arm (together when there are several)."""
+    c0 = cells[0]
+    trainer, config = c0.trainer, c0.config
+    t = config.train
+    states = [
+        trainer.init_state(
+            rng.stream(cell.config.seed, "init"),
+            cell.train_set.image_shape,
+            cell.make_schedule(t.epochs),
+            rng=rng.stream(cell.config.seed, "augment"),
         )
-        pruned = _final_metrics(imp.last_row, imp.state, evaluate_fn)
+        for cell in cells
+    ]
+    train_started = time.perf_counter()
+    if len(cells) == 1:
+        state, last_row, _ = train_phase(
+            "dense",
+            trainer,
+            states[0],
+            c0.data,
+            epochs=t.epochs,
+            shuffle_key=rng.stream(config.seed, "shuffle"),
+            rundir=c0.rundir,
+            evaluate_fn=c0.evaluate_fn,
+            eval_every=t.eval_every_epochs,
+            indices=c0.indices,
+            epoch_fn=c0.epoch_fn,
+        )
+        states, last_rows = [state], [last_row]
+    else:
+        states, last_rows = train_phase_group(
+            "dense",
+            trainer,
+            states,
+            [cell.data for cell in cells],
+            epochs=t.epochs,
+            shuffle_keys=[rng.stream(cell.config.seed, "shuffle") for cell in cells],
+            rundirs=[cell.rundir for cell in cells],
+            evaluate_fns=[cell.evaluate_fn for cell in cells],
+            eval_every=t.eval_every_epochs,
+            indices=None if c0.indices is None else [cell.indices for cell in cells],
+        )
+    train_seconds = time.perf_counter() - train_started
+    for cell, state, last_row in zip(cells, states, last_rows, strict=True):
+        cell.state, cell.last_row, cell.train_seconds = state, last_row, train_seconds
+        cell.dense = _final_metrics(last_row, state, cell.evaluate_fn)
+
+
+def _train_pruned(cells: Sequence[_Cell]) -> None:
+    """The pruned arm: IMP with rewinding on the same data, from the dense arm's
+    initialization, then the final sparse network (SPEC §1.5); together when several."""
+    c0 = cells[0]
+    config = c0.config
+    pruned_started = time.perf_counter()
+    settings = imp_settings(config)
+    results = prune_lib.run_imp_group(
+        c0.trainer,
+        [cell.data for cell in cells],
+        settings,
+        init_keys=[rng.stream(cell.config.seed, "init") for cell in cells],
+        streams=[functools.partial(rng.stream, cell.config.seed) for cell in cells],
+        make_schedule=c0.make_schedule,
+        image_shape=c0.train_set.image_shape,
+        rundirs=[cell.rundir for cell in cells],
+        evaluate_fns=[cell.evaluate_fn for cell in cells],
+        eval_every=config.train.eval_every_epochs,
+        indices=None if c0.indices is None else [cell.indices for cell in cells],
+        epoch_fn=c0.epoch_fn,
+    )
+    seconds = time.perf_counter() - pruned_started
+    for cell, imp in zip(cells, results, strict=True):
+        pruned = _final_metrics(imp.last_row, imp.state, cell.evaluate_fn)
         pruned.update(
             sparsity={
                 "total": imp.sparsity["total"],
@@ -582,11 +751,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             final_train_loss=imp.last_row.get("loss"),
             final_train_accuracy=imp.last_row.get("accuracy"),
             **{f"imp_{k}": v for k, v in dataclasses.asdict(settings).items()},
-            seconds_this_invocation=time.perf_counter() - pruned_started,
+            seconds_this_invocation=seconds,
         )
+        cell.pruned = pruned
 
+
+def _finish(cell: _Cell, trained_together: int) -> dict[str, Any]:
+    """Writes and returns the cell's summary."""
+    config, trainer, state = cell.config, cell.trainer, cell.state
+    train_set, test_set, poisoned = cell.train_set, cell.test_set, cell.poisoned
+    mesh, dtype = trainer.mesh, trainer.model.dtype
+    t = config.train
+    result, last_row, pruned = cell.dense, cell.last_row, cell.pruned
     report = select_lib.selection_report(
-        selection.indices,
+        cell.selection.indices,
         poisoned.is_poison,
         poisoned.original_labels,
         train_set.num_classes,
@@ -595,14 +773,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         **result,
         **report,
         "selection": config.select.name or "full",
-        "selection_seconds": selection_info.get("selection_seconds", 0.0),
+        "selection_seconds": cell.selection_info.get("selection_seconds", 0.0),
         "num_train": len(train_set),
         "num_poison": len(poisoned.poison_indices),
         "num_test": len(test_set),
-        "num_test_triggered_eligible": int(np.sum(triggered.eligible)),
-        "attack": attack.name,
-        "target": attack.target,
-        "data_source": splits.source,
+        "num_test_triggered_eligible": int(np.sum(cell.triggered.eligible)),
+        "attack": cell.attack.name,
+        "target": cell.attack.target,
+        "data_source": cell.source,
         "final_train_loss": last_row.get("loss"),
         "final_train_accuracy": last_row.get("accuracy"),
         "epochs": t.epochs,
@@ -616,13 +794,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "platform": jax.default_backend(),
         "jax_version": jax.__version__,
         "python_version": platform.python_version(),
-        "resumed": resumed,
-        "train_seconds_this_invocation": train_seconds,
-        "wall_seconds": time.perf_counter() - started,
+        "resumed": cell.resumed,
+        "trained_together": trained_together,
+        "train_seconds_this_invocation": cell.train_seconds,
+        "wall_seconds": time.perf_counter() - cell.started,
     }
     if pruned is not None:
         summary["pruned"] = pruned
     pruned_metrics = {f"pruned_{k}": pruned[k] for k in result if pruned and k in pruned}
-    rundir.log({"event": "end", **result, **pruned_metrics})
-    rundir.write_summary(summary)
+    cell.rundir.log({"event": "end", **result, **pruned_metrics})
+    cell.rundir.write_summary(summary)
     return summary

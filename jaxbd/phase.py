@@ -10,10 +10,11 @@ resumed phase continues with exactly the statistics an uninterrupted one would h
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -115,17 +116,8 @@ def train_phase(
     Returns:
         (final state, last epoch's log row, final aux).
     """
-    root = checkpoint_root or os.path.join(rundir.path, "checkpoints")
-    checkpointer = Checkpointer(os.path.join(root, name))
-    start, row = 0, {}
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        restored, meta = checkpointer.restore(latest, _bundle(state, aux))
-        state, aux = restored["state"], restored.get("aux")
-        start, row = int(meta["epoch"]), dict(meta.get("row", {}))
-        logging.info("phase %s: resuming after epoch %d of %d", name, start, epochs)
-        rundir.log({"event": "resume", "phase": name, "epoch": start})
-    step = int(np.max(jax.device_get(state.step)))  # an ensemble's members share the step
+    log = _PhaseLog(name, rundir, epochs, evaluate_fn, eval_every, checkpoint_root)
+    state, aux, start, row = log.restore(state, aux)
     for epoch in range(start + 1, epochs + 1):
         state, stats, presentations = (epoch_fn or trainer.train_epoch)(
             state,
@@ -135,28 +127,172 @@ def train_phase(
             desc=f"{name} epoch {epoch}/{epochs}",
             record_presentations=record_presentations,
         )
-        step += stats.steps
+        if epoch_hook is not None:
+            aux = epoch_hook(epoch, state, presentations, aux)
+        row = log.end_epoch(epoch, state, stats, aux)
+    log.close()
+    return state, row, aux
+
+
+def train_phase_group(
+    name: str,
+    trainer: Trainer,
+    states: Sequence[TrainState],
+    datasets: Sequence[DeviceData],
+    *,
+    epochs: int,
+    shuffle_keys: Sequence[jax.Array],
+    rundirs: Sequence[runlog.RunDir],
+    evaluate_fns: Sequence[Callable[[TrainState], dict[str, float]] | None],
+    eval_every: int,
+    indices: Sequence[jax.Array] | None = None,
+) -> tuple[list[TrainState], list[dict[str, Any]]]:
+    """One phase of M independent runs (e.g. replicate seeds), trained together.
+
+    Member m ends exactly where `train_phase(name, trainer, states[m], datasets[m],
+    shuffle_key=shuffle_keys[m], rundir=rundirs[m], ...)` would (up to the rounding of
+    batched kernels), writing the same log rows and checkpoints into its own run directory,
+    so a run may switch between grouped and one-at-a-time execution at any epoch. Members at
+    the same epoch train as one `vmap`-batched model (`Trainer.train_epoch_ensemble` with
+    one dataset per member); a member that resumed ahead of others waits until they catch
+    up, so no epoch is trained twice.
+
+    Args:
+        name: phase name (checkpoint sub-directory and `phase` field of log rows).
+        trainer: the compiled engine.
+        states: each member's initial state (also its checkpoint template).
+        datasets: each member's on-device training data, all of one shape.
+        epochs: epochs in this phase.
+        shuffle_keys: each member's shuffle key (folded with the epoch, as in
+            `train_phase`).
+        rundirs: each member's run directory.
+        evaluate_fns: each member's test metrics (or None: never evaluated).
+        eval_every: evaluation period in epochs (0: only after the last epoch).
+        indices: optional int32[K] examples making up each member's epoch, one per member
+            (all of one size).
+
+    Returns:
+        (each member's final state, each member's last log row).
+    """
+    m_total = len(states)
+    if not (len(datasets) == len(shuffle_keys) == len(rundirs) == len(evaluate_fns) == m_total):
+        raise ValueError(
+            "train_phase_group needs one dataset, key, rundir and evaluate_fn per state"
+        )
+    if indices is not None and len(indices) != m_total:
+        raise ValueError(f"{m_total} members but {len(indices)} index sets")
+    logs = [
+        _PhaseLog(name, rundirs[m], epochs, evaluate_fns[m], eval_every) for m in range(m_total)
+    ]
+    states, done, rows = list(states), [0] * m_total, [{}] * m_total
+    for m in range(m_total):
+        states[m], _, done[m], rows[m] = logs[m].restore(states[m], None)
+    stacked, stacked_for, stacked_data, stacked_indices = None, (), None, None
+    while min(done) < epochs:
+        epoch = min(done) + 1
+        group = tuple(m for m in range(m_total) if done[m] == epoch - 1)
+        desc = f"{name} epoch {epoch}/{epochs}"
+        if len(group) == 1:
+            (m,) = group
+            states[m], stats, _ = trainer.train_epoch(
+                states[m],
+                datasets[m],
+                jax.random.fold_in(shuffle_keys[m], epoch),
+                indices=None if indices is None else indices[m],
+                desc=desc,
+            )
+            stats = [stats]
+            stacked_for = ()  # states[m] was donated; nothing stacked survives
+        else:
+            if group != stacked_for:
+                stacked = trainer.stack([states[m] for m in group])
+                stacked_data = trainer.stack_data([datasets[m] for m in group])
+                stacked_indices = (
+                    None
+                    if indices is None
+                    else trainer.replicate(jnp.stack([indices[m] for m in group]))
+                )
+                stacked_for = group
+            keys = jnp.stack([jax.random.fold_in(shuffle_keys[m], epoch) for m in group])
+            stacked, stats, _ = trainer.train_epoch_ensemble(
+                stacked, stacked_data, keys, indices=stacked_indices, desc=desc
+            )
+            for j, m in enumerate(group):
+                states[m] = trainer.unstack(stacked, j)
+        for j, m in enumerate(group):
+            extra = {"trained_together": len(group)} if len(group) > 1 else {}
+            rows[m] = logs[m].end_epoch(epoch, states[m], stats[j], None, extra)
+            done[m] = epoch
+    for log in logs:
+        log.close()
+    return states, rows
+
+
+class _PhaseLog:
+    """One run's side of a phase: its checkpoints, log rows and evaluations."""
+
+    def __init__(
+        self,
+        name: str,
+        rundir: runlog.RunDir,
+        epochs: int,
+        evaluate_fn: Callable[[TrainState], dict[str, float]] | None,
+        eval_every: int,
+        checkpoint_root: str | None = None,
+    ):
+        root = checkpoint_root or os.path.join(rundir.path, "checkpoints")
+        self.name, self.rundir, self.epochs = name, rundir, epochs
+        self.evaluate_fn, self.eval_every = evaluate_fn, eval_every
+        self.checkpointer = Checkpointer(os.path.join(root, name))
+        self.step = 0
+
+    def restore(self, state: TrainState, aux: Any) -> tuple[TrainState, Any, int, dict]:
+        """(state, aux, epochs done, last row): from the latest checkpoint if there is one."""
+        start, row = 0, {}
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            restored, meta = self.checkpointer.restore(latest, _bundle(state, aux))
+            state, aux = restored["state"], restored.get("aux")
+            start, row = int(meta["epoch"]), dict(meta.get("row", {}))
+            logging.info("phase %s: resuming after epoch %d of %d", self.name, start, self.epochs)
+            self.rundir.log({"event": "resume", "phase": self.name, "epoch": start})
+        # An ensemble's members share the step.
+        self.step = int(np.max(jax.device_get(state.step)))
+        return state, aux, start, row
+
+    def end_epoch(
+        self, epoch: int, state: TrainState, stats, aux: Any, extra: dict | None = None
+    ) -> dict[str, Any]:
+        """Logs the epoch (evaluating when due), stops a diverged run, saves a checkpoint.
+
+        Returns:
+            The epoch's log row.
+
+        Raises:
+            TrainingDivergedError: if the epoch's loss is NaN or infinite.
+        """
+        name, epochs = self.name, self.epochs
+        self.step += stats.steps
         row = {
             "event": "epoch",
             "phase": name,
             "epoch": epoch,
-            "step": step,
+            "step": self.step,
             "loss": stats.loss,
             "accuracy": stats.accuracy,
             "lr": stats.lr,
             "seconds": stats.seconds,
             "images_per_second": stats.images_per_second,
             **getattr(stats, "extra", {}),
+            **(extra or {}),
         }
-        if evaluate_fn is not None and (
-            epoch == epochs or (eval_every and epoch % eval_every == 0)
+        if self.evaluate_fn is not None and (
+            epoch == epochs or (self.eval_every and epoch % self.eval_every == 0)
         ):
-            row.update({f"test_{k}": v for k, v in evaluate_fn(state).items()})
-        if epoch_hook is not None:
-            aux = epoch_hook(epoch, state, presentations, aux)
-        rundir.log(row)
+            row.update({f"test_{k}": v for k, v in self.evaluate_fn(state).items()})
+        self.rundir.log(row)
         if not np.all(np.isfinite(np.asarray(stats.loss, np.float64))):
-            checkpointer.close()
+            self.checkpointer.close()
             raise TrainingDivergedError(
                 f"phase {name!r}: the training loss is {stats.loss} after epoch {epoch} of "
                 f"{epochs}: training diverged (the log has the epoch's row; the last "
@@ -178,9 +314,11 @@ def train_phase(
             if "test_clean_accuracy" in row
             else "",
         )
-        checkpointer.save(epoch, _bundle(state, aux), {"epoch": epoch, "row": row})
-    checkpointer.close()
-    return state, row, aux
+        self.checkpointer.save(epoch, _bundle(state, aux), {"epoch": epoch, "row": row})
+        return row
+
+    def close(self) -> None:
+        self.checkpointer.close()
 
 
 def _fold_in(key: jax.Array, epoch: int) -> jax.Array:

@@ -2,8 +2,18 @@
 
 `run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell of
 `config.sweep.methods × config.sweep.seeds` as `jaxbd.experiment.run` in
-`workdir/cells/<method>/seed<seed>`, seed by seed, and after every cell rewrites the
+`workdir/cells/<method>/seed<seed>`, and after every cell (or group of cells) rewrites the
 grid's report (`results.csv`, `table.md`, plots; `jaxbd.report`).
+
+- **Replicate seeds can train together.** With `config.sweep.seeds_together` = G > 1, a
+  method's seeds run in groups of G through `jaxbd.experiment.run_group`: each cell is
+  prepared (poisoned, selected) on its own, then the G dense arms train as one
+  `vmap`-batched model, and the G pruned arms likewise. Each cell's directory and summary
+  are what a one-at-a-time run writes, so G may change between invocations. The default
+  (None) is 1 on the CPU, where one model already occupies every core and batching
+  measured 4× slower (BENCHMARKS.md), and every seed at once on accelerators, where a
+  ResNet-18 on 32×32 images leaves most of the device idle. Cells then run seed by seed
+  (G = 1) or method by method (G > 1).
 
 - **Nothing is recomputed.** A finished cell (its `summary.json` exists) is read, not run; an
   interrupted cell resumes from its last checkpoint; re-running the same command after an
@@ -26,6 +36,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -38,7 +49,7 @@ FULL = "full"
 """The method name of the no-selection cell (training on the whole poisoned set)."""
 
 # Settings a grid may change between invocations: which cells exist, and how they execute.
-_SWEEP_RESUMABLE = ("sweep.methods", "sweep.seeds")
+_SWEEP_RESUMABLE = ("sweep.methods", "sweep.seeds", "sweep.seeds_together")
 
 
 def cell_config(config: ml_collections.ConfigDict, method: str, seed: int, pretrain_dir: str):
@@ -76,6 +87,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
         raise experiment.ConfigError(f"config.sweep.seeds: must be distinct integers, got {seeds}")
+    together = config.sweep.get("seeds_together")
+    if together is not None and (not isinstance(together, int) or together < 1):
+        raise experiment.ConfigError(
+            f"config.sweep.seeds_together: must be None (auto) or an integer >= 1, got {together}"
+        )
+    if together is not None and together > 1 and config.attack.name == "pcb":
+        raise experiment.ConfigError(
+            "config.sweep.seeds_together: pcb trains one model at a time (alternating "
+            f"poisoned steps); use 1 or None, got {together}"
+        )
     for method in methods:
         experiment.validate_config(cell_config(config, method, seeds[0], "unused"))
 
@@ -121,21 +142,55 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     workdir = os.path.abspath(workdir)
     _claim(workdir, config)
     pretrain_dir = os.path.join(workdir, "pretrain")
-    rows, started = [], time.perf_counter()
-    cells = [(m, s) for s in config.sweep.seeds for m in config.sweep.methods]
-    for i, (method, seed) in enumerate(cells):
-        path = cell_dir(workdir, method, seed)
-        summary_path = os.path.join(path, runlog.SUMMARY_FILE)
-        if os.path.exists(summary_path):
-            logging.info(
-                "cell %d/%d %s seed %d: finished, skipped", i + 1, len(cells), method, seed
+    methods, seeds = list(config.sweep.methods), list(config.sweep.seeds)
+    together = seeds_together(config)
+    summaries: dict[tuple[str, int], dict] = {}
+    started = time.perf_counter()
+
+    def write_report(plots=False):
+        rows = [
+            report.cell_row(m, s, summaries[m, s])
+            for s in seeds
+            for m in methods
+            if (m, s) in summaries
+        ]
+        report.write(workdir, rows, grid_seconds=time.perf_counter() - started, plots=plots)
+        return rows
+
+    for method, group in _batches(methods, seeds, together):
+        todo = []
+        for seed in group:
+            summary_path = os.path.join(cell_dir(workdir, method, seed), runlog.SUMMARY_FILE)
+            if os.path.exists(summary_path):
+                logging.info("cell %s seed %d: finished, skipped", method, seed)
+                with open(summary_path) as f:
+                    summaries[method, seed] = json.load(f)
+            else:
+                todo.append(seed)
+        if todo:
+            logging.info("cells %s seeds %s: running", method, todo)
+            results = experiment.run_group(
+                [cell_config(config, method, seed, pretrain_dir) for seed in todo],
+                [cell_dir(workdir, method, seed) for seed in todo],
             )
-            with open(summary_path) as f:
-                summary = json.load(f)
-        else:
-            logging.info("cell %d/%d %s seed %d: running", i + 1, len(cells), method, seed)
-            summary = experiment.run(cell_config(config, method, seed, pretrain_dir), path)
-        rows.append(report.cell_row(method, seed, summary))
-        report.write(workdir, rows, grid_seconds=time.perf_counter() - started)
-    report.write(workdir, rows, grid_seconds=time.perf_counter() - started, plots=True)
-    return rows
+            summaries.update({(method, s): r for s, r in zip(todo, results, strict=True)})
+        write_report()
+    return write_report(plots=True)
+
+
+def seeds_together(config: ml_collections.ConfigDict) -> int:
+    """How many seeds of a method train together (`config.sweep.seeds_together`; None:
+    1 on the CPU or for PCB, every seed elsewhere)."""
+    together = config.sweep.get("seeds_together")
+    if together is None:
+        one_at_a_time = jax.default_backend() == "cpu" or config.attack.name == "pcb"
+        return 1 if one_at_a_time else len(config.sweep.seeds)
+    return together
+
+
+def _batches(methods: list[str], seeds: list[int], together: int):
+    """(method, seeds) batches in execution order: one cell at a time seed by seed (so a
+    seed's cells finish together), or each method's seeds in groups of `together`."""
+    if together == 1:
+        return [(m, [s]) for s in seeds for m in methods]
+    return [(m, seeds[i : i + together]) for m in methods for i in range(0, len(seeds), together)]

@@ -204,3 +204,35 @@ def test_pruned_arm(tmp_path):
     phases = [r["phase"] for r in read_rows(workdir) if r.get("event") == "epoch"]
     assert phases == ["dense", "dense", "imp_rewind", "imp_round1", "imp_round2", "pruned"]
     assert read_rows(workdir)[-1]["pruned_clean_accuracy"] == pruned["clean_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "second, workdirs, message",
+    [
+        (
+            {"seed": 1, "train.lr": 0.01},
+            ("a", "b"),
+            r"(?s)only in config\.seed.*train\.lr: 0\.05 vs 0\.01",
+        ),
+        (
+            {"seed": 1, "runtime.steps_per_call": 1},
+            ("a", "b"),
+            r"(?s)only in config\.seed.*runtime\.steps_per_call: 2 vs 1",
+        ),
+        ({"seed": 1}, ("a", "a"), "distinct workdirs"),
+        ({"seed": 1, "attack.name": "pcb"}, ("a", "b"), "pcb trains one model at a time"),
+    ],
+)
+def test_runs_trained_together_must_differ_only_in_the_seed(tmp_path, second, workdirs, message):
+    first = tiny_config(**{k: v for k, v in second.items() if k == "attack.name"})
+    paths = [str(tmp_path / w) for w in workdirs]
+    with pytest.raises(experiment.ConfigError, match=message):
+        experiment.run_group([first, tiny_config(**second)], paths)
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_a_group_with_a_finished_run_is_refused_before_anything_is_written(finished_run, tmp_path):
+    workdir, _ = finished_run
+    with pytest.raises(RunDirError, match="finished"):
+        experiment.run_group([tiny_config(seed=1), tiny_config()], [str(tmp_path / "b"), workdir])
+    assert not os.listdir(tmp_path)

@@ -11,7 +11,7 @@ pruned: biases, BatchNorm); training with one (`Trainer.new_state(..., mask=mask
 pruned weights at exactly zero without recompiling when the mask changes.
 """
 
-from jaxbd.prune.imp import CONTROLS, IMPResult, IMPSettings, rewind, run_imp
+from jaxbd.prune.imp import CONTROLS, IMPResult, IMPSettings, rewind, run_imp, run_imp_group
 from jaxbd.prune.magnitude import (
     SCOPES,
     magnitude_masks,
@@ -46,6 +46,7 @@ __all__ = [
     "random_masks",
     "rewind",
     "run_imp",
+    "run_imp_group",
     "sparsity",
     "survivor_counts",
     "survivors",

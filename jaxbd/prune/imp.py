@@ -35,7 +35,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -44,7 +44,7 @@ import optax
 from absl import logging
 
 from jaxbd import logging as runlog
-from jaxbd.phase import EpochFn, train_phase
+from jaxbd.phase import EpochFn, train_phase, train_phase_group
 from jaxbd.prune.magnitude import SCOPES, magnitude_masks, random_masks
 from jaxbd.prune.masks import Prunable, full_mask, is_kernel, sparsity
 from jaxbd.train import CosineSchedule, DeviceData, Trainer, TrainState, init_variables
@@ -180,84 +180,182 @@ def run_imp(
     Returns:
         An `IMPResult`.
     """
-    s = settings
-    state0 = trainer.init_state(
-        init_key, image_shape, make_schedule(s.round_epochs), rng=stream("imp/augment/rewind")
-    )
-    common = dict(rundir=rundir, indices=indices, epoch_fn=epoch_fn, evaluate_fn=None)
-    rewind_point, _, _ = train_phase(
-        "imp_rewind",
+    (result,) = run_imp_group(
         trainer,
-        state0,
-        data,
-        epochs=s.rewind_epoch,
-        shuffle_key=stream("imp/shuffle/rewind"),
-        eval_every=0,
-        **common,
+        [data],
+        settings,
+        init_keys=[init_key],
+        streams=[stream],
+        make_schedule=make_schedule,
+        image_shape=image_shape,
+        rundirs=[rundir],
+        evaluate_fns=[evaluate_fn],
+        eval_every=eval_every,
+        indices=None if indices is None else [indices],
+        epoch_fn=epoch_fn,
+        prunable=prunable,
+    )
+    return result
+
+
+def run_imp_group(
+    trainer: Trainer,
+    datasets: Sequence[DeviceData],
+    settings: IMPSettings,
+    *,
+    init_keys: Sequence[jax.Array],
+    streams: Sequence[Callable[[str], jax.Array]],
+    make_schedule: Callable[[int], CosineSchedule],
+    image_shape: tuple[int, int, int],
+    rundirs: Sequence[runlog.RunDir],
+    evaluate_fns: Sequence[Callable[[TrainState], dict[str, float]] | None],
+    eval_every: int = 0,
+    indices: Sequence[jax.Array] | None = None,
+    epoch_fn: EpochFn | None = None,
+    prunable: Prunable = is_kernel,
+) -> list[IMPResult]:
+    """`run_imp` for M independent runs of one shape (e.g. replicate seeds), whose training
+    phases run together (`jaxbd.phase.train_phase_group`); member m's arguments are
+    element m of each sequence, and its result and run directory are what `run_imp` would
+    give it. Masks are computed per member. With one member this is `run_imp`.
+
+    Raises:
+        ValueError: for an `epoch_fn` with more than one member (an epoch function trains
+            one model).
+    """
+    s, members = settings, range(len(datasets))
+    if epoch_fn is not None and len(datasets) > 1:
+        raise ValueError("an epoch_fn trains one model; run its members one at a time")
+
+    def phase(name, states, keys, epochs, evaluate, every):
+        """Trains each member's `states[m]` through phase `name`."""
+        if len(states) == 1:
+            state, row, _ = train_phase(
+                name,
+                trainer,
+                states[0],
+                datasets[0],
+                epochs=epochs,
+                shuffle_key=keys[0],
+                rundir=rundirs[0],
+                evaluate_fn=evaluate[0],
+                eval_every=every,
+                indices=None if indices is None else indices[0],
+                epoch_fn=epoch_fn,
+            )
+            return [state], [row]
+        return train_phase_group(
+            name,
+            trainer,
+            states,
+            datasets,
+            epochs=epochs,
+            shuffle_keys=keys,
+            rundirs=rundirs,
+            evaluate_fns=evaluate,
+            eval_every=every,
+            indices=indices,
+        )
+
+    no_eval = [None for _ in members]
+    states0 = [
+        trainer.init_state(
+            init_keys[m],
+            image_shape,
+            make_schedule(s.round_epochs),
+            rng=streams[m]("imp/augment/rewind"),
+        )
+        for m in members
+    ]
+    rewind_points, _ = phase(
+        "imp_rewind",
+        states0,
+        [streams[m]("imp/shuffle/rewind") for m in members],
+        s.rewind_epoch,
+        no_eval,
+        0,
     )
 
-    mask = full_mask(rewind_point.params)
-    round_sparsity = []
+    masks = [full_mask(point.params) for point in rewind_points]
+    round_sparsity = [[] for _ in members]
     if s.control == "random_mask":
         # IMP's survivor counts depend only on the shapes, rate and rounds: prune any
         # parameters R times (here the rewind point's) and draw a random mask with the
         # same counts.
-        for _ in range(s.rounds):
-            mask = magnitude_masks(
-                rewind_point.params, s.rate, scope=s.scope, mask=mask, prunable=prunable
+        for m in members:
+            for _ in range(s.rounds):
+                masks[m] = magnitude_masks(
+                    rewind_points[m].params,
+                    s.rate,
+                    scope=s.scope,
+                    mask=masks[m],
+                    prunable=prunable,
+                )
+                round_sparsity[m].append(sparsity(masks[m], prunable)["total"])
+            masks[m] = random_masks(
+                streams[m]("imp/random_mask"), masks[m], scope=s.scope, prunable=prunable
             )
-            round_sparsity.append(sparsity(mask, prunable)["total"])
-        mask = random_masks(stream("imp/random_mask"), mask, scope=s.scope, prunable=prunable)
     else:
         for r in range(1, s.rounds + 1):
-            state = rewind(rewind_point, mask, trainer.tx)
-            state = trainer.replicate(state.replace(rng=stream(f"imp/augment/{r}")))
-            state, _, _ = train_phase(
+            states = [
+                trainer.replicate(
+                    rewind(rewind_points[m], masks[m], trainer.tx).replace(
+                        rng=streams[m](f"imp/augment/{r}")
+                    )
+                )
+                for m in members
+            ]
+            states, _ = phase(
                 f"imp_round{r}",
-                trainer,
-                state,
-                data,
-                epochs=s.round_epochs - s.rewind_epoch,
-                shuffle_key=stream(f"imp/shuffle/{r}"),
-                eval_every=0,
-                **common,
+                states,
+                [streams[m](f"imp/shuffle/{r}") for m in members],
+                s.round_epochs - s.rewind_epoch,
+                no_eval,
+                0,
             )
-            mask = magnitude_masks(
-                state.params, s.rate, scope=s.scope, mask=mask, prunable=prunable
-            )
-            round_sparsity.append(sparsity(mask, prunable)["total"])
-            logging.info("IMP round %d/%d: sparsity %.4f", r, s.rounds, round_sparsity[-1])
-            rundir.log({"event": "imp_round", "round": r, "sparsity": round_sparsity[-1]})
+            for m in members:
+                masks[m] = magnitude_masks(
+                    states[m].params, s.rate, scope=s.scope, mask=masks[m], prunable=prunable
+                )
+                round_sparsity[m].append(sparsity(masks[m], prunable)["total"])
+                logging.info("IMP round %d/%d: sparsity %.4f", r, s.rounds, round_sparsity[m][-1])
+                rundirs[m].log(
+                    {"event": "imp_round", "round": r, "sparsity": round_sparsity[m][-1]}
+                )
 
-    if s.control == "reinit":
-        params, batch_stats = init_variables(trainer.model, stream("imp/reinit"), image_shape)
-    else:
-        # The rewind point is not needed after this, so its buffers may be donated.
-        params, batch_stats = rewind_point.params, rewind_point.batch_stats
-    final = trainer.new_state(
-        params,
-        batch_stats,
-        make_schedule(s.final_epochs),
-        rng=stream("imp/augment/final"),
-        mask=mask,
-    )
-    final, last_row, _ = train_phase(
+    finals = []
+    for m in members:
+        if s.control == "reinit":
+            params, batch_stats = init_variables(
+                trainer.model, streams[m]("imp/reinit"), image_shape
+            )
+        else:
+            # The rewind point is not needed after this, so its buffers may be donated.
+            params, batch_stats = rewind_points[m].params, rewind_points[m].batch_stats
+        finals.append(
+            trainer.new_state(
+                params,
+                batch_stats,
+                make_schedule(s.final_epochs),
+                rng=streams[m]("imp/augment/final"),
+                mask=masks[m],
+            )
+        )
+    finals, last_rows = phase(
         "pruned",
-        trainer,
-        final,
-        data,
-        epochs=s.final_epochs,
-        shuffle_key=stream("imp/shuffle/final"),
-        rundir=rundir,
-        evaluate_fn=evaluate_fn,
-        eval_every=eval_every,
-        indices=indices,
-        epoch_fn=epoch_fn,
+        finals,
+        [streams[m]("imp/shuffle/final") for m in members],
+        s.final_epochs,
+        evaluate_fns,
+        eval_every,
     )
-    return IMPResult(
-        state=final,
-        mask=mask,
-        round_sparsity=round_sparsity,
-        sparsity=sparsity(mask, prunable),
-        last_row=last_row,
-    )
+    return [
+        IMPResult(
+            state=finals[m],
+            mask=masks[m],
+            round_sparsity=round_sparsity[m],
+            sparsity=sparsity(masks[m], prunable),
+            last_row=last_rows[m],
+        )
+        for m in members
+    ]

@@ -265,6 +265,13 @@ class Trainer:
             donate_argnums=0,
             out_shardings=self._replicated,
         )
+        # ... and when every member has its own dataset (replicate seeds of a grid, each
+        # with its own poisoned set and selection): the data gains the member axis too.
+        self._group_steps = jax.jit(
+            jax.vmap(train_steps, in_axes=(0, 0, 0)),
+            donate_argnums=0,
+            out_shardings=self._replicated,
+        )
         self._predict = jax.jit(
             make_predict_step(model, mean=mean, std=std, mesh=mesh),
             out_shardings=self._replicated,
@@ -608,6 +615,21 @@ class Trainer:
         """Member `member` of a stacked state."""
         return jax.tree.map(lambda x: x[member], stacked)
 
+    def stack_data(self, datasets: Sequence[DeviceData]) -> DeviceData:
+        """Stacks same-sized datasets along a new leading member axis, for
+        `train_epoch_ensemble` with one dataset per member.
+
+        Raises:
+            ValueError: if the datasets' shapes differ.
+        """
+        shapes = {jax.tree.map(jnp.shape, d) for d in datasets}
+        if len(shapes) != 1:
+            raise ValueError(
+                "members trained together need datasets of one shape, got "
+                f"{[jax.tree.map(jnp.shape, d) for d in datasets]}"
+            )
+        return self.replicate(jax.tree.map(lambda *xs: jnp.stack(xs), *datasets))
+
     def train_epoch_ensemble(
         self,
         states: TrainState,
@@ -623,13 +645,17 @@ class Trainer:
         Member m trains exactly as `train_epoch(unstack(states, m), data, keys[m])` would
         (its own shuffle, augmentation stream, initialization and schedule), but every step
         is one batched computation for all members, which fills an accelerator that one
-        small model leaves idle (Paul et al. train EL2N ensembles this way).
+        small model leaves idle (Paul et al. train EL2N ensembles this way). Members may
+        share one dataset (an ensemble) or each have their own of the same size (replicate
+        seeds; `stack_data`), with a shared or per-member subset.
 
         Args:
             states: member states stacked along axis 0 (`stack`); donated.
-            data: the on-device dataset, shared by all members.
+            data: the on-device dataset shared by all members (images uint8[N, H, W, 3]),
+                or one per member stacked along axis 0 (uint8[M, N, H, W, 3]).
             keys: M shuffle keys, stacked (`jnp.stack` of typed keys).
-            indices: optional int32[K] examples making up each member's epoch.
+            indices: optional examples making up each member's epoch: int32[K] shared, or
+                int32[M, K] one subset per member.
             desc: progress-bar label.
             record_presentations: also return each member's presentations.
 
@@ -637,7 +663,15 @@ class Trainer:
             (new stacked states, per-member statistics, per-member presentations or None).
         """
         members = int(keys.shape[0])
-        num = len(data) if indices is None else int(indices.shape[0])
+        own_data = data.labels.ndim == 2
+        if own_data and data.labels.shape[0] != members:
+            raise ValueError(f"{members} members but {data.labels.shape[0]} stacked datasets")
+        size = data.labels.shape[-1]
+        if indices is not None:
+            indices = jnp.asarray(indices, jnp.int32)
+            if indices.ndim == 2 and indices.shape[0] != members:
+                raise ValueError(f"{members} members but {indices.shape[0]} index sets")
+        num = size if indices is None else int(indices.shape[-1])
         steps = self.steps_per_epoch(num)
         if steps == 0:
             raise ValueError(
@@ -647,13 +681,16 @@ class Trainer:
         orders = jnp.stack(
             [_epoch_order(keys[m], num, steps, self.batch_size) for m in range(members)]
         )
-        if indices is not None:
-            orders = jnp.asarray(indices, jnp.int32)[orders]
+        if indices is not None and indices.ndim == 2:
+            orders = jnp.stack([indices[m][orders[m]] for m in range(members)])
+        elif indices is not None:
+            orders = indices[orders]
+        steps_fn = self._group_steps if own_data else self._ensemble_steps
         outs = []
         bar = tqdm(total=steps, desc=desc, unit="step", disable=not self.progress, leave=False)
         start = time.perf_counter()
         for first in range(0, steps, chunk):
-            states, out = self._ensemble_steps(states, data, orders[:, first : first + chunk])
+            states, out = steps_fn(states, data, orders[:, first : first + chunk])
             outs.append(out)
             bar.update(chunk)
         loss = jnp.concatenate([o.loss for o in outs], axis=1)  # [M, steps]
