@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every measurement still owed to an accelerator (BENCHMARKS.md, "GPU (H200) — not yet
+# measured"), as one command of about 8 minutes on one H200, each step under its own time
+# limit, logs under $OUT (one file per step, each ending in the step's JSON lines).
+#
+#   1. training throughput, ResNet-18 width 64, batch 128, 50k images: bf16 against the
+#      PyTorch baseline, and fp32;
+#   2. whether batching replicate seeds with vmap pays (`--members 4`: `vmap_speedup` > 1
+#      keeps `config.sweep.seeds_together`'s accelerator default of all seeds at once;
+#      below 1, the default should become 1 everywhere);
+#   3. CRAIG on all of CIFAR-10 (target: under 1 s) and EL2N/GraNd scoring at 50k in bf16.
+#
+# Preparation, once, on the machine that sends the working tree (the device has no
+# internet; the PyTorch baseline lives outside the repository):
+#   echo /.whl/ >> .git/info/exclude; echo /.bench/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#     ml-collections==1.1.0 apricot-select==0.6.0
+#   mkdir -p .bench && cp ../shared/bench/torch_cifar_resnet18.py .bench/
+# and run it with carry [".whl", ".bench"]:
+#   bash scripts/device_checks.sh
+# A dry run of the script itself at toy sizes on the CPU:
+#   N=512 WIDTH=4 SELECT_N=2000 bash scripts/device_checks.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/device_checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+TORCH_SCRIPT=.bench/torch_cifar_resnet18.py
+[ -f "$TORCH_SCRIPT" ] || TORCH_SCRIPT=../shared/bench/torch_cifar_resnet18.py
+
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logged to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($limit s): $*" | tee "$OUT/$name.log"
+  local start=$SECONDS
+  timeout "$limit" "$@" >>"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
+  grep '^{' "$OUT/$name.log" || tail -5 "$OUT/$name.log"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c 'import jax; print(jax.__version__, jax.devices())'; } >"$OUT/env.log" 2>&1
+cat "$OUT/env.log"
+N=${N:-50000} WIDTH=${WIDTH:-64} SELECT_N=${SELECT_N:-50000}
+bench="python3 scripts/bench.py --width $WIDTH --batch 128 --n $N --epochs 3"
+step train_bf16 150 $bench --precision bf16 --torch --torch-script "$TORCH_SCRIPT"
+step train_fp32 80 $bench --precision fp32
+step members 150 $bench --precision bf16 --members 4
+step craig 60 python3 scripts/bench_select.py --n "$SELECT_N"
+step scores 60 python3 scripts/bench_select.py --sections scores --score_n "$SELECT_N" \
+  --score_width "$WIDTH" --score_dtype bfloat16
