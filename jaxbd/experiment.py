@@ -3,7 +3,9 @@ summary.json.
 
 `run(config, workdir)` is what `scripts/train.py` calls. Read it first: each stage is one
 call into a library module, and every random choice comes from its own named stream of
-`config.seed` (`jaxbd.rng.stream`).
+`config.seed` (`jaxbd.rng.stream`). `run_group(configs, workdirs)` runs replicate seeds of
+one experiment with their training phases batched into one model (what `jaxbd.sweep` uses);
+`run` is a group of one.
 
 Training runs in named *phases* ("pretrain" and "pretrain_<m>" for selection, "dense" on the
 selection, "imp_rewind", "imp_round<r>" and "pruned" for the pruned arm; `jaxbd.phase`),

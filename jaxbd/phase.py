@@ -187,44 +187,46 @@ def train_phase_group(
     states, done, rows = list(states), [0] * m_total, [{}] * m_total
     for m in range(m_total):
         states[m], _, done[m], rows[m] = logs[m].restore(states[m], None)
-    stacked, stacked_for, stacked_data, stacked_indices = None, (), None, None
-    while min(done) < epochs:
-        epoch = min(done) + 1
-        group = tuple(m for m in range(m_total) if done[m] == epoch - 1)
-        desc = f"{name} epoch {epoch}/{epochs}"
-        if len(group) == 1:
-            (m,) = group
-            states[m], stats, _ = trainer.train_epoch(
-                states[m],
-                datasets[m],
-                jax.random.fold_in(shuffle_keys[m], epoch),
-                indices=None if indices is None else indices[m],
-                desc=desc,
-            )
-            stats = [stats]
-            stacked_for = ()  # states[m] was donated; nothing stacked survives
-        else:
-            if group != stacked_for:
-                stacked = trainer.stack([states[m] for m in group])
-                stacked_data = trainer.stack_data([datasets[m] for m in group])
-                stacked_indices = (
-                    None
-                    if indices is None
-                    else trainer.replicate(jnp.stack([indices[m] for m in group]))
+    try:
+        stacked, stacked_for, stacked_data, stacked_indices = None, (), None, None
+        while min(done) < epochs:
+            epoch = min(done) + 1
+            group = tuple(m for m in range(m_total) if done[m] == epoch - 1)
+            desc = f"{name} epoch {epoch}/{epochs}"
+            if len(group) == 1:
+                (m,) = group
+                states[m], stats, _ = trainer.train_epoch(
+                    states[m],
+                    datasets[m],
+                    jax.random.fold_in(shuffle_keys[m], epoch),
+                    indices=None if indices is None else indices[m],
+                    desc=desc,
                 )
-                stacked_for = group
-            keys = jnp.stack([jax.random.fold_in(shuffle_keys[m], epoch) for m in group])
-            stacked, stats, _ = trainer.train_epoch_ensemble(
-                stacked, stacked_data, keys, indices=stacked_indices, desc=desc
-            )
+                stats = [stats]
+                stacked_for = ()  # the next group stacks afresh
+            else:
+                if group != stacked_for:
+                    stacked = trainer.stack([states[m] for m in group])
+                    stacked_data = trainer.stack_data([datasets[m] for m in group])
+                    stacked_indices = (
+                        None
+                        if indices is None
+                        else trainer.replicate(jnp.stack([indices[m] for m in group]))
+                    )
+                    stacked_for = group
+                keys = jnp.stack([jax.random.fold_in(shuffle_keys[m], epoch) for m in group])
+                stacked, stats, _ = trainer.train_epoch_ensemble(
+                    stacked, stacked_data, keys, indices=stacked_indices, desc=desc
+                )
+                for j, m in enumerate(group):
+                    states[m] = trainer.unstack(stacked, j)
             for j, m in enumerate(group):
-                states[m] = trainer.unstack(stacked, j)
-        for j, m in enumerate(group):
-            extra = {"trained_together": len(group)} if len(group) > 1 else {}
-            rows[m] = logs[m].end_epoch(epoch, states[m], stats[j], None, extra)
-            done[m] = epoch
-    for log in logs:
-        log.close()
+                extra = {"trained_together": len(group)} if len(group) > 1 else {}
+                rows[m] = logs[m].end_epoch(epoch, states[m], stats[j], None, extra)
+                done[m] = epoch
+    finally:
+        for log in logs:
+            log.close()
     return states, rows
 
 
