@@ -14,8 +14,6 @@ a 50% cell): about 500 epochs per seed, 2,500 for the grid. A job for an acceler
 CPU-scale grid committed under results/ is `bash scripts/cpu_grid.sh` (README).
 """
 
-from ml_collections import config_dict
-
 from jaxbd.configs import base_config
 
 
@@ -25,8 +23,8 @@ def get_config():
         methods=("full", "random", "el2n", "forgetting", "craig", "grad_align"),
         seeds=(0, 1, 2, 3, 4),
         # Seeds of one method trained together as one vmap-batched model (execution only:
-        # may change when continuing a grid). None: 1 on the CPU, where batching is slower,
-        # every seed on an accelerator (BENCHMARKS.md, `scripts/bench.py --members`).
-        seeds_together=config_dict.placeholder(int),
+        # may change when continuing a grid). 1 (one at a time) is what measured faster;
+        # batching is unmeasured on accelerators (BENCHMARKS.md, `scripts/bench.py --members`).
+        seeds_together=1,
     )
     return c

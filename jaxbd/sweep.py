@@ -9,11 +9,13 @@ grid's report (`results.csv`, `table.md`, plots; `jaxbd.report`).
   method's seeds run in groups of G through `jaxbd.experiment.run_group`: each cell is
   prepared (poisoned, selected) on its own, then the G dense arms train as one
   `vmap`-batched model, and the G pruned arms likewise. Each cell's directory and summary
-  are what a one-at-a-time run writes, so G may change between invocations. The default
-  (None) is 1 on the CPU, where one model already occupies every core and batching
-  measured 4× slower (BENCHMARKS.md), and every seed at once on accelerators, where a
-  ResNet-18 on 32×32 images leaves most of the device idle. Cells then run seed by seed
-  (G = 1) or method by method (G > 1).
+  are what a one-at-a-time run writes, so G may change between invocations. Cells run
+  seed by seed (G = 1) or method by method (G > 1). The default is 1, what measured faster:
+  on the CPU one model already occupies every core and batching was 4× slower
+  (BENCHMARKS.md). On an accelerator a ResNet-18 on 32×32 images leaves most of the device
+  idle, which batching could fill, but XLA turns batched convolutions into grouped ones,
+  whose backward pass is reported slow on CUDA (jax-ml/jax#13800); `scripts/bench.py
+  --members` measures it.
 
 - **Nothing is recomputed.** A finished cell (its `summary.json` exists) is read, not run; an
   interrupted cell resumes from its last checkpoint; re-running the same command after an
@@ -36,7 +38,6 @@ import os
 import time
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 
@@ -87,15 +88,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
         raise experiment.ConfigError(f"config.sweep.seeds: must be distinct integers, got {seeds}")
-    together = config.sweep.get("seeds_together")
-    if together is not None and (not isinstance(together, int) or together < 1):
+    together = seeds_together(config)
+    if not isinstance(together, int) or together < 1:
         raise experiment.ConfigError(
-            f"config.sweep.seeds_together: must be None (auto) or an integer >= 1, got {together}"
+            f"config.sweep.seeds_together: must be an integer >= 1, got {together!r}"
         )
-    if together is not None and together > 1 and config.attack.name == "pcb":
+    if together > 1 and config.attack.name == "pcb":
         raise experiment.ConfigError(
             "config.sweep.seeds_together: pcb trains one model at a time (alternating "
-            f"poisoned steps); use 1 or None, got {together}"
+            f"poisoned steps); use 1, got {together}"
         )
     for method in methods:
         experiment.validate_config(cell_config(config, method, seeds[0], "unused"))
@@ -179,13 +180,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
 
 def seeds_together(config: ml_collections.ConfigDict) -> int:
-    """How many seeds of a method train together (`config.sweep.seeds_together`; None:
-    1 on the CPU or for PCB, every seed elsewhere)."""
-    together = config.sweep.get("seeds_together")
-    if together is None:
-        one_at_a_time = jax.default_backend() == "cpu" or config.attack.name == "pcb"
-        return 1 if one_at_a_time else len(config.sweep.seeds)
-    return together
+    """How many seeds of a method train together (`config.sweep.seeds_together`, default 1)."""
+    return config.sweep.get("seeds_together", 1)
 
 
 def _batches(methods: list[str], seeds: list[int], together: int):

@@ -5,9 +5,9 @@
 #
 #   1. training throughput, ResNet-18 width 64, batch 128, 50k images: bf16 against the
 #      PyTorch baseline, and fp32;
-#   2. whether batching replicate seeds with vmap pays (`--members 4`: `vmap_speedup` > 1
-#      keeps `config.sweep.seeds_together`'s accelerator default of all seeds at once;
-#      below 1, the default should become 1 everywhere);
+#   2. whether batching replicate seeds with vmap pays (`--members 4`: with `vmap_speedup`
+#      > 1, `config.sweep.seeds_together` should default to all seeds on accelerators; it
+#      is 1 today, what measured faster on the CPU);
 #   3. CRAIG on all of CIFAR-10 (target: under 1 s) and EL2N/GraNd scoring at 50k in bf16.
 #
 # Preparation, once, on the machine that sends the working tree (the device has no
