@@ -21,7 +21,7 @@ import functools
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -34,10 +34,17 @@ from jaxbd import attacks, models, rng
 from jaxbd import logging as runlog
 from jaxbd import prune as prune_lib
 from jaxbd import select as select_lib
-from jaxbd.data import load_dataset
-from jaxbd.phase import evaluate, train_phase, train_phase_group
+from jaxbd.data import Dataset, load_dataset
+from jaxbd.phase import EpochFn, evaluate, train_phase, train_phase_group
 from jaxbd.select import pipeline as select_pipeline
-from jaxbd.train import CosineSchedule, Trainer, init_variables, make_mesh
+from jaxbd.train import (
+    CosineSchedule,
+    DeviceData,
+    Trainer,
+    TrainState,
+    init_variables,
+    make_mesh,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -430,8 +437,7 @@ def run_group(
     model already occupies every core and batching is slower (BENCHMARKS.md).
 
     Args:
-        configs: experiment configurations equal but for `seed` (and `runtime.*`,
-            `select.pretrain_dir`).
+        configs: experiment configurations equal in everything but `seed`.
         workdirs: one distinct run directory per configuration.
 
     Returns:
@@ -464,7 +470,6 @@ def run_group(
 
 def _check_groupable(configs, workdirs) -> None:
     """Refuses experiments that cannot train as one batched model."""
-
     first = _flat(configs[0].to_dict())
     for config in configs[1:]:
         other = _flat(config.to_dict())
@@ -508,23 +513,24 @@ class _Cell:
     resumed: bool
     trainer: Trainer
     source: str
-    train_set: Any
-    test_set: Any
+    train_set: Dataset
+    test_set: Dataset
     attack: attacks.Attack
     poisoned: attacks.PoisonedDataset
     triggered: attacks.TriggeredTestSet
-    data: Any
-    indices: Any
-    selection: Any
+    data: DeviceData  # the poisoned training set, with the selection's loss weights
+    indices: jax.Array | None  # the selection (None: every example)
+    selection: select_lib.Selection
     selection_info: dict
-    evaluate_fn: Any
-    make_schedule: Any
-    epoch_fn: Any
-    state: Any = None
-    dense: dict | None = None
-    last_row: dict | None = None
+    evaluate_fn: Callable[[TrainState], dict[str, float]]
+    make_schedule: Callable[[int], CosineSchedule]  # epochs -> schedule over this selection
+    epoch_fn: EpochFn | None  # a training-time attack's epoch (PCB), else None
+    # Filled in by the training stages:
+    state: TrainState | None = None  # the trained dense model
+    dense: dict | None = None  # its final test metrics
+    last_row: dict | None = None  # the dense phase's last log row
     train_seconds: float = 0.0
-    pruned: dict | None = None
+    pruned: dict | None = None  # the pruned arm's summary object
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str) -> _Cell:
