@@ -11,11 +11,19 @@
 #
 #   bash scripts/cpu_grid.sh            # writes runs/cpu_grid/{results.csv,table.md,*.png}
 #
-# Re-running continues the grid (finished cells are skipped). Set DATA and OUT to override.
+# Re-running continues the grid (finished cells are skipped); more SEEDS run only the new
+# cells. Set DATA, OUT, SEEDS (default "(0,1,2)"), METHODS (default: the config's) and
+# SEEDS_TOGETHER (default 1) to override; e.g. the seed-batching measurement in BENCHMARKS.md:
+#
+#   OUT=runs/seeds_apart METHODS='("random",)' SEEDS="(0,1)" bash scripts/cpu_grid.sh
+#   OUT=runs/seeds_together METHODS='("random",)' SEEDS="(0,1)" SEEDS_TOGETHER=2 \
+#     bash scripts/cpu_grid.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
 OUT=${OUT:-runs/cpu_grid}
+SEEDS=${SEEDS:-(0,1,2)}
+SEEDS_TOGETHER=${SEEDS_TOGETHER:-1}
 python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.data.path="$DATA" \
   --config.data.train_limit=4000 \
@@ -23,7 +31,9 @@ python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.attack.fraction=0.05 \
   --config.model.width=8 \
   --config.model.dtype=float32 \
-  "--config.sweep.seeds=(0,1,2)" \
+  "--config.sweep.seeds=$SEEDS" \
+  "--config.sweep.seeds_together=$SEEDS_TOGETHER" \
+  ${METHODS:+"--config.sweep.methods=$METHODS"} \
   --config.train.epochs=8 \
   --config.train.batch_size=32 \
   --config.train.lr=0.05 \
