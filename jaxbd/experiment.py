@@ -431,10 +431,13 @@ def run_group(
     Each experiment is prepared as `run` would (data, poisoning, selection, each in its own
     run directory), then the dense arms train as one `vmap`-batched model
     (`jaxbd.phase.train_phase_group`), and the pruned arms likewise (`prune.run_imp_group`).
-    Every run directory ends as `run` would leave it — same checkpoints, log rows and
-    summary, up to the rounding of batched kernels — and resumes either way. Worth it where
-    one model leaves the device idle (a small network on an accelerator); on the CPU one
-    model already occupies every core and batching is slower (BENCHMARKS.md).
+    Every run directory holds what `run` writes (the same phases, checkpoints, log rows and
+    summary fields) and resumes either way. The computation is the same too, but not bit
+    for bit: batched kernels round differently, and training amplifies rounding, so a
+    grouped run is another equally valid draw of the same experiment rather than a copy of
+    the one-at-a-time run (BENCHMARKS.md measures how far they drift). Worth it where one
+    model leaves the device idle (a small network on an accelerator); on the CPU one model
+    already occupies every core and batching is slower (BENCHMARKS.md).
 
     Args:
         configs: experiment configurations equal in everything but `seed`.

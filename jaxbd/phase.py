@@ -149,10 +149,11 @@ def train_phase_group(
 ) -> tuple[list[TrainState], list[dict[str, Any]]]:
     """One phase of M independent runs (e.g. replicate seeds), trained together.
 
-    Member m ends exactly where `train_phase(name, trainer, states[m], datasets[m],
-    shuffle_key=shuffle_keys[m], rundir=rundirs[m], ...)` would (up to the rounding of
-    batched kernels), writing the same log rows and checkpoints into its own run directory,
-    so a run may switch between grouped and one-at-a-time execution at any epoch. Members at
+    Member m runs the computation of `train_phase(name, trainer, states[m], datasets[m],
+    shuffle_key=shuffle_keys[m], rundir=rundirs[m], ...)` (same data order, augmentation
+    and schedule; batched kernels round differently, which training amplifies over many
+    steps) and writes the same log rows and checkpoints into its own run directory, so a
+    run may switch between grouped and one-at-a-time execution at any epoch. Members at
     the same epoch train as one `vmap`-batched model (`Trainer.train_epoch_ensemble` with
     one dataset per member); a member that resumed ahead of others waits until they catch
     up, so no epoch is trained twice.

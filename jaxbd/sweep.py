@@ -9,7 +9,9 @@ grid's report (`results.csv`, `table.md`, plots; `jaxbd.report`).
   method's seeds run in groups of G through `jaxbd.experiment.run_group`: each cell is
   prepared (poisoned, selected) on its own, then the G dense arms train as one
   `vmap`-batched model, and the G pruned arms likewise. Each cell's directory and summary
-  are what a one-at-a-time run writes, so G may change between invocations. Cells run
+  have the form a one-at-a-time run writes, so G may change between invocations (the
+  numbers are another valid draw, not a bitwise copy: training amplifies the different
+  rounding of batched kernels). Cells run
   seed by seed (G = 1) or method by method (G > 1). The default is 1, what measured faster:
   on the CPU one model already occupies every core and batching was 4× slower
   (BENCHMARKS.md). On an accelerator a ResNet-18 on 32×32 images leaves most of the device

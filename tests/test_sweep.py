@@ -114,8 +114,9 @@ def test_seeds_trained_together_match_one_at_a_time(grid, tmp_path, monkeypatch)
     ]  # fmt: skip
     for row in together:
         reference = one_at_a_time[row["method"], row["seed"]]
-        # The same selection and sparsity exactly; metrics up to the rounding of batched
-        # kernels (64 test images: one image is 1.6%).
+        # The same selection and sparsity exactly; after one epoch per phase the metrics are
+        # still close: within 2 of 64 test images (longer training amplifies the different
+        # rounding of batched kernels).
         for key in ("num_selected", "poison_retention", "pruned_sparsity"):
             assert row[key] == reference[key]
         for key in ("clean_accuracy", "pruned_clean_accuracy", "attack_success_rate"):
