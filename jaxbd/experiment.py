@@ -473,13 +473,12 @@ def run_group(
 
 def _check_groupable(configs, workdirs) -> None:
     """Refuses experiments that cannot train as one batched model."""
-    first = _flat(configs[0].to_dict())
+    first = configs[0].to_dict()
     for config in configs[1:]:
-        other = _flat(config.to_dict())
         diff = [
-            f"{key}: {first.get(key)!r} vs {other.get(key)!r}"
-            for key in sorted(first.keys() | other.keys())
-            if key != "seed" and first.get(key) != other.get(key)
+            line
+            for line in runlog.config_differences(first, config.to_dict(), ignore=())
+            if not line.startswith("seed:")
         ]
         if diff:
             raise ConfigError(
@@ -493,17 +492,6 @@ def _check_groupable(configs, workdirs) -> None:
         )
     if len({os.path.abspath(w) for w in workdirs}) < len(workdirs):
         raise ConfigError(f"experiments trained together need distinct workdirs: {workdirs}")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a.b": value} for a nested dict."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @dataclasses.dataclass

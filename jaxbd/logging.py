@@ -64,12 +64,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable `key: old -> new` lines for settings that differ (resumable ignored)."""
+def config_differences(old: dict, new: dict, ignore: tuple[str, ...] = RESUMABLE_KEYS) -> list[str]:
+    """Human-readable `key: old -> new` lines for settings that differ, except those whose
+    dotted key starts with a prefix in `ignore` (default: the settings a resumed run may
+    change)."""
     a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
     lines = []
     for key in sorted(set(a) | set(b)):
-        if key.startswith(RESUMABLE_KEYS):
+        if key.startswith(ignore):
             continue
         if a.get(key, "<missing>") != b.get(key, "<missing>"):
             lines.append(f"{key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")

@@ -212,12 +212,12 @@ def test_pruned_arm(tmp_path):
         (
             {"seed": 1, "train.lr": 0.01},
             ("a", "b"),
-            r"(?s)only in config\.seed.*train\.lr: 0\.05 vs 0\.01",
+            r"(?s)only in config\.seed.*train\.lr: 0\.05 -> 0\.01",
         ),
         (
             {"seed": 1, "runtime.steps_per_call": 1},
             ("a", "b"),
-            r"(?s)only in config\.seed.*runtime\.steps_per_call: 2 vs 1",
+            r"(?s)only in config\.seed.*runtime\.steps_per_call: 2 -> 1",
         ),
         ({"seed": 1}, ("a", "a"), "distinct workdirs"),
         ({"seed": 1, "attack.name": "pcb"}, ("a", "b"), "pcb trains one model at a time"),

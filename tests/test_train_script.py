@@ -38,13 +38,14 @@ def train(workdir, *extra):
 
 def test_smoke_config_end_to_end_then_refuses_to_overwrite(tmp_path):
     workdir = tmp_path / "run"
-    first = train(workdir)
+    # The pruned arm through this command is the CI smoke run's (.ci/run); here it is off.
+    first = train(workdir, "--config.prune.rounds=0")
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["num_train"] == 256 and summary["data_source"].startswith("synthetic")
     assert (workdir / "config.json").exists() and (workdir / "metrics.jsonl").exists()
 
-    second = train(workdir)
+    second = train(workdir, "--config.prune.rounds=0")
     assert second.returncode == 2
     assert "finished run" in second.stderr and "never overwritten" in second.stderr
     assert json.loads((workdir / "summary.json").read_text()) == summary
