@@ -6,6 +6,8 @@ its report: results.csv, table.md and plots.
 
 Any field can be overridden (`--config.sweep.seeds=(0,1,2)`, `--config.train.epochs=10`).
 Re-running the same command skips finished cells and resumes an interrupted one.
+`--config.sweep.seeds_together=5` trains each method's seeds as one vmap-batched model
+(`jaxbd.sweep`; default 1, one at a time).
 """
 
 import os
