@@ -681,34 +681,19 @@ def _train_dense(cells: Sequence[_Cell]) -> None:
         for cell in cells
     ]
     train_started = time.perf_counter()
-    if len(cells) == 1:
-        state, last_row, _ = train_phase(
-            "dense",
-            trainer,
-            states[0],
-            c0.data,
-            epochs=t.epochs,
-            shuffle_key=rng.stream(config.seed, "shuffle"),
-            rundir=c0.rundir,
-            evaluate_fn=c0.evaluate_fn,
-            eval_every=t.eval_every_epochs,
-            indices=c0.indices,
-            epoch_fn=c0.epoch_fn,
-        )
-        states, last_rows = [state], [last_row]
-    else:
-        states, last_rows = train_phase_group(
-            "dense",
-            trainer,
-            states,
-            [cell.data for cell in cells],
-            epochs=t.epochs,
-            shuffle_keys=[rng.stream(cell.config.seed, "shuffle") for cell in cells],
-            rundirs=[cell.rundir for cell in cells],
-            evaluate_fns=[cell.evaluate_fn for cell in cells],
-            eval_every=t.eval_every_epochs,
-            indices=None if c0.indices is None else [cell.indices for cell in cells],
-        )
+    states, last_rows = train_phase_group(
+        "dense",
+        trainer,
+        states,
+        [cell.data for cell in cells],
+        epochs=t.epochs,
+        shuffle_keys=[rng.stream(cell.config.seed, "shuffle") for cell in cells],
+        rundirs=[cell.rundir for cell in cells],
+        evaluate_fns=[cell.evaluate_fn for cell in cells],
+        eval_every=t.eval_every_epochs,
+        indices=None if c0.indices is None else [cell.indices for cell in cells],
+        epoch_fn=c0.epoch_fn,
+    )
     train_seconds = time.perf_counter() - train_started
     for cell, state, last_row in zip(cells, states, last_rows, strict=True):
         cell.state, cell.last_row, cell.train_seconds = state, last_row, train_seconds

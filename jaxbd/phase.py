@@ -146,6 +146,7 @@ def train_phase_group(
     evaluate_fns: Sequence[Callable[[TrainState], dict[str, float]] | None],
     eval_every: int,
     indices: Sequence[jax.Array] | None = None,
+    epoch_fn: EpochFn | None = None,
 ) -> tuple[list[TrainState], list[dict[str, Any]]]:
     """One phase of M independent runs (e.g. replicate seeds), trained together.
 
@@ -156,7 +157,7 @@ def train_phase_group(
     run may switch between grouped and one-at-a-time execution at any epoch. Members at
     the same epoch train as one `vmap`-batched model (`Trainer.train_epoch_ensemble` with
     one dataset per member); a member that resumed ahead of others waits until they catch
-    up, so no epoch is trained twice.
+    up, so no epoch is trained twice. One member is `train_phase` itself.
 
     Args:
         name: phase name (checkpoint sub-directory and `phase` field of log rows).
@@ -171,9 +172,15 @@ def train_phase_group(
         eval_every: evaluation period in epochs (0: only after the last epoch).
         indices: optional int32[K] examples making up each member's epoch, one per member
             (all of one size).
+        epoch_fn: an epoch function replacing `trainer.train_epoch` (see `train_phase`);
+            only for a single member, since it trains one model.
 
     Returns:
         (each member's final state, each member's last log row).
+
+    Raises:
+        ValueError: for sequences of different lengths, or an `epoch_fn` with several
+            members.
     """
     m_total = len(states)
     if not (len(datasets) == len(shuffle_keys) == len(rundirs) == len(evaluate_fns) == m_total):
@@ -182,6 +189,23 @@ def train_phase_group(
         )
     if indices is not None and len(indices) != m_total:
         raise ValueError(f"{m_total} members but {len(indices)} index sets")
+    if m_total == 1:
+        state, row, _ = train_phase(
+            name,
+            trainer,
+            states[0],
+            datasets[0],
+            epochs=epochs,
+            shuffle_key=shuffle_keys[0],
+            rundir=rundirs[0],
+            evaluate_fn=evaluate_fns[0],
+            eval_every=eval_every,
+            indices=None if indices is None else indices[0],
+            epoch_fn=epoch_fn,
+        )
+        return [state], [row]
+    if epoch_fn is not None:
+        raise ValueError("an epoch_fn trains one model; train its members one at a time")
     logs = [
         _PhaseLog(name, rundirs[m], epochs, evaluate_fns[m], eval_every) for m in range(m_total)
     ]

@@ -113,19 +113,19 @@ def test_selection_survives_an_interruption(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    real_phase = experiment.train_phase
+    real_phase = experiment.train_phase_group
 
     def interrupt_dense(name, *args, **kwargs):
         if name == "dense":
             fail()
         return real_phase(name, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_phase", interrupt_dense)
+    monkeypatch.setattr(experiment, "train_phase_group", interrupt_dense)
     with pytest.raises(KeyboardInterrupt):
         experiment.run(config, workdir)
     assert os.path.exists(os.path.join(workdir, pipeline.SELECTION_FILE))
     first = np.load(os.path.join(workdir, pipeline.SELECTION_FILE))["indices"]
-    monkeypatch.setattr(experiment, "train_phase", real_phase)
+    monkeypatch.setattr(experiment, "train_phase_group", real_phase)
     summary = experiment.run(config, workdir)
     assert len(calls) == 1  # the second invocation loaded the selection
     np.testing.assert_array_equal(

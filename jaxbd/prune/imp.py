@@ -44,7 +44,7 @@ import optax
 from absl import logging
 
 from jaxbd import logging as runlog
-from jaxbd.phase import EpochFn, train_phase, train_phase_group
+from jaxbd.phase import EpochFn, train_phase_group
 from jaxbd.prune.magnitude import SCOPES, magnitude_masks, random_masks
 from jaxbd.prune.masks import Prunable, full_mask, is_kernel, sparsity
 from jaxbd.train import CosineSchedule, DeviceData, Trainer, TrainState, init_variables
@@ -224,26 +224,9 @@ def run_imp_group(
             one model).
     """
     s, members = settings, range(len(datasets))
-    if epoch_fn is not None and len(datasets) > 1:
-        raise ValueError("an epoch_fn trains one model; run its members one at a time")
 
     def phase(name, states, keys, epochs, evaluate, every):
         """Trains each member's `states[m]` through phase `name`."""
-        if len(states) == 1:
-            state, row, _ = train_phase(
-                name,
-                trainer,
-                states[0],
-                datasets[0],
-                epochs=epochs,
-                shuffle_key=keys[0],
-                rundir=rundirs[0],
-                evaluate_fn=evaluate[0],
-                eval_every=every,
-                indices=None if indices is None else indices[0],
-                epoch_fn=epoch_fn,
-            )
-            return [state], [row]
         return train_phase_group(
             name,
             trainer,
@@ -255,6 +238,7 @@ def run_imp_group(
             evaluate_fns=evaluate,
             eval_every=every,
             indices=indices,
+            epoch_fn=epoch_fn,
         )
 
     no_eval = [None for _ in members]

@@ -682,7 +682,7 @@ class Trainer:
             [_epoch_order(keys[m], num, steps, self.batch_size) for m in range(members)]
         )
         if indices is not None and indices.ndim == 2:
-            orders = jnp.stack([indices[m][orders[m]] for m in range(members)])
+            orders = jax.vmap(lambda subset, order: subset[order])(indices, orders)
         elif indices is not None:
             orders = indices[orders]
         steps_fn = self._group_steps if own_data else self._ensemble_steps
