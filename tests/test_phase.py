@@ -145,3 +145,22 @@ def test_a_member_that_resumed_ahead_waits_for_the_others(tmp_path):
     trainer.calls.clear()
     (state,), _ = _group(trainer, rundirs[:1], epochs=5)
     assert trainer.calls == [("dense epoch 5/5", 1)] and float(state.weight) == 5.0
+
+
+def test_a_group_needs_one_of_everything_per_member_and_no_epoch_fn(tmp_path):
+    trainer, rundirs = _FakeTrainer(), _rundirs(tmp_path, 2)
+    states = [CountingState(step=jnp.int32(0), weight=jnp.float32(0.0)) for _ in range(2)]
+    common = dict(epochs=1, shuffle_keys=[jax.random.key(0)] * 2, rundirs=rundirs, eval_every=0)
+    with pytest.raises(ValueError, match="one dataset, key, rundir and evaluate_fn per state"):
+        train_phase_group("dense", trainer, states, [1.0], evaluate_fns=[None] * 2, **common)
+    with pytest.raises(ValueError, match="2 members but 1 index sets"):
+        train_phase_group(
+            "dense", trainer, states, [1.0, 2.0], evaluate_fns=[None] * 2,
+            indices=[jnp.arange(4)], **common,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="an epoch_fn trains one model"):
+        train_phase_group(
+            "dense", trainer, states, [1.0, 2.0], evaluate_fns=[None] * 2,
+            epoch_fn=_epoch_fn([1.0]), **common,
+        )  # fmt: skip
+    assert trainer.calls == []
