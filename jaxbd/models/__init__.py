@@ -1,10 +1,18 @@
 """Models: flax.linen modules returning `(logits, features)`.
 
-`MODELS` maps a config name to a factory `(num_classes, width, dtype) -> nn.Module`.
+`MODELS` maps a config name to a factory `(num_classes, width, dtype) -> nn.Module`:
+
+- "resnet18": the CIFAR ResNet-18 (`jaxbd.models.resnet`), the research model;
+- "tiny_cnn": a two-conv network (`jaxbd.models.tiny`) so that pipeline tests compile in a
+  fraction of a second; not for research.
+
+Every model sows its stage outputs into the "intermediates" collection (a no-op unless the
+caller makes it mutable; see each module's docstring).
 """
 
 from jaxbd.models.resnet import ResNet, resnet18
+from jaxbd.models.tiny import TinyCNN, tiny_cnn
 
-MODELS = {"resnet18": resnet18}
+MODELS = {"resnet18": resnet18, "tiny_cnn": tiny_cnn}
 
-__all__ = ["MODELS", "ResNet", "resnet18"]
+__all__ = ["MODELS", "ResNet", "TinyCNN", "resnet18", "tiny_cnn"]

@@ -1,8 +1,9 @@
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from jaxbd.models import MODELS, resnet18
+from jaxbd.models import MODELS, ResNet, resnet18
 
 
 def _param_count(model, image_shape=(32, 32, 3)):
@@ -13,7 +14,7 @@ def _param_count(model, image_shape=(32, 32, 3)):
 
 
 def test_width_64_has_the_reference_parameter_count():
-    # PyTorch's CIFAR ResNet-18 (kuangliu / the SPEC §1 model) has 11,173,962 parameters.
+    # The common PyTorch CIFAR ResNet-18 (kuangliu/pytorch-cifar) has 11,173,962 parameters.
     count, variables = _param_count(resnet18(num_classes=10, width=64))
     assert count == 11_173_962
     params = variables["params"]
@@ -54,3 +55,29 @@ def test_bfloat16_close_to_float32():
     a, _ = f32.apply(variables, x, train=False)
     b, _ = bf16.apply(variables, x, train=False)
     assert jnp.max(jnp.abs(a - b)) < 0.1 * (1 + jnp.max(jnp.abs(a)))
+
+
+class _NoSow(ResNet):
+    """The ResNet with sowing disabled: what `apply` computed before intermediates existed."""
+
+    def sow(self, *args, **kwargs):
+        return False
+
+
+def test_stage_intermediates_and_plain_apply_unchanged():
+    model = resnet18(num_classes=10, width=8)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert set(variables) == {"params", "batch_stats"}  # init does not store intermediates
+    plain = model.apply(variables, x, train=False)
+    reference = _NoSow(num_classes=10, width=8).apply(variables, x, train=False)
+    (logits, features), state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    for a, b, c in zip(plain, reference, (logits, features), strict=True):
+        np.testing.assert_array_equal(a, b)  # bit-identical: sowing is a no-op
+        np.testing.assert_array_equal(a, c)
+    sown = state["intermediates"]
+    assert sorted(sown) == ["stage1", "stage2", "stage3", "stage4"]
+    shapes = [sown[f"stage{i}"][0].shape for i in range(1, 5)]
+    assert shapes == [(2, 32, 32, 8), (2, 16, 16, 16), (2, 8, 8, 32), (2, 4, 4, 64)]
+    # The features are the pooled last stage.
+    np.testing.assert_allclose(features, sown["stage4"][0].mean(axis=(1, 2)), rtol=1e-6)
