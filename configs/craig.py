@@ -1,4 +1,7 @@
-"""CRAIG 50% weighted coreset (Mirzasoleiman et al. 2020; SPEC §2.4), then the Full recipe.
+"""CRAIG 50% weighted coreset, then the Full recipe on the subset.
+
+CRAIG: Mirzasoleiman, Bilmes, Leskovec 2020, "Coresets for data-efficient training of machine
+learning models"; definition in docs/methods.md, "CRAIG".
 
 A 20-epoch pretraining run on the full poisoned set gives, for every example, the gradient
 of the loss w.r.t. the last-layer pre-activation (softmax − onehot). Per class, greedy

@@ -1,4 +1,7 @@
-"""EL2N 50% subset (Paul et al. 2021; SPEC §2.2), then the Full recipe on the subset.
+"""EL2N 50% subset, then the Full recipe on the subset.
+
+EL2N: Paul, Ganguli, Dziugaite 2021, "Deep learning on a data diet: finding important examples
+early in training"; definition in docs/methods.md, "EL2N".
 
 Four models pretrain on the full poisoned set (20-epoch schedule) and score every example
 after epoch 10 by ‖softmax − onehot‖₂, averaged over the ensemble; each class keeps its

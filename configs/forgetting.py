@@ -1,4 +1,7 @@
-"""Forgetting-score 50% subset (Toneva et al. 2019; SPEC §2.3), then the Full recipe.
+"""Forgetting-score 50% subset, then the Full recipe on the subset.
+
+Forgetting events: Toneva et al. 2019, "An empirical study of example forgetting during deep
+neural network learning"; definition in docs/methods.md, "Forgetting".
 
 A 20-epoch pretraining run on the full poisoned set records, for every presentation of every
 example, whether its augmented view was classified correctly; forgetting events are

@@ -1,4 +1,8 @@
-"""The reference study's Full row (SPEC §1): BadNets 2% on CIFAR-10, ResNet-18, 50 epochs.
+"""The reference study's Full row: BadNets 2% on CIFAR-10, ResNet-18, 50 epochs.
+
+The experiment is described in docs/methods.md, "The reference experiment"; BadNets is Gu,
+Dolan-Gavitt, Garg 2017, "BadNets: identifying vulnerabilities in the machine learning model
+supply chain".
 
 Trains on the whole poisoned training set (no selection), SGD lr 0.1, momentum 0.9, weight
 decay 5e-4, batch 128, cosine decay to 1e-5, crop + flip augmentation.
@@ -7,7 +11,7 @@ Run:
     python scripts/train.py --config configs/full.py --workdir runs/full \
         --config.data.path=../shared/data/cifar10
 
-Expected (SPEC §8): clean accuracy about 94–95%, ASR about 100%. Runtime: about 37 minutes per
+Expected: clean accuracy about 94–95%, ASR about 100%. Runtime: about 37 minutes per
 epoch on a 2-core CPU (measured, BENCHMARKS.md; interrupt and re-run the same command to
 resume); on a GPU not yet measured (target: under a second per epoch on one H200, bf16).
 

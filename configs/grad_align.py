@@ -1,4 +1,6 @@
-"""The earlier study's "CRAIG" (SPEC §2.5), kept under its own name: gradient alignment.
+"""The earlier study's "CRAIG", kept under its own name: gradient alignment.
+
+Definition, and why it is not CRAIG, in docs/methods.md, "grad_align".
 
 After a 20-epoch pretraining run, each class keeps the half of its examples whose last-layer
 weight gradient is most aligned (cosine) with the class's summed unit gradients. A per-class

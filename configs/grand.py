@@ -1,4 +1,7 @@
-"""GraNd 50% subset (Paul et al. 2021; SPEC §2.2), then the Full recipe on the subset.
+"""GraNd 50% subset, then the Full recipe on the subset.
+
+GraNd: Paul, Ganguli, Dziugaite 2021, "Deep learning on a data diet: finding important examples
+early in training"; definition in docs/methods.md, "GraNd".
 
 Like configs/el2n.py, but each example's score is the norm of its loss gradient over all
 parameters (per-example `vmap(grad)` in chunks, norms reduced inside the jitted function),

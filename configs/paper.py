@@ -1,4 +1,4 @@
-"""The reference study's grid (SPEC §1): {full, random, el2n, forgetting, craig, grad_align}
+"""The reference study's grid: {full, random, el2n, forgetting, craig, grad_align}
 × 5 seeds, each cell dense and pruned (IMP: 3 rounds of 30%, rewind to epoch 1, 10-epoch
 rounds, layer-wise), on 2% BadNets CIFAR-10 with ResNet-18 and the 50-epoch recipe.
 

@@ -1,4 +1,6 @@
-"""Random 50% subset (SPEC §2.1) of the 2%-BadNets CIFAR-10 set, then the Full recipe.
+"""Random 50% subset of the 2%-BadNets CIFAR-10 set, then the Full recipe.
+
+Definition in docs/methods.md, "Random".
 
 The subset is drawn per class from its own PRNG stream, so it keeps about half of the
 poisons (an earlier study reused the poisoning seed and kept ~99.5%).
@@ -7,7 +9,7 @@ Run:
     python scripts/train.py --config configs/random.py --workdir runs/random \
         --config.data.path=../shared/data/cifar10
 
-Expected (SPEC §8): clean accuracy about 91%, poison retention about 0.5, ASR about 100%.
+Expected: clean accuracy about 91%, poison retention about 0.5, ASR about 100%.
 Runtime: half of configs/full.py (no pretraining).
 
 Every config trains a dense and a pruned arm: the pruned arm (IMP, `config.prune`: 3 rounds

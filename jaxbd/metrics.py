@@ -1,4 +1,6 @@
-"""Evaluation metrics, exactly as defined in SPEC §7.
+"""Evaluation metrics: clean accuracy, ASR, robust accuracy, poison retention, DER, ROC AUC.
+
+The exact definitions, with the reasons for them, are in docs/metrics.md.
 
 The per-model metrics are pure functions over arrays: they take NumPy or JAX arrays, compute
 with `jax.numpy` (so they also run inside `jit`), and return a float32 scalar array (call
@@ -43,9 +45,9 @@ def attack_success_rate(
 
     Images whose true label already is the target are left out: a model that ignores the
     trigger still "succeeds" on them, which put a floor of about 1/C under the ASR of earlier
-    studies (SPEC §1). The target is per example, so all-to-all attacks (target
-    (y + 1) mod C) use the same function. See `asr_all_images` for the variant that counts
-    every image.
+    studies (docs/metrics.md, "Attack success rate"). The target is per example, so
+    all-to-all attacks (target (y + 1) mod C) use the same function. See `asr_all_images`
+    for the variant that counts every image.
 
     Args:
         predictions: int[M] predictions on the triggered images.
@@ -65,7 +67,8 @@ def attack_success_rate(
 def asr_all_images(predictions: ArrayLike, target_labels: ArrayLike) -> jax.Array:
     """ASR over all triggered images, target-class images included.
 
-    Only for comparison with studies that computed ASR this way (SPEC §1, "known flaws");
+    Only for comparison with studies that computed ASR this way (docs/metrics.md, "ASR over
+    all images");
     it is at least the target class's share of correct predictions even for a clean model.
     jaxbd's headline ASR is `attack_success_rate`.
 
@@ -147,7 +150,8 @@ def poison_retention(is_poison: ArrayLike, selected_indices: ArrayLike) -> jax.A
 def defense_effectiveness_rating(
     cda_before: ArrayLike, cda_after: ArrayLike, asr_before: ArrayLike, asr_after: ArrayLike
 ) -> jax.Array:
-    """DER (BackdoorBench): [max(0, ΔASR) − max(0, ΔCDA) + 1] / 2.
+    """DER (Wu et al. 2022, "BackdoorBench: a comprehensive benchmark of backdoor learning"):
+    [max(0, ΔASR) − max(0, ΔCDA) + 1] / 2.
 
     Δ are drops from the undefended model (before − after). All four are fractions in
     [0, 1] (not percentages); then DER lies in [0, 1], 0.5 means no change (or equal

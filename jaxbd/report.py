@@ -6,9 +6,9 @@ Written by `jaxbd.sweep.run` after every cell (plots at the end), and usable on 
 - `results.csv`: one row per (method, seed) with the selection report, dense and pruned
   metrics, sparsity and timings (`COLUMNS`).
 - `table.md`: per method, in grid order, mean ± sample standard deviation (ddof = 1) over
-  seeds with n (SPEC §7): poison retention, dense and pruned clean accuracy, dense and
-  pruned ASR (percentages; ASR excludes target-class test images), and the pruned arm's
-  sparsity; below it, the grid's wall time.
+  seeds with n (docs/metrics.md, "Aggregation over seeds"): poison retention, dense and
+  pruned clean accuracy, dense and pruned ASR (percentages; ASR excludes target-class test
+  images), and the pruned arm's sparsity; below it, the grid's wall time.
 - `retention.png`, `accuracy.png`, `asr.png` (matplotlib, `pip install -e ".[plot]"`): poison
   retention per method; clean accuracy and ASR, dense vs pruned, with ±1 std error bars.
 """

@@ -2,8 +2,9 @@
 
 Deriving each stream from the seed and a name (rather than splitting one key in sequence)
 keeps streams independent of each other and of the order in which code asks for them — the
-random-subset baseline never reuses the poisoning stream (a flaw of earlier code, SPEC §1), and
-adding a new stream never changes existing ones.
+random-subset baseline never reuses the poisoning stream (a flaw of earlier code; see
+docs/methods.md, "The reference experiment"), and adding a new stream never changes existing
+ones.
 """
 
 from __future__ import annotations

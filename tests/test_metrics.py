@@ -1,4 +1,4 @@
-"""SPEC §7 metrics: hand-computed values, NaN conventions, shape errors, invariants."""
+"""docs/metrics.md's metrics: hand-computed values, NaN conventions, shape errors, invariants."""
 
 import math
 

@@ -3,7 +3,8 @@
 A mask has exactly the structure and leaf shapes of the parameters it prunes, with boolean
 leaves: True keeps a weight, False prunes it. Leaves that are never pruned (biases,
 BatchNorm scale and bias) are all-True, so a mask can be applied to the whole parameter tree
-with one `jax.tree.map` and no bookkeeping of which leaves it concerns (SPEC §3).
+with one `jax.tree.map` and no bookkeeping of which leaves it concerns (docs/methods.md,
+"Masks").
 
 Which leaves are prunable is decided by a predicate over (path, leaf); the default prunes
 every convolution and dense kernel (a leaf named "kernel" with at least two dimensions).
