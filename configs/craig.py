@@ -10,7 +10,7 @@ size of the cluster it represents, and training uses the weights as loss weights
 
 Run (the README's main command):
     python scripts/train.py --config configs/craig.py --workdir runs/craig \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Options: `--config.select.craig.greedy=exact|lazy|stochastic`,
 `--config.select.craig.proxy=error|concat|outer` (outer: the full last-layer weight gradient,

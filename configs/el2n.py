@@ -11,7 +11,7 @@ model, mean score over epochs 2–20, keep the easiest (which retains nearly all
 
 Run:
     python scripts/train.py --config configs/el2n.py --workdir runs/el2n \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Runtime: 4 × 10 pretraining epochs plus 50 epochs on half the data (≈ 65 full epochs).
 

@@ -11,7 +11,7 @@ reproduces the earlier study: one check per epoch, never-learned scored 0, keep 
 
 Run:
     python scripts/train.py --config configs/forgetting.py --workdir runs/forgetting \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Runtime: 20 pretraining epochs plus 50 epochs on half the data (≈ 45 full epochs).
 

@@ -9,7 +9,7 @@ decay 5e-4, batch 128, cosine decay to 1e-5, crop + flip augmentation.
 
 Run:
     python scripts/train.py --config configs/full.py --workdir runs/full \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Expected: clean accuracy about 94–95%, ASR about 100%. Runtime: about 37 minutes per
 epoch on a 2-core CPU (measured, BENCHMARKS.md; interrupt and re-run the same command to

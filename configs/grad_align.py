@@ -9,7 +9,7 @@ removes most poisons.
 
 Run:
     python scripts/train.py --config configs/grad_align.py --workdir runs/grad_align \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Every config trains a dense and a pruned arm: the pruned arm (IMP, `config.prune`: 3 rounds
 of 30% on 10-epoch rounds rewound to epoch 1, then the 65.7%-sparse network for the full

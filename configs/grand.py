@@ -10,7 +10,7 @@ class keeps its hardest half.
 
 Run:
     python scripts/train.py --config configs/grand.py --workdir runs/grand \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Runtime: as configs/el2n.py plus 4 GraNd passes over the training set (each about three
 inference passes).

@@ -4,7 +4,7 @@ rounds, layer-wise), on 2% BadNets CIFAR-10 with ResNet-18 and the 50-epoch reci
 
 Run:
     python scripts/sweep.py --config configs/paper.py --workdir runs/paper \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Writes runs/paper/{results.csv,table.md,retention.png,accuracy.png,asr.png}. Work per seed,
 in epochs over all 50,000 images: the pretraining run shared by el2n/forgetting/craig/

@@ -7,7 +7,7 @@ poisons (an earlier study reused the poisoning seed and kept ~99.5%).
 
 Run:
     python scripts/train.py --config configs/random.py --workdir runs/random \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Expected: clean accuracy about 91%, poison retention about 0.5, ASR about 100%.
 Runtime: half of configs/full.py (no pretraining).
