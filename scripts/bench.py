@@ -16,8 +16,9 @@ M one-at-a-time epochs (`vmap_speedup` > 1: batching the models is faster):
     python scripts/bench.py --width 8 --precision fp32 --n 2048 --epochs 3 --members 3
 
 `--devices` sets the data-parallel device count (default: all). `--torch` also runs the
-PyTorch baseline (`--torch-script`, default ../shared/bench/torch_cifar_resnet18.py) with the
-same settings in a subprocess and prints its line and the ratio of the two.
+project's PyTorch baseline, `scripts/torch_baseline.py` (the same CIFAR ResNet-18; needs the
+`bench` extra, `pip install -e ".[bench]"`), with the same settings in a subprocess, so the two
+frameworks never share the device's memory, and prints its line and the ratio of the two.
 """
 
 import argparse
@@ -36,14 +37,7 @@ from jaxbd.data.augment import CIFAR10_MEAN, CIFAR10_STD
 from jaxbd.models import resnet18
 from jaxbd.train import CosineSchedule, Trainer, make_mesh
 
-DEFAULT_TORCH_SCRIPT = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)),
-    "..",
-    "..",
-    "shared",
-    "bench",
-    "torch_cifar_resnet18.py",
-)
+TORCH_BASELINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
 
 
 def make_trainer(args, mesh) -> Trainer:
@@ -145,7 +139,7 @@ def bench_torch(args) -> dict:
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     cmd = [
         sys.executable,
-        args.torch_script,
+        TORCH_BASELINE,
         "--device",
         device,
         "--width",
@@ -161,8 +155,13 @@ def bench_torch(args) -> dict:
     ]
     if args.torch_compile:
         cmd.append("--compile")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(
+            f"the PyTorch baseline failed (exit {done.returncode}; it needs torch: "
+            f'pip install -e ".[bench]"):\n{done.stderr[-2000:]}'
+        )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     result["epoch_s_50k"] = 50_000 / result["images_per_s"]
     return result
 
@@ -182,8 +181,7 @@ def main():
         "--members", type=int, default=1, help="also time this many models trained with vmap"
     )
     p.add_argument("--torch", action="store_true", help="also run the PyTorch baseline")
-    p.add_argument("--torch-script", default=DEFAULT_TORCH_SCRIPT)
-    p.add_argument("--torch-compile", action="store_true")
+    p.add_argument("--torch-compile", action="store_true", help="the baseline under torch.compile")
     args = p.parse_args()
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch compiles and is not timed)")

@@ -11,13 +11,13 @@
 #   3. CRAIG on all of CIFAR-10 (target: under 1 s) and EL2N/GraNd scoring at 50k in bf16.
 #
 # Preparation, once, on the machine that sends the working tree (the device has no
-# internet; the PyTorch baseline lives outside the repository):
-#   echo /.whl/ >> .git/info/exclude; echo /.bench/ >> .git/info/exclude
+# internet): the wheels its image lacks, into .whl. torch is in the accelerator image
+# already, and the PyTorch baseline is the repository's own scripts/torch_baseline.py.
+#   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl \
 #     ml-collections==1.1.0 apricot-select==0.6.0
-#   mkdir -p .bench && cp ../shared/bench/torch_cifar_resnet18.py .bench/
-# and run it with carry [".whl", ".bench"]:
+# and run it with carry [".whl"]:
 #   bash scripts/device_checks.sh
 # A dry run of the script itself at toy sizes on the CPU:
 #   N=512 WIDTH=4 SELECT_N=2000 bash scripts/device_checks.sh
@@ -33,8 +33,6 @@ if [ -d .whl ]; then
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-TORCH_SCRIPT=.bench/torch_cifar_resnet18.py
-[ -f "$TORCH_SCRIPT" ] || TORCH_SCRIPT=../shared/bench/torch_cifar_resnet18.py
 
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logged to $OUT/NAME.log
   local name=$1 limit=$2
@@ -52,7 +50,7 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logged to 
 cat "$OUT/env.log"
 N=${N:-50000} WIDTH=${WIDTH:-64} SELECT_N=${SELECT_N:-50000}
 bench="python3 scripts/bench.py --width $WIDTH --batch 128 --n $N --epochs 3"
-step train_bf16 150 $bench --precision bf16 --torch --torch-script "$TORCH_SCRIPT"
+step train_bf16 150 $bench --precision bf16 --torch
 step train_fp32 80 $bench --precision fp32
 step members 150 $bench --precision bf16 --members 4
 step craig 60 python3 scripts/bench_select.py --n "$SELECT_N"

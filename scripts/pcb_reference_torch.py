@@ -1,8 +1,9 @@
 """The Parameter-Controlled Backdoor as the authors' PyTorch trainer runs it, for comparison.
 
-A cross-check of `jaxbd.attacks.pcb`: this script trains the same CIFAR ResNet-18 (PyTorch,
-from the benchmark baseline `--torch-script`) on the same class-stratified CIFAR-10 subset
-with the PCB procedure of the authors' `ParameterControlledBackdoorTrainer`
+A cross-check of `jaxbd.attacks.pcb`: this script trains the same CIFAR ResNet-18 in PyTorch
+(the benchmark baseline's model and augmentation, `scripts/torch_baseline.py`, initialized
+from the same distributions as jaxbd's) on the same class-stratified CIFAR-10 subset with the
+PCB procedure of the authors' `ParameterControlledBackdoorTrainer`
 (github.com/Ben-Schneider-code/Universal-Backdoor-Attacks, src/trainer/pcb_trainer.py):
 
 - every even step (0, 2, ...) of an epoch is poisoned: the first `int(B · ratio)` examples of
@@ -14,40 +15,42 @@ with the PCB procedure of the authors' `ParameterControlledBackdoorTrainer`
 - odd steps are ordinary clean steps.
 
 The schedule is jaxbd's (per-step cosine from `--lr` to 1e-5 over the run) so the two runs
-differ only in the framework, the initialization and the trigger/augmentation order. Each
+differ only in the framework, the initial draws and the trigger/augmentation order. Each
 epoch prints one JSON line (clean-step and poisoned-step loss and accuracy, the largest
 absolute parameter); the last line has test clean accuracy and ASR (non-target test images
 with the patch, classified as the target).
 
-    pip install torch   # CPU build is enough
-    python scripts/pcb_reference_torch.py --data ../shared/data/cifar10 --train_limit 5000 \
-        --width 8 --epochs 14 --param_fraction 0.1
+    pip install -e ".[bench]"   # torch; its CPU build is enough
+    python scripts/pcb_reference_torch.py --train_limit 5000 --width 8 --epochs 14 \
+        --param_fraction 0.1
+
+CIFAR-10 comes from `--data PATH` (a local copy, as `config.data.path`) or, without it, from
+jaxbd's usual sources: its cache, tensorflow-datasets, or the official archive, downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import os
 import time
 
 import numpy as np
 import torch
+
+# scripts/ is on sys.path when this file runs as a script, so its sibling imports directly.
+import torch_baseline as ref
 from ml_collections import ConfigDict
 from torch.nn import functional
 
 from jaxbd.data import load_dataset
 
-DEFAULT_TORCH_SCRIPT = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "bench", "torch_cifar_resnet18.py"
-)
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", required=True, help="CIFAR-10 path (as config.data.path)")
+    p.add_argument(
+        "--data", default=None, help="CIFAR-10 path (as config.data.path); default: cache/download"
+    )
     p.add_argument("--train_limit", type=int, default=5000)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--epochs", type=int, default=14)
@@ -58,15 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", type=int, default=0)
     p.add_argument("--patch", type=int, default=7, help="BadNets red square, bottom right")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--torch-script", default=DEFAULT_TORCH_SCRIPT)
     return p.parse_args(argv)
-
-
-def _load_module(path: str):
-    spec = importlib.util.spec_from_file_location("torch_cifar_resnet18", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def stamp(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -79,7 +74,6 @@ def stamp(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    ref = _load_module(args.torch_script)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     splits = load_dataset(
