@@ -10,6 +10,7 @@ from jaxbd.data.augment import augment as augment_batch
 from jaxbd.data.cifar10 import load_cifar10
 from jaxbd.data.dataset import DataError, Dataset, DataSplits
 from jaxbd.data.load import DATASETS, load_dataset
+from jaxbd.data.settings import DataSettings
 from jaxbd.data.synthetic import make_synthetic
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "CIFAR10_STD",
     "DATASETS",
     "DataError",
+    "DataSettings",
     "DataSplits",
     "Dataset",
     "augment",

@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-# Per-channel statistics of the CIFAR-10 training set in [0, 1] pixel units (the values in
-# common use since the original ResNet reproductions).
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# Re-exported: the normalization constants most callers pass to `normalize`.
+from jaxbd.data.cifar10.formats import CIFAR10_MEAN as CIFAR10_MEAN
+from jaxbd.data.cifar10.formats import CIFAR10_STD as CIFAR10_STD
 
 
 def _per_example_keys(key: jax.Array, batch: int) -> jax.Array:

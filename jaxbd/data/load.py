@@ -1,58 +1,60 @@
-"""The config-facing entry point: `load_dataset(config.data)`."""
+"""The config-facing entry point: `load_dataset(settings)`, with `settings = config.data`."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
-import ml_collections
-import numpy as np
-
-from jaxbd.data.cifar10 import SOURCES, load_cifar10
+from jaxbd.data.cifar10 import load_cifar10
 from jaxbd.data.dataset import DataError, Dataset, DataSplits
+from jaxbd.data.settings import DATASETS, DataSettings
+from jaxbd.data.stratify import stratified_prefix
 from jaxbd.data.synthetic import make_synthetic
-from jaxbd.select.base import class_budgets
+from jaxbd.settings import from_config
 
-DATASETS = ("cifar10", "synthetic")
+__all__ = ["DATASETS", "load_dataset"]
 
 
-def load_dataset(data_config: ml_collections.ConfigDict) -> DataSplits:
-    """Loads the dataset a config names.
+def load_dataset(settings: DataSettings | Mapping) -> DataSplits:
+    """Loads the dataset the settings name.
 
     Args:
-        data_config: `config.data` (see `jaxbd.configs.base_config`): `name`; for CIFAR-10
-            `path` (str or None), `source` (one of `SOURCES`) and `cache_dir` (str or None);
-            for synthetic data `num_train`, `num_test`, `num_classes`, `image_size`, `seed`
-            and `noise`; for any dataset `train_limit` and `test_limit` (None: all), which
-            keep a class-stratified prefix of n examples: class c contributes its first
-            n_c·n/N examples in canonical order (largest-remainder rounding), so the class
-            balance is kept even for copies stored class by class (image folders).
+        settings: the data settings; a `config.data` ConfigDict (or any mapping of some of
+            its fields) is converted with `from_config(DataSettings, settings, "config.data")`.
+            `name` picks the dataset; CIFAR-10 reads `path`, `source` and `cache_dir`;
+            synthetic data `num_train`, `num_test`, `num_classes`, `image_size`, `seed` and
+            `noise`. For any dataset `train_limit` and `test_limit` (None: all) keep a
+            class-stratified prefix of n examples: class c contributes its first n_c·n/N
+            examples in canonical order (largest-remainder rounding), so the class balance is
+            kept even for copies stored class by class (image folders).
 
     Returns:
         The train and test sets, with their source recorded.
 
     Raises:
-        DataError: an unknown dataset name or source, or any loading error.
+        ConfigError: (`jaxbd.settings.ConfigError`) for an unknown field or an invalid value
+            in a config section, naming `config.data.<field>`.
+        DataError: a limit above the number of examples, or any loading error.
     """
-    splits = _load(data_config)
-    train_limit, test_limit = data_config.get("train_limit"), data_config.get("test_limit")
-    if train_limit is None and test_limit is None:
+    if not isinstance(settings, DataSettings):
+        settings = from_config(DataSettings, settings, "config.data")
+    splits = _load(settings)
+    if settings.train_limit is None and settings.test_limit is None:
         return splits
-    train = _take(splits.train, train_limit, "train_limit")
-    test = _take(splits.test, test_limit, "test_limit")
+    train = _take(splits.train, settings.train_limit, "train_limit")
+    test = _take(splits.test, settings.test_limit, "test_limit")
     return DataSplits(train=train, test=test, source=f"{splits.source} | {train.source}")
 
 
 def _take(dataset: Dataset, limit: int | None, name: str) -> Dataset:
+    """The class-stratified first `limit` examples of `dataset` (all of it for None)."""
     if limit is None:
         return dataset
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise DataError(f"data.{name} must be None or a positive int, got {limit!r}")
     if limit > len(dataset):
         raise DataError(f"data.{name}={limit} exceeds the {len(dataset)} examples available")
-    budgets = class_budgets(dataset.labels, limit, dataset.num_classes)
-    keep = np.sort(
-        np.concatenate([np.flatnonzero(dataset.labels == c)[:b] for c, b in enumerate(budgets)])
-    )
+    keep = stratified_prefix(dataset.labels, limit, dataset.num_classes)
     return dataclasses.replace(
         dataset,
         images=dataset.images[keep],
@@ -61,19 +63,17 @@ def _take(dataset: Dataset, limit: int | None, name: str) -> Dataset:
     )
 
 
-def _load(c: ml_collections.ConfigDict) -> DataSplits:
-    if c.name == "cifar10":
-        source = c.get("source", "auto")
-        if source not in SOURCES:
-            raise DataError(f"unknown data.source {source!r}; choose one of {SOURCES}")
-        return load_cifar10(c.get("path"), source=source, cache_dir=c.get("cache_dir"))
-    if c.name == "synthetic":
+def _load(s: DataSettings) -> DataSplits:
+    if s.name == "cifar10":
+        return load_cifar10(s.path, source=s.source, cache_dir=s.cache_dir)
+    if s.name == "synthetic":
         return make_synthetic(
-            c.num_train,
-            c.num_test,
-            num_classes=c.num_classes,
-            image_size=c.image_size,
-            seed=c.seed,
-            noise=c.noise,
+            s.num_train,
+            s.num_test,
+            num_classes=s.num_classes,
+            image_size=s.image_size,
+            seed=s.seed,
+            noise=s.noise,
         )
-    raise DataError(f"unknown data.name {c.name!r}; choose one of {DATASETS}")
+    # Unreachable for validated settings; a dataset added to DATASETS needs a branch here.
+    raise DataError(f"no loader for data.name {s.name!r}; known: {DATASETS}")

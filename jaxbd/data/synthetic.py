@@ -21,6 +21,8 @@ _MAX_FREQUENCY = 2.0
 _CONTRAST = (0.6, 1.0)  # multiplies the pattern's amplitude
 _BRIGHTNESS = (-0.15, 0.15)  # added to every pixel, in [0, 1] pixel units
 _AMPLITUDE = 0.35  # pattern peak deviation from mid-grey, in [0, 1] pixel units
+MIN_CLASSES = 2  # a classification task needs two
+MIN_IMAGE_SIZE = 4  # below this the class patterns and a trigger patch no longer fit
 
 
 def _class_patterns(
@@ -103,10 +105,10 @@ def make_synthetic(
             f"need at least one train and one test image, got num_train={num_train}, "
             f"num_test={num_test}"
         )
-    if num_classes < 2:
-        raise DataError(f"need at least 2 classes, got num_classes={num_classes}")
-    if image_size < 4:
-        raise DataError(f"image_size must be >= 4, got {image_size}")
+    if num_classes < MIN_CLASSES:
+        raise DataError(f"need at least {MIN_CLASSES} classes, got num_classes={num_classes}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise DataError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
     if noise < 0:
         raise DataError(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)

@@ -12,6 +12,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+# Re-exported: the selectors split their budgets by class; the function lives with the data
+# limits, which use it too, so that jaxbd.data needs nothing from jaxbd.select.
+from jaxbd.data.stratify import class_budgets as class_budgets
+
 
 class Selection(NamedTuple):
     """A weighted subset of a dataset.
@@ -67,44 +71,3 @@ def num_to_select(num_examples: int, fraction: float) -> int:
     if not 0.0 < fraction <= 1.0:  # also rejects NaN
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     return max(1, min(num_examples, round(fraction * num_examples)))
-
-
-def class_budgets(labels, total: int, num_classes: int | None = None) -> np.ndarray:
-    """Splits `total` over classes in proportion to their sizes, summing exactly to `total`.
-
-    Largest-remainder (Hamilton) apportionment: class c first gets ⌊total · n_c / N⌋, then
-    the leftover units go one each to the classes with the largest fractional parts (ties:
-    the larger class, then the lower class index). No class gets more than its size, and an
-    empty class gets 0.
-
-    Args:
-        labels: int[N] observed labels in [0, C).
-        total: the total budget, in [0, N].
-        num_classes: C; defaults to max(labels) + 1.
-
-    Returns:
-        int64[C] budgets with `budgets.sum() == total` and `budgets <= class sizes`.
-
-    Raises:
-        ValueError: for a total outside [0, N] or labels outside [0, C).
-    """
-    labels = np.asarray(labels).reshape(-1)
-    n = labels.size
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1 if n else 0
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]"
-        )
-    if isinstance(total, bool) or not isinstance(total, int | np.integer) or not 0 <= total <= n:
-        raise ValueError(f"total must be an int in [0, {n}], got {total!r}")
-    sizes = np.bincount(labels, minlength=num_classes).astype(np.int64)
-    if n == 0:
-        return sizes
-    # Exact integer arithmetic: quotient and remainder of total · n_c / N.
-    quotas, remainders = np.divmod(sizes * int(total), n)
-    leftover = int(total - quotas.sum())
-    # Largest remainder first; ties to the larger class, then the lower index.
-    order = np.lexsort((np.arange(num_classes), -sizes, -remainders))
-    quotas[order[:leftover]] += 1
-    return quotas

@@ -21,8 +21,11 @@ import pytest
 from PIL import Image
 
 from jaxbd.data import DataError, load_cifar10, load_dataset
-from jaxbd.data import cifar10 as cifar10_lib
 from jaxbd.data.cifar10 import CLASS_NAMES
+from jaxbd.data.cifar10 import batches as batches_lib
+from jaxbd.data.cifar10 import decode as decode_lib
+from jaxbd.data.cifar10 import download as download_lib
+from jaxbd.data.cifar10 import image_folders as image_folders_lib
 
 TRAIN_PER_BATCH, TEST_SIZE = 4, 6
 
@@ -224,16 +227,16 @@ def test_image_archives_with_checksums(tmp_path, cache):
 
 def test_parallel_decode_matches_serial(tmp_path, cache, monkeypatch, caplog):
     tree, canonical = _image_tree()
-    monkeypatch.setattr(cifar10_lib, "_PARALLEL_DECODE_MIN", 0)
-    monkeypatch.setattr(cifar10_lib, "_num_workers", lambda: 4)
+    monkeypatch.setattr(decode_lib, "_PARALLEL_DECODE_MIN", 0)
+    monkeypatch.setattr(decode_lib, "_num_workers", lambda: 4)
     decoded_in_workers = []
-    in_worker = cifar10_lib._decode_in_subprocess
 
-    def counting(blobs):
-        decoded_in_workers.append(len(blobs))
-        return in_worker(blobs)
+    class CountingPool(decode_lib.ProcessPoolExecutor):
+        def submit(self, fn, blobs):
+            decoded_in_workers.append(len(blobs))
+            return super().submit(fn, blobs)
 
-    monkeypatch.setattr(cifar10_lib, "_decode_in_subprocess", counting)
+    monkeypatch.setattr(decode_lib, "ProcessPoolExecutor", CountingPool)
     splits = load_cifar10(_image_archives(tmp_path / "copy", tree), cache_dir=cache)
     _assert_equal(splits, (*canonical["train"], *canonical["test"]))
     assert sum(decoded_in_workers) == 60 and len(decoded_in_workers) == 8  # 4 per split
@@ -259,8 +262,9 @@ def _forbid_decoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded although a cache file exists")
 
-    for name in ("_decode_archive", "_decode_image_folders", "_decode_batches"):
-        monkeypatch.setattr(cifar10_lib, name, fail)
+    monkeypatch.setattr(batches_lib, "decode_archive", fail)
+    monkeypatch.setattr(batches_lib, "decode_batches", fail)
+    monkeypatch.setattr(image_folders_lib, "decode_image_folders", fail)
 
 
 def test_second_load_is_served_from_the_cache(tmp_path, cache, monkeypatch):
@@ -328,7 +332,7 @@ def test_download_verifies_caches_and_is_found_by_auto(tmp_path, cache, monkeypa
     def no_network(*args, **kwargs):
         raise AssertionError("downloaded twice")
 
-    monkeypatch.setattr(cifar10_lib.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(download_lib.urllib.request, "urlopen", no_network)
     _forbid_decoding(monkeypatch)
     again = load_cifar10(cache_dir=cache, url=url, expected_sha256=digest)  # source="auto"
     _assert_equal(again, arrays)
@@ -339,7 +343,7 @@ def test_auto_uses_a_downloaded_archive_before_downloading(tmp_path, cache, monk
     arrays = _arrays()
     archive = _python_archive(cache / "cifar10", arrays)  # as if downloaded earlier
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(cifar10_lib.urllib.request, "urlopen", None)  # any use would fail
+    monkeypatch.setattr(download_lib.urllib.request, "urlopen", None)  # any use would fail
     splits = load_cifar10(cache_dir=cache, expected_sha256=digest)
     _assert_equal(splits, arrays)
 
@@ -532,8 +536,8 @@ def test_undecodable_image_in_a_worker_is_named(tmp_path, cache, monkeypatch):
     tree, _ = _image_tree()
     folder = _image_dirs(tmp_path / "copy", tree)
     (folder / "train" / "truck" / "b.png").write_bytes(b"not an image")
-    monkeypatch.setattr(cifar10_lib, "_PARALLEL_DECODE_MIN", 0)
-    monkeypatch.setattr(cifar10_lib, "_num_workers", lambda: 4)
+    monkeypatch.setattr(decode_lib, "_PARALLEL_DECODE_MIN", 0)
+    monkeypatch.setattr(decode_lib, "_num_workers", lambda: 4)
     with pytest.raises(DataError, match=r"cannot decode image.*truck/b.png"):
         load_cifar10(folder, cache_dir=cache)
 
@@ -541,7 +545,7 @@ def test_undecodable_image_in_a_worker_is_named(tmp_path, cache, monkeypatch):
 def test_official_archive_sizes_are_enforced(tmp_path, cache, monkeypatch):
     archive = _python_archive(tmp_path / "copy", _arrays())
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(cifar10_lib, "OFFICIAL_SHA256", digest)  # pretend it is official
+    monkeypatch.setattr(batches_lib, "OFFICIAL_SHA256", digest)  # pretend it is official
     with pytest.raises(DataError, match="official archive's batches have 10000"):
         load_cifar10(tmp_path / "copy", cache_dir=cache)
 

@@ -1,11 +1,12 @@
-"""The config-facing dispatcher `load_dataset(config.data)`."""
+"""The config-facing dispatcher `load_dataset(settings)`, from `DataSettings` or `config.data`."""
 
 import numpy as np
 import pytest
 
 from jaxbd import configs
-from jaxbd.data import DataError, Dataset, load_dataset, make_synthetic
-from jaxbd.select import class_budgets
+from jaxbd.data import DataError, Dataset, DataSettings, load_dataset, make_synthetic
+from jaxbd.data.stratify import class_budgets, stratified_prefix
+from jaxbd.settings import ConfigError
 
 
 def _data_config(**overrides):
@@ -22,13 +23,27 @@ def test_synthetic_from_the_default_config():
     assert splits.source == want.source
 
 
+def test_settings_and_their_config_load_the_same_data():
+    settings = DataSettings(name="synthetic", num_train=40, num_test=20, image_size=8, seed=2)
+    from_config = load_dataset(_data_config(name="synthetic", num_train=40, num_test=20,
+                                            image_size=8, seed=2))  # fmt: skip
+    from_settings = load_dataset(settings)
+    np.testing.assert_array_equal(from_settings.train.images, from_config.train.images)
+    np.testing.assert_array_equal(from_settings.test.labels, from_config.test.labels)
+
+
+def test_a_partial_mapping_takes_the_defaults():
+    splits = load_dataset({"name": "synthetic", "num_train": 12, "num_test": 10})
+    assert (len(splits.train), len(splits.test)) == (12, 10)
+
+
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(DataError, match=r"unknown data.name 'mnist'.*cifar10.*synthetic"):
+    with pytest.raises(ConfigError, match=r"config.data.name: .*cifar10.*synthetic.*'mnist'"):
         load_dataset(_data_config(name="mnist"))
 
 
 def test_unknown_source_lists_the_choices():
-    with pytest.raises(DataError, match=r"unknown data.source 'web'.*auto.*path.*download"):
+    with pytest.raises(ConfigError, match=r"config.data.source: .*auto.*path.*download.*'web'"):
         load_dataset(_data_config(source="web"))
 
 
@@ -55,10 +70,12 @@ def test_limits_keep_a_class_stratified_prefix():
     np.testing.assert_array_equal(limited.train.labels, labels[expected])
     assert len(limited.test) == 5
     assert "first 32 of 64" in limited.source
-    for bad in (0, 65):
-        c.train_limit = bad
-        with pytest.raises(DataError, match="train_limit"):
-            load_dataset(c)
+    c.train_limit = 0  # invalid in itself: refused by the settings
+    with pytest.raises(ConfigError, match=r"config\.data\.train_limit"):
+        load_dataset(c)
+    c.train_limit = 65  # valid, but more than the data has
+    with pytest.raises(DataError, match="train_limit"):
+        load_dataset(c)
 
 
 def test_limit_of_a_class_sorted_copy_keeps_every_class():
@@ -73,3 +90,11 @@ def test_limit_of_a_class_sorted_copy_keeps_every_class():
     np.testing.assert_array_equal(
         np.bincount(_take(sorted_set, 20, "train_limit").labels), [2] * 10
     )
+
+
+def test_stratified_prefix_takes_each_class_in_canonical_order():
+    labels = np.array([2, 0, 0, 1, 0, 2, 1, 0])
+    # Budgets for 4 of 8: class 0 (4 members) 2, classes 1 and 2 (2 each) 1.
+    np.testing.assert_array_equal(stratified_prefix(labels, 4, 3), [0, 1, 2, 3])
+    np.testing.assert_array_equal(stratified_prefix(labels, 0, 3), np.zeros(0, np.int64))
+    assert stratified_prefix(labels, 8, 3).tolist() == list(range(8))
