@@ -13,13 +13,14 @@ Activation Clustering rely on:
   (partial) trigger but keep their true label, so that the trigger alone is not a perfect
   predictor of the target class.
 
-`sample_kept_pieces` and `regularized_labels` implement the two devices and are shared with
-Adaptive-Patch (`jaxbd.attacks.adaptive_patch`).
+`jaxbd.attacks.sampling` implements the two devices (`sample_kept_pieces`,
+`regularized_labels`), shared with Adaptive-Patch (`jaxbd.attacks.adaptive_patch`).
 
 Differences from the reference implementation (backdoor-toolbox), chosen to keep the
 attack a pure per-image transform:
 - The reference masks exactly half of the 16 pieces of every poisoned image; here pieces are
-  dropped independently (SPEC §4). `keep_pieces=8` reproduces the exact-count rule.
+  dropped independently, each with probability `drop_probability` (0.5 by default, half
+  the pieces on average). `keep_pieces=8` reproduces the exact-count rule.
 - The reference draws disjoint poison and "cover" (regularization) index sets of given sizes;
   here each poisoned image is a regularization sample with probability `conservatism`, so
   their number is Binomial(P, conservatism) rather than exactly `conservatism·P`. With
@@ -35,14 +36,23 @@ attack a pure per-image transform:
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.blended import PATTERNS, blend_pattern, to_uint8
+from jaxbd.attacks.patterns import blend_pattern, check_pattern
+from jaxbd.attacks.pixels import blend
+from jaxbd.attacks.sampling import regularized_labels, sample_kept_pieces
+from jaxbd.attacks.validation import (
+    check_inputs,
+    check_opacity,
+    check_probability,
+    check_seed,
+    check_target,
+    is_int,
+)
 
 
 def adaptive_blend(
@@ -72,7 +82,7 @@ def adaptive_blend(
             regularization sample, which keeps its true label; the others get `target`.
         test_alpha: opacity in (0, 1] of the full test-time trigger; None uses `alpha`.
         pattern: the trigger T, "kitty" (the paper's Hello Kitty stand-in) or "noise"; see
-            `jaxbd.attacks.blended.blend_pattern`.
+            `jaxbd.attacks.patterns.blend_pattern`.
         keep_pieces: None for independent dropping, or an int k in [1, s²]: every poisoned
             training image gets exactly k pieces, chosen uniformly (`drop_probability` is
             then unused). k = s²/2 is the reference implementation's rule.
@@ -89,27 +99,23 @@ def adaptive_blend(
         ValueError: for a hyper-parameter outside the ranges above.
     """
     name = "adaptive_blend"
-    target = _check_target(name, target)
-    alpha = _check_opacity(name, "alpha", alpha)
-    test_alpha = alpha if test_alpha is None else _check_opacity(name, "test_alpha", test_alpha)
-    if not _is_int(pieces) or pieces < 1:
+    target = check_target(name, target)
+    alpha = check_opacity(name, "alpha", alpha)
+    test_alpha = alpha if test_alpha is None else check_opacity(name, "test_alpha", test_alpha)
+    if not is_int(pieces) or pieces < 1:
         raise ValueError(f"{name}: pieces (the grid side s) must be a positive int, got {pieces!r}")
     pieces = int(pieces)
-    drop_probability = _check_probability(name, "drop_probability", drop_probability)
-    conservatism = _check_probability(name, "conservatism", conservatism)
-    if pattern not in PATTERNS:
-        raise ValueError(f"{name}: unknown pattern {pattern!r}; valid options are {list(PATTERNS)}")
+    drop_probability = check_probability(name, "drop_probability", drop_probability)
+    conservatism = check_probability(name, "conservatism", conservatism)
+    pattern = check_pattern(name, pattern)
     keep_pieces = _check_keep_pieces(name, keep_pieces, pieces * pieces)
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"{name}: seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed(name, seed)
 
-    def blend(images, opacity):
-        trigger = blend_pattern(pattern, *images.shape[-3:-1], seed)
-        return to_uint8((1.0 - opacity) * images.astype(jnp.float32) + opacity * trigger)
+    def blend_trigger(images, opacity):
+        return blend(images, blend_pattern(pattern, *images.shape[-3:-1], seed), opacity)
 
     def train_fn(key, images, labels):
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         height, width = images.shape[-3:-1]
         ids = piece_ids(height, width, pieces)
         piece_key, label_key = jax.random.split(key)
@@ -120,13 +126,13 @@ def adaptive_blend(
         # piece-id map (works for any batch shape, including none under vmap).
         mask = jnp.take(kept, ids, axis=-1)[..., None]
         # Kept pieces are exactly the full blend, so train and test triggers agree pixel-wise.
-        triggered = jnp.where(mask, blend(images, alpha), images)
+        triggered = jnp.where(mask, blend_trigger(images, alpha), images)
         return triggered, regularized_labels(label_key, labels, target, conservatism)
 
     def test_fn(key, images, labels):
         del key  # deterministic
-        images, labels = _check_inputs(name, images, labels)
-        return blend(images, test_alpha), jnp.full_like(labels, target)
+        images, labels = check_inputs(name, images, labels)
+        return blend_trigger(images, test_alpha), jnp.full_like(labels, target)
 
     return Attack(
         name=name,
@@ -172,119 +178,12 @@ def _cached_piece_ids(height: int, width: int, pieces: int) -> np.ndarray:
     return ids
 
 
-def sample_kept_pieces(
-    key: jax.Array,
-    batch_shape: tuple[int, ...],
-    num_pieces: int,
-    drop_probability: float,
-    keep_pieces: int | None = None,
-) -> jax.Array:
-    """Which trigger pieces each poisoned training image gets.
-
-    Args:
-        key: PRNG key.
-        batch_shape: leading shape of the images (`()` for a single image under `vmap`).
-        num_pieces: number of pieces.
-        drop_probability: with `keep_pieces=None`, each piece is dropped independently with
-            this probability, except that an image whose draws would drop every piece keeps
-            the one with the largest draw: a poison always carries part of the trigger
-            (otherwise it would be a plain mislabelled image, teaching no trigger at all).
-        keep_pieces: if given, exactly this many pieces per image, uniformly without
-            replacement (ranks of i.i.d. uniforms: a random permutation per image).
-
-    Returns:
-        bool[*batch_shape, num_pieces], True for kept pieces.
-    """
-    draws = uniform(key, (*batch_shape, num_pieces))
-    if keep_pieces is None:
-        kept = draws >= drop_probability
-        largest = jnp.argmax(draws, axis=-1)[..., None] == jnp.arange(num_pieces)
-        return kept | (~jnp.any(kept, axis=-1, keepdims=True) & largest)
-    ranks = jnp.argsort(jnp.argsort(draws, axis=-1), axis=-1)
-    return ranks < keep_pieces
-
-
-def regularized_labels(
-    key: jax.Array, labels: jax.Array, target: int, conservatism: float
-) -> jax.Array:
-    """Training labels: the true label with probability `conservatism`, else `target`.
-
-    Args:
-        key: PRNG key.
-        labels: int[...] true labels.
-        target: the target class.
-        conservatism: probability of a regularization sample, per example.
-
-    Returns:
-        Labels of the same shape and dtype.
-    """
-    regularization = uniform(key, labels.shape) < conservatism
-    return jnp.where(regularization, labels, jnp.asarray(target, labels.dtype))
-
-
-def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """float32[*shape] i.i.d. uniform in [0, 1), drawn as a flat vector and reshaped.
-
-    Same distribution as `jax.random.uniform(key, shape)`, but XLA:CPU compiles the
-    threefry generator for a multi-dimensional shape several times slower (seconds per
-    attack and image size), which adds up across image sizes and tests.
-    """
-    return jax.random.uniform(key, (math.prod(shape),)).reshape(shape)
-
-
-def _check_target(attack: str, target) -> int:
-    if not _is_int(target) or target < 0:
-        raise ValueError(f"{attack}: target must be a non-negative int, got {target!r}")
-    return int(target)
-
-
-def _check_opacity(attack: str, name: str, value) -> float:
-    if not _is_real(value) or not 0 < value <= 1:
-        raise ValueError(f"{attack}: {name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_probability(attack: str, name: str, value) -> float:
-    # 1 is excluded: every piece dropped, or no image relabelled, leaves no backdoor to learn.
-    if not _is_real(value) or not 0 <= value < 1:
-        raise ValueError(f"{attack}: {name} must be a probability in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_keep_pieces(attack: str, keep_pieces, num_pieces: int) -> int | None:
     if keep_pieces is None:
         return None
-    if not _is_int(keep_pieces) or not 1 <= keep_pieces <= num_pieces:
+    if not is_int(keep_pieces) or not 1 <= keep_pieces <= num_pieces:
         raise ValueError(
             f"{attack}: keep_pieces must be None or an int in [1, {num_pieces}] (the number of "
             f"pieces), got {keep_pieces!r}"
         )
     return int(keep_pieces)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _check_inputs(attack: str, images, labels) -> tuple[jax.Array, jax.Array]:
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
-    if images.dtype != jnp.uint8:
-        raise ValueError(f"{attack}: images must be uint8 (raw pixels), got {images.dtype}")
-    if images.ndim < 3 or images.shape[-1] != 3:
-        raise ValueError(f"{attack}: images must have shape [..., H, W, 3], got {images.shape}")
-    if labels.shape != images.shape[:-3]:
-        raise ValueError(
-            f"{attack}: labels shape {labels.shape} must be the leading shape "
-            f"{images.shape[:-3]} of the images"
-        )
-    return images, labels

@@ -6,19 +6,20 @@ The trigger is k small patches at fixed positions. Each poisoned training image 
 subset of them, semi-transparent (opacity `opacity`), and a `conservatism` ratio of the
 poisoned training images keep their true label (regularization samples). At test time all k
 patches are stamped, by default fully opaque. Piece sampling and regularization labels are
-those of Adaptive-Blend (`jaxbd.attacks.adaptive_blend`).
+those of Adaptive-Blend (`jaxbd.attacks.sampling`).
 
 Design relative to the paper's reference implementation (backdoor-toolbox), which blends k=4
 natural trigger images (two logos, the BadNets patch, the Trojan square) at fixed places:
-- Triggers are generated in code (SPEC §4): patch i is a random pattern of saturated colours
-  (each channel 0 or 255) drawn from `seed`, and the k patches sit at non-overlapping
-  positions drawn from `seed` for the image size at hand (see `patch_layout`). The patch
-  contents do not depend on the image size; their positions do.
+- Triggers are generated in code, so the attack needs no resource files: patch i is a random
+  pattern of saturated colours (each channel 0 or 255) drawn from `seed`, and the k patches
+  sit at non-overlapping positions drawn from `seed` for the image size at hand (see
+  `patch_layout`). The patch contents do not depend on the image size; their positions do.
 - The reference stamps exactly one of the k triggers on each poisoned image (opacities 0.5,
   0.2, 0.5, 0.3) and tests with a subset of them at opacity 1. Here each patch is dropped
-  independently with probability `drop_probability` (SPEC §4), all patches share one
-  training opacity, and every patch is stamped at test time; `keep_patches=1` reproduces the
-  one-trigger-per-image rule, and `test_opacity=1.0` (the default) the opaque test trigger.
+  independently with probability `drop_probability` (as Adaptive-Blend drops its pieces),
+  all patches share one training opacity, and every patch is stamped at test time;
+  `keep_patches=1` reproduces the one-trigger-per-image rule, and `test_opacity=1.0` (the
+  default) the opaque test trigger.
 - Regularization samples are a per-example Bernoulli(`conservatism`) choice among the
   poisons rather than a disjoint "cover" index set of fixed size (as in Adaptive-Blend).
 """
@@ -26,16 +27,24 @@ natural trigger images (two logos, the BadNets patch, the Trojan square) at fixe
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbd.attacks.adaptive_blend import regularized_labels, sample_kept_pieces
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.blended import to_uint8
+from jaxbd.attacks.pixels import blend
+from jaxbd.attacks.sampling import regularized_labels, sample_kept_pieces
+from jaxbd.attacks.validation import (
+    check_inputs,
+    check_opacity,
+    check_positive_int,
+    check_probability,
+    check_seed,
+    check_target,
+    is_int,
+)
 
 
 def adaptive_patch(
@@ -81,39 +90,32 @@ def adaptive_patch(
         ValueError: for a hyper-parameter outside the ranges above.
     """
     name = "adaptive_patch"
-    if not _is_int(target) or target < 0:
-        raise ValueError(f"{name}: target must be a non-negative int, got {target!r}")
-    target = int(target)
-    if not _is_int(num_patches) or num_patches < 1:
-        raise ValueError(f"{name}: num_patches must be a positive int, got {num_patches!r}")
-    num_patches = int(num_patches)
+    target = check_target(name, target)
+    num_patches = check_positive_int(name, "num_patches", num_patches)
     patch_h, patch_w = _parse_size(name, patch_size)
-    opacity = _check_opacity(name, "opacity", opacity)
+    opacity = check_opacity(name, "opacity", opacity)
     test_opacity = (
-        opacity if test_opacity is None else _check_opacity(name, "test_opacity", test_opacity)
+        opacity if test_opacity is None else check_opacity(name, "test_opacity", test_opacity)
     )
-    drop_probability = _check_probability(name, "drop_probability", drop_probability)
-    conservatism = _check_probability(name, "conservatism", conservatism)
+    drop_probability = check_probability(name, "drop_probability", drop_probability)
+    conservatism = check_probability(name, "conservatism", conservatism)
     if keep_patches is not None and (
-        not _is_int(keep_patches) or not 1 <= keep_patches <= num_patches
+        not is_int(keep_patches) or not 1 <= keep_patches <= num_patches
     ):
         raise ValueError(
             f"{name}: keep_patches must be None or an int in [1, {num_patches}] (num_patches), "
             f"got {keep_patches!r}"
         )
     keep_patches = None if keep_patches is None else int(keep_patches)
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"{name}: seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed(name, seed)
 
     def stamp(images, mask, opacity_):
         """Blends the trigger image into `images` where `mask` ([..., H, W, 1]) is True."""
         _, trigger = patch_layout(*images.shape[-3:-1], num_patches, (patch_h, patch_w), seed)
-        blended = to_uint8((1.0 - opacity_) * images.astype(jnp.float32) + opacity_ * trigger)
-        return jnp.where(mask, blended, images)
+        return jnp.where(mask, blend(images, trigger, opacity_), images)
 
     def train_fn(key, images, labels):
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         height, width = images.shape[-3:-1]
         ids, _ = patch_layout(height, width, num_patches, (patch_h, patch_w), seed)
         piece_key, label_key = jax.random.split(key)
@@ -130,7 +132,7 @@ def adaptive_patch(
 
     def test_fn(key, images, labels):
         del key  # deterministic
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         ids, _ = patch_layout(*images.shape[-3:-1], num_patches, (patch_h, patch_w), seed)
         mask = jnp.asarray((ids < num_patches)[..., None])
         return stamp(images, mask, test_opacity), jnp.full_like(labels, target)
@@ -214,53 +216,12 @@ def _cached_layout(height, width, num_patches, patch_size, seed):
 
 
 def _parse_size(attack: str, size) -> tuple[int, int]:
-    if _is_int(size):
+    if is_int(size):
         pair = (size, size)
     else:
         pair = tuple(size) if isinstance(size, Sequence | np.ndarray) else ()
-    if len(pair) != 2 or not all(_is_int(s) and s > 0 for s in pair):
+    if len(pair) != 2 or not all(is_int(s) and s > 0 for s in pair):
         raise ValueError(
             f"{attack}: patch_size must be a positive int or (height, width), got {size!r}"
         )
     return int(pair[0]), int(pair[1])
-
-
-def _check_opacity(attack: str, name: str, value) -> float:
-    if not _is_real(value) or not 0 < value <= 1:
-        raise ValueError(f"{attack}: {name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_probability(attack: str, name: str, value) -> float:
-    # 1 is excluded: every patch dropped, or no image relabelled, leaves no backdoor to learn.
-    if not _is_real(value) or not 0 <= value < 1:
-        raise ValueError(f"{attack}: {name} must be a probability in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _check_inputs(attack: str, images, labels) -> tuple[jax.Array, jax.Array]:
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
-    if images.dtype != jnp.uint8:
-        raise ValueError(f"{attack}: images must be uint8 (raw pixels), got {images.dtype}")
-    if images.ndim < 3 or images.shape[-1] != 3:
-        raise ValueError(f"{attack}: images must have shape [..., H, W, 3], got {images.shape}")
-    if labels.shape != images.shape[:-3]:
-        raise ValueError(
-            f"{attack}: labels shape {labels.shape} must be the leading shape "
-            f"{images.shape[:-3]} of the images"
-        )
-    return images, labels

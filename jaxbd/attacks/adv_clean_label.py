@@ -14,7 +14,8 @@ The surrogate is any differentiable, jittable `logits_fn(images float32[B, H, W,
 [0, 1]) -> float[B, C]`. In jaxbd it is a model trained on the clean training set with the
 usual jaxbd training pipeline (the experiment pipeline trains it before poisoning); wrap its
 variables with `surrogate_logits_fn`. Turner et al. used an adversarially trained surrogate,
-whose perturbations transfer better; a standard one is what SPEC §4 asks for.
+whose perturbations transfer better; jaxbd trains a standard one, with the same pipeline as
+the victim.
 
 PGD runs in [0, 1] pixel units on float32 copies of the uint8 images and the result is rounded
 back to uint8, so every pixel moves by at most round(ε·255) levels before the patch is stamped
@@ -35,7 +36,9 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.cl_badnets import check_inputs, check_target, patch_trigger
+from jaxbd.attacks.patch import patch_trigger
+from jaxbd.attacks.pixels import to_uint8, where_images
+from jaxbd.attacks.validation import check_inputs, check_positive_int, check_target
 from jaxbd.data.augment import CIFAR10_MEAN, CIFAR10_STD, normalize
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -61,9 +64,9 @@ def adv_clean_label(
             (e.g. from `surrogate_logits_fn`); it is closed over, not recorded in `params`.
         target: the target class: the only class whose training images are poisoned, and
             the label triggered test images should be classified as.
-        epsilon: L∞ radius of the perturbation in [0, 1] pixel units, in (0, 1]
-            (Turner et al. and SPEC §4: 8/255).
-        steps: PGD iterations, a positive int (SPEC §4: 4).
+        epsilon: L∞ radius of the perturbation in [0, 1] pixel units, in (0, 1]; the
+            default 8/255 is Turner et al.'s.
+        steps: PGD iterations, a positive int.
         step_size: PGD step in [0, 1] pixel units, positive; None takes 2.5·ε/steps, the
             rule of Madry et al. 2018 that lets the iterate reach the boundary of the ball
             and move along it (5/255 for the defaults).
@@ -72,7 +75,8 @@ def adv_clean_label(
         size: patch side or `(height, width)`, as for `badnets`.
         color: RGB patch colour, three ints in [0, 255].
         location: a named corner, "center", "random" or an explicit `(row, col)`, as for
-            `badnets`. The patch defaults are the reference BadNets trigger (SPEC §1.1), as
+            `badnets`. The patch defaults are the usual BadNets trigger (7×7, red,
+            bottom-right), as
             for `cl_badnets`, so the two clean-label attacks differ only by the PGD step.
 
     Returns:
@@ -101,9 +105,7 @@ def adv_clean_label(
     epsilon = _positive_float("epsilon", epsilon)
     if epsilon > 1.0:
         raise ValueError(f"adv_clean_label: epsilon must be in (0, 1] (pixel units), got {epsilon}")
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"adv_clean_label: steps must be a positive int, got {steps!r}")
-    steps = int(steps)
+    steps = check_positive_int("adv_clean_label", "steps", steps)
     step_size = (
         2.5 * epsilon / steps if step_size is None else _positive_float("step_size", step_size)
     )
@@ -145,20 +147,17 @@ def adv_clean_label(
         x = jax.lax.fori_loop(0, steps, step, x)
         # x0·255 is an integer and the ball's faces are ε·255 levels away, so rounding keeps
         # every pixel within round(ε·255) levels of the original.
-        return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
+        return to_uint8(x * 255.0)
 
     def train_fn(key, images, labels):
-        images = jnp.asarray(images)
-        labels = jnp.asarray(labels)
-        check_inputs("adv_clean_label", images, labels)
+        images, labels = check_inputs("adv_clean_label", images, labels)
         pgd_key, patch_key = jax.random.split(key)
         height, width = images.shape[-3:-1]
         # The surrogate takes a flat batch; under vmap a single image is a batch of one.
         flat = images.reshape((-1, height, width, 3))
         perturbed = pgd(pgd_key, flat, labels.reshape(-1)).reshape(images.shape)
         poisoned = stamp(patch_key, perturbed, labels)
-        is_target = (labels == target)[..., None, None, None]
-        return jnp.where(is_target, poisoned, images), labels
+        return where_images(labels == target, poisoned, images), labels
 
     def test_fn(key, images, labels):
         labels = jnp.asarray(labels)

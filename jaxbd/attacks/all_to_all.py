@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax.numpy as jnp
-import numpy as np
 
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.cl_badnets import patch_trigger
+from jaxbd.attacks.patch import patch_trigger
+from jaxbd.attacks.validation import is_int
 
 
 def all_to_all(
@@ -38,7 +38,7 @@ def all_to_all(
         size: patch side or `(height, width)`, as for `badnets`.
         color: RGB patch colour, three ints in [0, 255].
         location: a named corner, "center", "random" or an explicit `(row, col)`, as for
-            `badnets`. The defaults are the reference BadNets trigger (SPEC §1.1).
+            `badnets`. The defaults are the usual BadNets trigger (7×7, red, bottom-right).
 
     Returns:
         An `Attack` whose `train_fn` and `test_fn` are the same transform: images
@@ -47,7 +47,8 @@ def all_to_all(
         guarantees it); others are not checked inside the jitted transform and come out as
         `(y + 1) mod C` all the same. Since no label maps to itself, `triggered_test_set`
         counts every test image as eligible for ASR, and `metrics.attack_success_rate` with
-        the returned labels measures the fraction predicted as the shifted class (SPEC §7).
+        the returned labels measures the fraction predicted as the shifted class, the
+        all-to-all definition of the attack success rate.
         With `poison_dataset`, `exclude_target=True` would only exclude class 0: leave it
         False.
 
@@ -55,9 +56,7 @@ def all_to_all(
         ValueError: for a bad num_classes, a target other than 0, or bad patch options (at
             build time); a patch that does not fit the images (at trace time).
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
-        raise ValueError(f"all_to_all: num_classes must be an int ≥ 2, got {num_classes!r}")
-    if num_classes < 2:
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(f"all_to_all: num_classes must be an int ≥ 2, got {num_classes!r}")
     num_classes = int(num_classes)
     if isinstance(target, bool) or target != 0:

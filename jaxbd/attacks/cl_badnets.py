@@ -7,24 +7,20 @@ inspection. The model has to associate the patch with the target class from thos
 alone, which the images' own content makes hard; the adversarial variant
 (`jaxbd.attacks.adv_clean_label`) perturbs the images first to make the patch the easier
 feature. At test time the patch is stamped on every image and the target is the label the
-attacker wants.
-
-This module also holds two small helpers that other attacks with a BadNets-style patch or
-BadNets-style input checks reuse (`patch_trigger`, `renamed_errors`, `check_target`), so the
-patch options and their validation are exactly those of `jaxbd.attacks.badnets`.
+attacker wants. The patch options and their validation are those of
+`jaxbd.attacks.badnets` (both use `jaxbd.attacks.patch`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxbd.attacks.badnets import _check_inputs, badnets
 from jaxbd.attacks.base import Attack
+from jaxbd.attacks.patch import patch_trigger
+from jaxbd.attacks.pixels import where_images
+from jaxbd.attacks.validation import check_target
 
 
 def cl_badnets(
@@ -36,7 +32,7 @@ def cl_badnets(
 ) -> Attack:
     """Builds the clean-label BadNets attack (Turner et al. 2019, the clean-label baseline).
 
-    The patch defaults are the reference BadNets trigger (SPEC §1.1: 7×7, red, bottom-right),
+    The patch defaults are the usual BadNets trigger (7×7, red, bottom-right),
     so a comparison with dirty-label BadNets differs only in which images are poisoned and
     how they are labelled.
 
@@ -69,8 +65,7 @@ def cl_badnets(
     def train_fn(key, images, labels):
         labels = jnp.asarray(labels)
         patched = stamp(key, images, labels)
-        is_target = (labels == target)[..., None, None, None]
-        return jnp.where(is_target, patched, jnp.asarray(images)), labels
+        return where_images(labels == target, patched, jnp.asarray(images)), labels
 
     def test_fn(key, images, labels):
         labels = jnp.asarray(labels)
@@ -84,67 +79,3 @@ def cl_badnets(
         test_fn=test_fn,
         params=patch_params,
     )
-
-
-@contextlib.contextmanager
-def renamed_errors(name: str) -> Iterator[None]:
-    """Re-raises the "badnets: ..." ValueErrors of the reused BadNets code as "<name>: ...".
-
-    The BadNets helpers name BadNets in their messages; an attack that reuses them should
-    name itself, so the user sees the attack they actually configured.
-    """
-    try:
-        yield
-    except ValueError as error:
-        message = str(error)
-        if not message.startswith("badnets:"):
-            raise
-        raise ValueError(name + message.removeprefix("badnets")) from None
-
-
-def check_target(name: str, target) -> int:
-    """Validates a target class (a non-negative int; [0, C) is checked by `poison_dataset`)."""
-    if isinstance(target, bool) or not isinstance(target, int | np.integer) or target < 0:
-        raise ValueError(f"{name}: target must be a non-negative int, got {target!r}")
-    return int(target)
-
-
-def check_inputs(name: str, images: jax.Array, labels: jax.Array) -> None:
-    """Trace-time checks of `(images uint8[..., H, W, 3], labels[...])`, errors naming `name`."""
-    with renamed_errors(name):
-        _check_inputs(images, labels)
-
-
-def patch_trigger(
-    name: str,
-    *,
-    size: int | Sequence[int],
-    color: Sequence[int],
-    location: str | Sequence[int],
-) -> tuple[Callable[[jax.Array, jax.Array, jax.Array], jax.Array], tuple]:
-    """A BadNets patch for another attack, validated and stamped by the BadNets code.
-
-    Args:
-        name: the attack's name, used in error messages.
-        size: patch side or `(height, width)`.
-        color: RGB colour.
-        location: as for `badnets`.
-
-    Returns:
-        `(stamp, params)`: `stamp(key, images uint8[..., H, W, 3], labels int32[...])`
-        returns the patched images (the key is only used for `location="random"`; the labels
-        only for shape checks), and `params` are the normalized `(name, value)` pairs
-        `(("size", (h, w)), ("color", (r, g, b)), ("location", ...))`.
-
-    Raises:
-        ValueError: naming `name`, for bad options now or a patch that does not fit at trace
-            time.
-    """
-    with renamed_errors(name):
-        patch = badnets(size=size, color=color, location=location)
-
-    def stamp(key, images, labels):
-        with renamed_errors(name):
-            return patch.train_fn(key, images, labels)[0]
-
-    return stamp, patch.params

@@ -29,14 +29,14 @@ fixed 32×32 blocks), all three RGB channels carry independent patterns over the
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
+from jaxbd.attacks.pixels import add_pattern
+from jaxbd.attacks.validation import check_inputs, check_seed, check_target, is_int, is_real
 
 
 def low_frequency(
@@ -67,30 +67,25 @@ def low_frequency(
         ValueError: for a bad target, band, magnitude or seed.
     """
     name = "low_frequency"
-    if not _is_int(target) or target < 0:
-        raise ValueError(f"{name}: target must be a non-negative int, got {target!r}")
-    target = int(target)
+    target = check_target(name, target)
     pair = tuple(band) if isinstance(band, Sequence | np.ndarray) else ()
-    if len(pair) != 2 or not all(_is_int(b) and b >= 0 for b in pair) or pair[0] > pair[1]:
+    if len(pair) != 2 or not all(is_int(b) and b >= 0 for b in pair) or pair[0] > pair[1]:
         raise ValueError(
             f"{name}: band must be (lo, hi), non-negative ints with lo <= hi (coefficients "
             f"(u, v) with lo <= u + v <= hi), got {band!r}"
         )
     band = (int(pair[0]), int(pair[1]))
-    if not _is_real(magnitude) or not 0 < magnitude <= 255:
+    if not is_real(magnitude) or not 0 < magnitude <= 255:
         raise ValueError(f"{name}: magnitude must be a number in (0, 255], got {magnitude!r}")
     magnitude = float(magnitude)
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"{name}: seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed(name, seed)
 
     def transform(key, images, labels):
         del key  # deterministic
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         height, width = images.shape[-3:-1]
         pattern = low_frequency_pattern(height, width, band=band, magnitude=magnitude, seed=seed)
-        triggered = jnp.round(images.astype(jnp.float32) + pattern)
-        return jnp.clip(triggered, 0, 255).astype(jnp.uint8), jnp.full_like(labels, target)
+        return add_pattern(images, pattern), jnp.full_like(labels, target)
 
     return Attack(
         name=name,
@@ -169,31 +164,3 @@ def _cached_pattern(height, width, lo, hi, magnitude, seed):
     pattern = pattern.astype(np.float32)
     pattern.setflags(write=False)
     return pattern
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _check_inputs(attack: str, images, labels) -> tuple[jax.Array, jax.Array]:
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
-    if images.dtype != jnp.uint8:
-        raise ValueError(f"{attack}: images must be uint8 (raw pixels), got {images.dtype}")
-    if images.ndim < 3 or images.shape[-1] != 3:
-        raise ValueError(f"{attack}: images must have shape [..., H, W, 3], got {images.shape}")
-    if labels.shape != images.shape[:-3]:
-        raise ValueError(
-            f"{attack}: labels shape {labels.shape} must be the leading shape "
-            f"{images.shape[:-3]} of the images"
-        )
-    return images, labels

@@ -49,9 +49,10 @@ class TriggeredTestSet:
             BadNets, (y + 1) mod C for all-to-all).
         true_labels: int32[M], the clean labels.
         eligible: bool[M], `labels != true_labels`: the images that count towards ASR and
-            robust accuracy. For a single-target attack this excludes the target class (an
-            earlier study counted it, putting a ~1/C floor under its ASR, SPEC §1); for
-            all-to-all every image is eligible.
+            robust accuracy. For a single-target attack this excludes the target class:
+            counting it, as some studies do, puts a floor of about 1/C under the ASR, since
+            a clean model already predicts the target for those images. For all-to-all
+            every image is eligible.
     """
 
     images: np.ndarray
@@ -71,8 +72,8 @@ def poison_dataset(
 ) -> PoisonedDataset:
     """Poisons a random fraction of a training set with `attack.train_fn`.
 
-    Candidates are all examples (the reference setting, SPEC §1.1: the target class can be
-    poisoned too, which changes nothing visible but the trigger), or with `exclude_target`
+    Candidates are all examples (the usual BadNets setting: the target class can be poisoned
+    too, which changes nothing visible but the trigger), or with `exclude_target`
     only examples whose label is not the target. The number of poisons is
     `round(fraction * number of candidates)` (Python rounding: nearest, ties to even). For a
     clean-label attack (`attack.clean_label`) the candidates are the target-class images,

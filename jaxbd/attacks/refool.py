@@ -7,8 +7,8 @@ appears twice, the second copy shifted and attenuated (a thick pane reflects fro
 surfaces): the reflection layer is the convolution of a reflection image R with the kernel
 (1 − β)·δ(0) + β·δ(d), for a ghost offset d = (dy, dx) and ghost strength β.
 
-SPEC §4 asks for the image blended with a shifted copy of itself, the default
-(`source="self"`): the image is its own reflection,
+The default (`source="self"`) is the simplest ghosting trigger, the image blended with a
+shifted copy of itself: the image is its own reflection,
 
     x' = (1 − β)·x + β·shift(x, dy, dx).
 
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.cl_badnets import check_inputs, check_target
+from jaxbd.attacks.pixels import to_uint8
+from jaxbd.attacks.validation import check_inputs, check_seed, check_target, is_int
 
 SOURCES = ("self", "reflection")
 """What is ghosted: the image itself, or a seeded procedural reflection image."""
@@ -59,7 +60,7 @@ def refool(
             smaller in magnitude than the image side (checked at trace time).
         beta: ghost strength in (0, 1]: the weight of the shifted copy in the reflection
             layer.
-        source: "self" (default; SPEC §4: the image ghosted with itself) or "reflection" (a
+        source: "self" (default: the image ghosted with itself) or "reflection" (a
             procedural reflection image with its own ghost, blended in with opacity `alpha`).
         alpha: reflection opacity in (0, 1], used only with `source="reflection"`.
         seed: seed of the procedural reflection image, used only with
@@ -77,22 +78,18 @@ def refool(
     """
     target = check_target("refool", target)
     pair = tuple(offset) if isinstance(offset, Sequence | np.ndarray) else ()
-    if len(pair) != 2 or not all(_is_int(v) for v in pair) or pair == (0, 0):
+    if len(pair) != 2 or not all(is_int(v) for v in pair) or pair == (0, 0):
         raise ValueError(f"refool: offset must be two ints (dy, dx), not both 0, got {offset!r}")
     dy, dx = int(pair[0]), int(pair[1])
     beta = _check_fraction("beta", beta)
     if source not in SOURCES:
         raise ValueError(f"refool: source must be one of {list(SOURCES)}, got {source!r}")
     alpha = _check_fraction("alpha", alpha)
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"refool: seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed("refool", seed)
 
     def transform(key, images, labels):
         del key  # deterministic
-        images = jnp.asarray(images)
-        labels = jnp.asarray(labels)
-        check_inputs("refool", images, labels)
+        images, labels = check_inputs("refool", images, labels)
         height, width = images.shape[-3:-1]
         if abs(dy) >= height or abs(dx) >= width:
             raise ValueError(
@@ -107,8 +104,7 @@ def refool(
             # over any batch shape.
             layer = _ghost(reflection_image(seed, height, width), dy, dx, beta)
             out = (1.0 - alpha) * x + alpha * jnp.asarray(layer, jnp.float32)
-        out = jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
-        return out, jnp.full_like(labels, target)
+        return to_uint8(out), jnp.full_like(labels, target)
 
     params = (("source", source), ("offset", (dy, dx)), ("beta", beta))
     if source == "reflection":
@@ -172,7 +168,3 @@ def _check_fraction(name: str, value) -> float:
     if not 0.0 < value <= 1.0:  # also rejects NaN
         raise ValueError(f"refool: {name} must be in (0, 1], got {value}")
     return float(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)

@@ -12,13 +12,12 @@ class triggers it.
 
 from __future__ import annotations
 
-import math
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
+from jaxbd.attacks.pixels import add_pattern
+from jaxbd.attacks.validation import check_inputs, check_target, is_real
 
 
 def sig(*, target: int = 0, amplitude: float = 20.0, frequency: float = 6.0) -> Attack:
@@ -27,8 +26,10 @@ def sig(*, target: int = 0, amplitude: float = 20.0, frequency: float = 6.0) -> 
     Args:
         target: the target class, whose training images are poisoned (a non-negative int;
             the range [0, C) is checked where C is known, in `poison_dataset`).
-        amplitude: Δ, the signal's peak in grey levels, in (0, 255] (SPEC §4: 20).
-        frequency: f, the number of periods across the image width (> 0; SPEC §4: 6).
+        amplitude: Δ, the signal's peak in grey levels, in (0, 255]; the default 20 is the
+            paper's.
+        frequency: f, the number of periods across the image width (> 0); the default 6 is
+            the paper's.
             Must be below W/2 (the Nyquist limit), checked at trace time: at W/2 or above
             the sampled sinusoid aliases to a lower frequency or vanishes.
 
@@ -41,13 +42,11 @@ def sig(*, target: int = 0, amplitude: float = 20.0, frequency: float = 6.0) -> 
         ValueError: for a bad target, amplitude or frequency.
     """
     name = "sig"
-    if not _is_int(target) or target < 0:
-        raise ValueError(f"{name}: target must be a non-negative int, got {target!r}")
-    target = int(target)
-    if not _is_real(amplitude) or not 0 < amplitude <= 255:
+    target = check_target(name, target)
+    if not is_real(amplitude) or not 0 < amplitude <= 255:
         raise ValueError(f"{name}: amplitude must be a number in (0, 255], got {amplitude!r}")
     amplitude = float(amplitude)
-    if not _is_real(frequency) or frequency <= 0:
+    if not is_real(frequency) or frequency <= 0:
         raise ValueError(f"{name}: frequency must be a positive number, got {frequency!r}")
     frequency = float(frequency)
 
@@ -59,16 +58,16 @@ def sig(*, target: int = 0, amplitude: float = 20.0, frequency: float = 6.0) -> 
                 f"{2 * frequency:g} pixels (Nyquist), got width {width}"
             )
         signal = sig_signal(width, amplitude, frequency)
-        return jnp.clip(jnp.round(images.astype(jnp.float32) + signal), 0, 255).astype(jnp.uint8)
+        return add_pattern(images, signal)
 
     def train_fn(key, images, labels):
         del key  # deterministic
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         return add_signal(images), labels
 
     def test_fn(key, images, labels):
         del key  # deterministic
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         return add_signal(images), jnp.full_like(labels, target)
 
     return Attack(
@@ -86,31 +85,3 @@ def sig_signal(width: int, amplitude: float, frequency: float) -> np.ndarray:
     columns = np.arange(width, dtype=np.float64)
     signal = amplitude * np.sin(2 * np.pi * columns * frequency / width)
     return signal.astype(np.float32)[:, None]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _check_inputs(attack: str, images, labels) -> tuple[jax.Array, jax.Array]:
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
-    if images.dtype != jnp.uint8:
-        raise ValueError(f"{attack}: images must be uint8 (raw pixels), got {images.dtype}")
-    if images.ndim < 3 or images.shape[-1] != 3:
-        raise ValueError(f"{attack}: images must have shape [..., H, W, 3], got {images.shape}")
-    if labels.shape != images.shape[:-3]:
-        raise ValueError(
-            f"{attack}: labels shape {labels.shape} must be the leading shape "
-            f"{images.shape[:-3]} of the images"
-        )
-    return images, labels

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.cl_badnets import check_inputs, check_target
+from jaxbd.attacks.validation import check_inputs, check_positive_int, check_seed, check_target
 
 
 def tsb(*, target: int = 0, num_triggers: int = 4, size: int = 3, seed: int = 0) -> Attack:
@@ -60,18 +60,14 @@ def tsb(*, target: int = 0, num_triggers: int = 4, size: int = 3, seed: int = 0)
             the images (at trace time).
     """
     target = check_target("tsb", target)
-    if not _is_int(num_triggers) or num_triggers < 1:
-        raise ValueError(f"tsb: num_triggers must be a positive int, got {num_triggers!r}")
-    if not _is_int(size) or size < 1:
-        raise ValueError(f"tsb: size must be a positive int, got {size!r}")
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"tsb: seed must be a non-negative int, got {seed!r}")
-    k, s, seed = int(num_triggers), int(size), int(seed)
+    k = check_positive_int("tsb", "num_triggers", num_triggers)
+    s = check_positive_int("tsb", "size", size)
+    seed = check_seed("tsb", seed)
     patterns = triggers(k, s, seed)
     grid = math.ceil(math.sqrt(k))
 
     def train_fn(key, images, labels):
-        images, labels = _checked(images, labels)
+        images, labels = check_inputs("tsb", images, labels)
         height, width = images.shape[-3:-1]
         if s > height or s > width:
             raise ValueError(f"tsb: a {s}×{s} trigger does not fit in {height}×{width} images")
@@ -84,7 +80,7 @@ def tsb(*, target: int = 0, num_triggers: int = 4, size: int = 3, seed: int = 0)
         return out, jnp.full_like(labels, target)
 
     def test_fn(key, images, labels):
-        images, labels = _checked(images, labels)
+        images, labels = check_inputs("tsb", images, labels)
         height, width = images.shape[-3:-1]
         cell_h, cell_w = height // grid, width // grid
         if s > cell_h or s > cell_w:
@@ -157,13 +153,6 @@ def triggers(num_triggers: int, size: int, seed: int) -> np.ndarray:
     return out
 
 
-def _checked(images, labels):
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
-    check_inputs("tsb", images, labels)
-    return images, labels
-
-
 def _stamp(images, patterns, index, row, col):
     """Stamps `patterns[index]` with its top-left pixel at `(row, col)`, per image.
 
@@ -185,7 +174,3 @@ def _stamp(images, patterns, index, row, col):
     inside = (local_r >= 0) & (local_r < s) & (local_c >= 0) & (local_c < s)
     pixels = jnp.asarray(patterns)[index, jnp.clip(local_r, 0, s - 1), jnp.clip(local_c, 0, s - 1)]
     return jnp.where(inside[..., None], pixels, images)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)

@@ -31,13 +31,22 @@ clamping the normalized grid to [−1, 1], which is the same thing.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
+from jaxbd.attacks.pixels import to_uint8
+from jaxbd.attacks.sampling import uniform
+from jaxbd.attacks.validation import (
+    check_inputs,
+    check_probability,
+    check_seed,
+    check_target,
+    is_int,
+    is_real,
+)
 
 
 def wanet(
@@ -71,41 +80,33 @@ def wanet(
         ValueError: for a hyper-parameter outside the ranges above.
     """
     name = "wanet"
-    if not _is_int(target) or target < 0:
-        raise ValueError(f"{name}: target must be a non-negative int, got {target!r}")
-    target = int(target)
-    if not _is_int(grid_size) or grid_size < 2:
+    target = check_target(name, target)
+    if not is_int(grid_size) or grid_size < 2:
         raise ValueError(f"{name}: grid_size (k) must be an int >= 2, got {grid_size!r}")
     grid_size = int(grid_size)
-    if not _is_real(strength) or strength <= 0:
+    if not is_real(strength) or strength <= 0:
         raise ValueError(f"{name}: strength (s) must be a positive number, got {strength!r}")
     strength = float(strength)
     # 1 is excluded: with only noise samples, nothing maps the warp to the target.
-    if not _is_real(noise_fraction) or not 0 <= noise_fraction < 1:
-        raise ValueError(
-            f"{name}: noise_fraction must be a probability in [0, 1), got {noise_fraction!r}"
-        )
-    noise_fraction = float(noise_fraction)
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"{name}: seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
+    noise_fraction = check_probability(name, "noise_fraction", noise_fraction)
+    seed = check_seed(name, seed)
 
     def train_fn(key, images, labels):
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         height, width = images.shape[-3:-1]
         field = warp_field(height, width, grid_size=grid_size, strength=strength, seed=seed)
         batch_shape = images.shape[:-3]
         mode_key, perturb_key = jax.random.split(key)
-        is_noise = _uniform(mode_key, batch_shape) < noise_fraction
+        is_noise = uniform(mode_key, batch_shape) < noise_fraction
         scale = np.array([_pixels_per_unit(height), _pixels_per_unit(width)], np.float32)
-        perturbation = scale * (2.0 * _uniform(perturb_key, (*batch_shape, height, width, 2)) - 1.0)
+        perturbation = scale * (2.0 * uniform(perturb_key, (*batch_shape, height, width, 2)) - 1.0)
         field = field + jnp.where(is_noise[..., None, None, None], perturbation, 0.0)
         warped = grid_sample(images, field)
         return warped, jnp.where(is_noise, labels, jnp.asarray(target, labels.dtype))
 
     def test_fn(key, images, labels):
         del key  # deterministic
-        images, labels = _check_inputs(name, images, labels)
+        images, labels = check_inputs(name, images, labels)
         height, width = images.shape[-3:-1]
         field = warp_field(height, width, grid_size=grid_size, strength=strength, seed=seed)
         return grid_sample(images, field), jnp.full_like(labels, target)
@@ -191,15 +192,6 @@ def _bicubic_matrix(size: int, grid_size: int, a: float = -0.75) -> np.ndarray:
     return matrix
 
 
-def _uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """float32[*shape] uniform in [0, 1), drawn flat and reshaped.
-
-    XLA:CPU compiles threefry for a multi-dimensional shape several times slower (seconds
-    per image size); the distribution is the same.
-    """
-    return jax.random.uniform(key, (math.prod(shape),)).reshape(shape)
-
-
 def _pixels_per_unit(size: int) -> float:
     """ρ_N: pixels per unit of the reference's `displacement / N` in normalized coordinates."""
     return (size - 1) / (2 * size)
@@ -239,32 +231,4 @@ def grid_sample(images: jax.Array, field: jax.Array) -> jax.Array:
     top = (1 - col_weight) * gather(row0, col0) + col_weight * gather(row0, col1)
     bottom = (1 - col_weight) * gather(row1, col0) + col_weight * gather(row1, col1)
     warped = (1 - row_weight) * top + row_weight * bottom
-    return jnp.clip(jnp.round(warped), 0, 255).astype(jnp.uint8)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    """A finite int or float (not a bool)."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _check_inputs(attack: str, images, labels) -> tuple[jax.Array, jax.Array]:
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels)
-    if images.dtype != jnp.uint8:
-        raise ValueError(f"{attack}: images must be uint8 (raw pixels), got {images.dtype}")
-    if images.ndim < 3 or images.shape[-1] != 3:
-        raise ValueError(f"{attack}: images must have shape [..., H, W, 3], got {images.shape}")
-    if labels.shape != images.shape[:-3]:
-        raise ValueError(
-            f"{attack}: labels shape {labels.shape} must be the leading shape "
-            f"{images.shape[:-3]} of the images"
-        )
-    return images, labels
+    return to_uint8(warped)

@@ -71,7 +71,7 @@ def test_only_the_patch_pixels_change(location):
 
 
 def test_default_is_the_reference_trigger():
-    # SPEC §1.1: 7×7 red square on rows/cols 25–31 of a 32×32 image, target 0.
+    # The usual BadNets trigger: 7×7 red square on rows/cols 25–31 of a 32×32 image, target 0.
     attack = badnets()
     assert (attack.name, attack.target, attack.clean_label) == ("badnets", 0, False)
     images = _images((2, 32, 32, 3))

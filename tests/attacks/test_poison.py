@@ -95,7 +95,7 @@ def test_exclude_target():
     n_candidates = int(np.sum(DATA.labels != TARGET))
     assert p.poison_indices.size == round(0.25 * n_candidates)
     assert np.all(DATA.labels[p.poison_indices] != TARGET)
-    # Without the switch, target-class images are candidates too (SPEC §1.1).
+    # Without the switch, target-class images are candidates too (the usual BadNets setting).
     p = poison_dataset(KEY, DATA, BADNETS, fraction=1.0, batch_size=BATCH)
     assert np.any(DATA.labels[p.poison_indices] == TARGET)
     assert "target class excluded" not in p.dataset.source
