@@ -10,9 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxbd.data import DataError
-from jaxbd.experiment import ConfigError
-from jaxbd.logging import RunDirError
-from jaxbd.phase import TrainingDivergedError
+from jaxbd.runs import RunDirError, TrainingDivergedError
+from jaxbd.settings import ConfigError
 
 USER_ERRORS = (RunDirError, ConfigError, DataError, TrainingDivergedError)
 """Errors that mean "fix the command, the settings or the data", reported without a

@@ -14,7 +14,11 @@ from jaxbd.data.augment import CIFAR10_MEAN, CIFAR10_STD
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The reference study's settings (SPEC §1): CIFAR-10, 2% BadNets, ResNet-18, 50 epochs."""
+    """The reference study's settings: CIFAR-10, 2% BadNets, ResNet-18, 50 epochs.
+
+    Each section becomes a validated settings object (`jaxbd.pipeline.config`); the
+    methods are defined in docs/methods.md.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0  # Every random stream (poison, init, shuffle, augment) derives from it.
 
@@ -49,11 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     for name in attacks.ATTACKS:
         c.attack[name] = attacks.hparams_config(name)
 
-    # Coreset selection before training (SPEC §2); name None trains on the full set.
+    # Coreset selection before training (docs/methods.md); name None trains on the full set.
     c.select = ml_collections.ConfigDict()
-    c.select.name = config_dict.placeholder(str)  # random|el2n|grand|forgetting|craig|grad_align
+    c.select.name = config_dict.placeholder(str)  # a key of jaxbd.select.SELECTORS
     c.select.fraction = 0.5  # subset size: round(fraction · N), split over classes
-    c.select.variant = "standard"  # "study": the earlier study's EL2N/forgetting (SPEC §2.2-3)
+    c.select.variant = "standard"  # "study": the earlier study's EL2N/forgetting
     c.select.pretrain_epochs = 20  # pretraining run on the full poisoned set (train.* settings)
     c.select.pretrain_warmup_epochs = 0  # linear warm-up of the pretraining run
     # Share the pretraining run between methods of the same seed (a directory, e.g. a
@@ -76,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.select.craig.greedy = "lazy"  # "exact" | "lazy" (same result, faster) | "stochastic"
     c.select.craig.epsilon = 0.1  # stochastic greedy's ε
 
-    # The pruned arm (SPEC §1.5, §3): IMP with rewinding on the same data (the selection),
+    # The pruned arm (docs/methods.md): IMP with rewinding on the same data (the selection),
     # from the dense arm's initialization, then the final sparse network trained with its
     # mask. rounds = 0 turns the arm off. See jaxbd/prune/imp.py for the exact procedure.
     c.prune = ml_collections.ConfigDict()

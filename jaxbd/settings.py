@@ -74,7 +74,7 @@ def from_config(cls: type[T], section: Mapping | None, prefix: str) -> T:
     Raises:
         ConfigError: for an unknown field in the section, or an invalid value.
     """
-    values = _as_dict(section)
+    values = as_dict(section)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
@@ -100,7 +100,7 @@ def to_dict(settings: Any) -> dict[str, Any]:
     return dataclasses.asdict(settings)
 
 
-def _as_dict(section: Mapping | None) -> dict[str, Any]:
+def as_dict(section: Mapping | None) -> dict[str, Any]:
     if section is None:
         return {}
     if hasattr(section, "to_dict"):

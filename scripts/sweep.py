@@ -15,7 +15,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxbd import cli, sweep
+from jaxbd import cli
+from jaxbd.pipeline import sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (with `sweep`).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Grid directory (default: runs/<config name>).")

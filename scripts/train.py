@@ -13,7 +13,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxbd import cli, experiment
+from jaxbd import cli
+from jaxbd.pipeline import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config file name>).")

@@ -28,7 +28,7 @@ import os
 
 import pytest
 
-from jaxbd import experiment
+from jaxbd.pipeline import experiment
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CIFAR10 = os.environ.get("JAXBD_CIFAR10", os.path.join(ROOT, "..", "shared", "data", "cifar10"))

@@ -8,43 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbd import experiment
-from jaxbd.configs import base_config
-from jaxbd.logging import RunDirError
+from conftest import read_rows, tiny_config
+
+from jaxbd.pipeline import engine, experiment
+from jaxbd.runs import RunDirError
 from jaxbd.train import Trainer
-
-
-def tiny_config(**overrides):
-    c = base_config()
-    c.data.name = "synthetic"
-    c.data.num_train = 256
-    c.data.num_test = 64
-    c.data.image_size = 16
-    c.attack.fraction = 0.1
-    c.attack.badnets.size = 3
-    c.model.width = 4
-    c.model.dtype = "float32"
-    c.train.epochs = 2
-    c.train.batch_size = 64
-    c.train.lr = 0.05
-    c.train.eval_every_epochs = 1
-    c.runtime.num_devices = 1
-    c.runtime.eval_batch_size = 64
-    c.runtime.steps_per_call = 2
-    c.runtime.progress = False
-    c.prune.rounds = 0  # the pruned arm is tested on its own (test_pruned_arm)
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
-
-
-def read_rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +115,10 @@ def test_foreign_directory_is_refused(tmp_path):
         ("train.warmup_epochs", 2, "train.warmup_epochs"),
         ("train.batch_size", 1024, "batch_size"),
         ("prune.rounds", -1, "prune.rounds"),
-        ("prune.rate", 1.0, "config.prune.rate must be in (0, 1)"),
-        ("prune.scope", "channel", "config.prune.scope must be one of"),
-        ("prune.control", "shuffle", "config.prune.control must be one of"),
-        ("prune.rewind_epoch", 10, "config.prune.round_epochs must exceed rewind_epoch=10"),
+        ("prune.rate", 1.0, "config.prune.rate: must be in (0, 1)"),
+        ("prune.scope", "channel", "config.prune.scope: must be one of"),
+        ("prune.control", "shuffle", "config.prune.control: must be one of"),
+        ("prune.rewind_epoch", 10, "config.prune.round_epochs: must exceed rewind_epoch=10"),
         ("attack.badnets.location", "middle", "config.attack.badnets:"),
     ],
 )

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxbd import logging as runlog
-from jaxbd.phase import TrainingDivergedError, train_phase, train_phase_group
+from jaxbd import runs as runlog
+from jaxbd.runs import TrainingDivergedError, train_phase, train_phase_group
 from jaxbd.train import EpochStats
 
 

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from test_experiment import read_rows, tiny_config
+from conftest import read_rows, tiny_config
 
-from jaxbd import experiment
-from jaxbd.select import pipeline
+from jaxbd.pipeline import arms, experiment
+from jaxbd.pipeline import selection as pipeline
 
 
 def select_config(method, **overrides):
@@ -113,19 +113,19 @@ def test_selection_survives_an_interruption(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    real_phase = experiment.train_phase_group
+    real_phase = arms.train_phase_group
 
     def interrupt_dense(name, *args, **kwargs):
         if name == "dense":
             fail()
         return real_phase(name, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_phase_group", interrupt_dense)
+    monkeypatch.setattr(arms, "train_phase_group", interrupt_dense)
     with pytest.raises(KeyboardInterrupt):
         experiment.run(config, workdir)
     assert os.path.exists(os.path.join(workdir, pipeline.SELECTION_FILE))
     first = np.load(os.path.join(workdir, pipeline.SELECTION_FILE))["indices"]
-    monkeypatch.setattr(experiment, "train_phase_group", real_phase)
+    monkeypatch.setattr(arms, "train_phase_group", real_phase)
     summary = experiment.run(config, workdir)
     assert len(calls) == 1  # the second invocation loaded the selection
     np.testing.assert_array_equal(

@@ -6,10 +6,10 @@ import os
 import shutil
 
 import pytest
-from test_experiment import tiny_config
+from conftest import tiny_config
 
-from jaxbd import experiment, report, sweep
-from jaxbd.logging import RunDirError
+from jaxbd.pipeline import experiment, report, sweep
+from jaxbd.runs import RunDirError
 
 
 def grid_config(seeds=(0, 1), **overrides):

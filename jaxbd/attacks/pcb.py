@@ -24,8 +24,8 @@ code release that lists the attack as "Parameter-Controlled Backdoor (Ours)"):
   always where the test images have it. jaxbd does the same by default
   (`trigger_stage="after_augment"`: the engine applies the trigger's `train_fn` to the
   poison rows of each poisoned batch after cropping and flipping); `"before_augment"`
-  stamps the stored copies instead, as data-poisoning attacks must (SPEC §1.1), so crops
-  shift the patch and flips mirror it.
+  stamps the stored copies instead, as a data-poisoning attacker who only supplies images
+  must, so crops shift the patch and flips mirror it.
 
 jaxbd's differences: the count per tensor is `round(p · size)` rather than `int(p · size)`
 (so a tensor is left out entirely only when `p · size <= 0.5`), with an optional global
@@ -34,22 +34,15 @@ draw. By default a poisoned step masks only the loss gradient, as the reference 
 `update_mask_mode="freeze"` leaves the unselected parameters and their momentum buffers
 bit-identical during a poisoned step, so that it changes only the selected parameters,
 exactly. In both modes the poisoned loss's gradient reaches only the selected parameters.
-(On 5,000 CIFAR-10 images at lr 0.05, "gradient" implanted the backdoor by epoch 9 — ASR
-98.7% — while "freeze" trained less stably and reached 55% poisoned-step accuracy only at
-epoch 13; hence the reference's behaviour is the default.) The reference code has no
-default for p (its `update_param_fraction` defaults to 1.0, i.e. no restriction);
-`param_fraction=0.1` here is jaxbd's choice (in small CPU trials p = 0.01 implanted no
-backdoor).
+The reference code has no default for p (its `update_param_fraction` defaults to 1.0, i.e.
+no restriction); `param_fraction=0.1` is jaxbd's choice.
 
 Stability: restricting the poisoned steps to a random subset breaks the symmetries plain
 SGD respects (the rescaling symmetries of BatchNorm and of the softmax), and with a large
-learning rate on a small model the alternation can blow the weights up. On 5,000 CIFAR-10
-images with ResNet-18 at width 8 and lr 0.1, p = 0.1 sent the training loss from 1.9 to 15.7
-(jaxbd, recovering only as the learning rate decayed) and to 21 in the authors' PyTorch
-procedure (`scripts/pcb_reference_torch.py`); at lr 0.05 both trained normally (and so did
-the reference at lr 0.1 with p = 0.5 or 1); see the README's attack table. Lower the
-learning rate if the training loss grows (`jaxbd.phase` stops a run whose loss becomes NaN
-or infinite).
+learning rate on a small model the alternation can blow the weights up — in the authors'
+procedure too (`scripts/pcb_reference_torch.py` runs it; the README's attack table gives
+measured runs). Lower the learning rate if the training loss grows (a training phase stops
+a run whose loss becomes NaN or infinite).
 
 The poisoned examples come from a separate pool built once (`poison_source`: copies of
 training images, triggered and labelled with the target up front or, by default, when the
@@ -58,6 +51,9 @@ reference poisons random training images on the fly, which a pool of copies of t
 training set reproduces. The training set itself stays clean.
 At test time the attack is just its trigger: `test_fn` is the trigger's, so
 `triggered_test_set` and ASR work unchanged.
+
+Its training loop (clean steps alternating with update-masked poisoned steps) lives in
+`jaxbd.attacks.pcb_training`; `make_epoch_fn` hands it to a training phase.
 """
 
 from __future__ import annotations
@@ -70,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbd.attacks import pcb_training
 from jaxbd.attacks.badnets import badnets
 from jaxbd.attacks.base import Attack, AttackFn
 from jaxbd.attacks.poison import poison_dataset
@@ -77,7 +74,7 @@ from jaxbd.data.dataset import Dataset
 from jaxbd.train.step import UPDATE_MASK_MODES
 
 if TYPE_CHECKING:
-    from jaxbd.train import AlternatingEpochStats, DeviceData, Trainer, TrainState
+    from jaxbd.train import DeviceData, EpochFn, Trainer, TrainState
 
 PyTree = Any
 
@@ -257,8 +254,8 @@ class ParameterControlledBackdoor:
         indices: jax.Array | None = None,
         update_mask: PyTree | None = None,
         desc: str = "train+pcb",
-    ) -> tuple[TrainState, AlternatingEpochStats]:
-        """One epoch of PCB training: `trainer.train_epoch_alternating` with this attack's
+    ) -> tuple[TrainState, pcb_training.AlternatingEpochStats]:
+        """One epoch of PCB training: `pcb_training.train_epoch_alternating` with this attack's
         schedule, poisoned batch size, update mask and mode, and (trigger stage
         "after_augment") the trigger as the poison transform.
 
@@ -277,7 +274,8 @@ class ParameterControlledBackdoor:
         Returns:
             (new state, epoch statistics).
         """
-        return trainer.train_epoch_alternating(
+        return pcb_training.train_epoch_alternating(
+            trainer,
             state,
             clean_data,
             poison_data,
@@ -291,6 +289,29 @@ class ParameterControlledBackdoor:
             ),
             indices=indices,
             desc=desc,
+        )
+
+    def make_epoch_fn(
+        self,
+        trainer: Trainer,
+        train_set: Dataset,
+        *,
+        key: jax.Array,
+        fraction: float,
+        exclude_target: bool,
+    ) -> EpochFn:
+        """The training hook: the `EpochFn` a training phase runs instead of plain epochs
+        (`jaxbd.attacks.pcb_training.make_epoch_fn`; the training set itself stays clean).
+
+        Args:
+            trainer: the engine.
+            train_set: the clean training set.
+            key: the poison pool's PRNG stream.
+            fraction: in (0, 1], of the candidate images copied into the pool.
+            exclude_target: only copy images whose label is not the target.
+        """
+        return pcb_training.make_epoch_fn(
+            self, trainer, train_set, key=key, fraction=fraction, exclude_target=exclude_target
         )
 
 

@@ -1,4 +1,4 @@
-"""Pruning: masks as pytrees, magnitude pruning, IMP with rewinding (SPEC §3).
+"""Pruning: masks as pytrees, magnitude pruning, IMP with rewinding (Frankle & Carbin 2019).
 
     from jaxbd import prune
 
@@ -11,7 +11,16 @@ pruned: biases, BatchNorm); training with one (`Trainer.new_state(..., mask=mask
 pruned weights at exactly zero without recompiling when the mask changes.
 """
 
-from jaxbd.prune.imp import CONTROLS, IMPResult, IMPSettings, rewind, run_imp, run_imp_group
+from jaxbd.prune.imp import (
+    CONTROLS,
+    IMPResult,
+    IMPSettings,
+    TrainPhases,
+    in_memory_phases,
+    rewind,
+    run_imp,
+    run_imp_group,
+)
 from jaxbd.prune.magnitude import (
     SCOPES,
     magnitude_masks,
@@ -35,9 +44,11 @@ __all__ = [
     "SCOPES",
     "IMPResult",
     "IMPSettings",
+    "TrainPhases",
     "apply_mask",
     "check_mask",
     "full_mask",
+    "in_memory_phases",
     "is_kernel",
     "magnitude_masks",
     "num_to_prune",

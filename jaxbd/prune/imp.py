@@ -1,4 +1,6 @@
-"""Iterative magnitude pruning with rewinding (lottery tickets; SPEC §1.5 and §3).
+"""Iterative magnitude pruning with rewinding (lottery tickets: Frankle & Carbin 2019, "The
+lottery ticket hypothesis"; Frankle et al. 2020, "Linear mode connectivity and the lottery
+ticket hypothesis", for rewinding to an early epoch).
 
 The procedure, with R = `rounds`, k = `rewind_epoch`, T = `round_epochs`:
 
@@ -13,7 +15,7 @@ The procedure, with R = `rounds`, k = `rewind_epoch`, T = `round_epochs`:
 3. **Final sparse network** (phase "pruned"): θ_k ⊙ m_R — its survivors rewound to their
    epoch-k values, BatchNorm statistics from epoch k — trained with the mask for the whole
    `final_epochs` schedule with a fresh optimizer. (The study trained the final network for
-   about 11 epochs only; SPEC §1 lists that as a flaw.)
+   about 11 epochs only, too short for it to converge.)
 
 "Rewinding" restores the whole epoch-k train state — parameters, BatchNorm statistics,
 momentum buffers and the step within the round schedule — with the mask applied to the
@@ -27,9 +29,11 @@ Lottery-ticket controls (Frankle & Carbin 2019), selected by `control`:
   on training, so this control skips the rounds.
 
 Masks stay data (`TrainState.mask`), so every round and the final phase reuse the compiled
-train step. Each phase is checkpointed by `jaxbd.phase.train_phase`; a finished phase
+train step. How a phase's epochs run is the caller's choice (`TrainPhases`): in memory
+(`in_memory_phases`, for a user's own code: nothing is written), or checkpointed and
+resumable (the experiment pipeline passes `jaxbd.runs.train_phase_group`; a finished phase
 restores instantly and its mask is recomputed deterministically, so an interrupted IMP run
-resumes where it stopped.
+resumes where it stopped).
 """
 
 from __future__ import annotations
@@ -43,19 +47,30 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxbd import logging as runlog
-from jaxbd.phase import EpochFn, train_phase_group
 from jaxbd.prune.magnitude import SCOPES, magnitude_masks, random_masks
 from jaxbd.prune.masks import Prunable, full_mask, is_kernel, sparsity
-from jaxbd.train import CosineSchedule, DeviceData, Trainer, TrainState, init_variables
+from jaxbd.settings import require
+from jaxbd.train import CosineSchedule, DeviceData, EpochFn, Trainer, TrainState, init_variables
 
 PyTree = Any
 CONTROLS = ("none", "reinit", "random_mask")
 
+EvaluateFn = Callable[[TrainState], dict[str, float]]
+
+TrainPhases = Callable[..., tuple[list[TrainState], list[dict[str, Any]]]]
+"""`train(name, states, shuffle_keys, epochs, evaluate_fns, eval_every) -> (states, rows)`:
+trains member m's `states[m]` for `epochs` epochs (epoch e shuffled with
+`fold_in(shuffle_keys[m], e)`), evaluating with `evaluate_fns[m]` (None: never) every
+`eval_every` epochs and after the last; returns the final states and each member's last
+epoch row (`loss`, `accuracy`, test metrics as `test_<name>`; empty after 0 epochs)."""
+
+LogFn = Callable[[int, dict[str, Any]], None]
+"""`log(member, row)`: receives IMP's own events (`{"event": "imp_round", ...}`)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class IMPSettings:
-    """The hyper-parameters of IMP with rewinding (defaults: the reference study, SPEC §1.5).
+    """The hyper-parameters of IMP with rewinding (defaults: the reference study).
 
     Attributes:
         rounds: prune-and-retrain rounds (≥ 1); sparsity after R rounds ≈ 1 − (1 − rate)^R.
@@ -76,22 +91,18 @@ class IMPSettings:
     control: str = "none"
 
     def __post_init__(self):
-        checks = [
-            (self.rounds >= 1, "rounds", "must be >= 1"),
-            (0.0 < self.rate < 1.0, "rate", "must be in (0, 1)"),
-            (self.scope in SCOPES, "scope", f"must be one of {SCOPES}"),
-            (self.rewind_epoch >= 0, "rewind_epoch", "must be >= 0"),
-            (
-                self.round_epochs > self.rewind_epoch,
-                "round_epochs",
-                f"must exceed rewind_epoch={self.rewind_epoch}",
-            ),
-            (self.final_epochs >= 1, "final_epochs", "must be >= 1"),
-            (self.control in CONTROLS, "control", f"must be one of {CONTROLS}"),
-        ]
-        for ok, field, message in checks:
-            if not ok:
-                raise ValueError(f"{field} {message}, got {getattr(self, field)!r}")
+        require(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
+        require(0.0 < self.rate < 1.0, "rate", "must be in (0, 1)", self.rate)
+        require(self.scope in SCOPES, "scope", f"must be one of {SCOPES}", self.scope)
+        require(self.rewind_epoch >= 0, "rewind_epoch", "must be >= 0", self.rewind_epoch)
+        require(
+            self.round_epochs > self.rewind_epoch,
+            "round_epochs",
+            f"must exceed rewind_epoch={self.rewind_epoch}",
+            self.round_epochs,
+        )
+        require(self.final_epochs >= 1, "final_epochs", "must be >= 1", self.final_epochs)
+        require(self.control in CONTROLS, "control", f"must be one of {CONTROLS}", self.control)
 
 
 class IMPResult(NamedTuple):
@@ -141,6 +152,51 @@ def _copy(x):
     return x.copy() if isinstance(x, jax.Array) else x
 
 
+def in_memory_phases(
+    trainer: Trainer,
+    datasets: Sequence[DeviceData],
+    *,
+    indices: Sequence[jax.Array] | None = None,
+    epoch_fn: EpochFn | None = None,
+) -> TrainPhases:
+    """`TrainPhases` that train each member one after another in memory, writing nothing.
+
+    Args:
+        trainer: the compiled engine.
+        datasets: each member's training data on the device.
+        indices: optional int32[K] examples making up each member's epoch.
+        epoch_fn: optional epoch function replacing `trainer.train_epoch`.
+    """
+    run_epoch = epoch_fn or trainer.train_epoch
+
+    def train(name, states, shuffle_keys, epochs, evaluate_fns, eval_every):
+        finals, rows = [], []
+        for m, state in enumerate(states):
+            row: dict[str, Any] = {}
+            for epoch in range(1, epochs + 1):
+                state, stats, _ = run_epoch(
+                    state,
+                    datasets[m],
+                    jax.random.fold_in(shuffle_keys[m], epoch),
+                    indices=None if indices is None else indices[m],
+                    desc=f"{name} epoch {epoch}/{epochs}",
+                )
+                row = {
+                    "phase": name,
+                    "epoch": epoch,
+                    "loss": stats.loss,
+                    "accuracy": stats.accuracy,
+                }
+                due = epoch == epochs or (eval_every and epoch % eval_every == 0)
+                if evaluate_fns[m] is not None and due:
+                    row.update({f"test_{k}": v for k, v in evaluate_fns[m](state).items()})
+            finals.append(state)
+            rows.append(row)
+        return finals, rows
+
+    return train
+
+
 def run_imp(
     trainer: Trainer,
     data: DeviceData,
@@ -150,14 +206,15 @@ def run_imp(
     stream: Callable[[str], jax.Array],
     make_schedule: Callable[[int], CosineSchedule],
     image_shape: tuple[int, int, int],
-    rundir: runlog.RunDir,
-    evaluate_fn: Callable[[TrainState], dict[str, float]] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
     eval_every: int = 0,
     indices: jax.Array | None = None,
     epoch_fn: EpochFn | None = None,
+    train_phases: TrainPhases | None = None,
+    log: LogFn | None = None,
     prunable: Prunable = is_kernel,
 ) -> IMPResult:
-    """Runs (or resumes) IMP with rewinding and trains the final sparse network.
+    """Runs IMP with rewinding and trains the final sparse network.
 
     Args:
         trainer: the compiled engine.
@@ -169,30 +226,34 @@ def run_imp(
             "reinit" initialization and the random mask (e.g. `rng.stream` of a seed).
         make_schedule: `epochs -> CosineSchedule` over that many epochs of this data.
         image_shape: (H, W, 3).
-        rundir: run directory for logs and phase checkpoints.
         evaluate_fn: test metrics of a state, evaluated in the final phase.
         eval_every: evaluation period of the final phase (0: only at its end).
         indices: optional int32[K] examples making up an epoch (a coreset).
         epoch_fn: optional epoch function replacing `trainer.train_epoch` in every phase
             (e.g. a training-time attack).
+        train_phases: how phases run (`TrainPhases`; default `in_memory_phases` over
+            `data`, `indices` and `epoch_fn`, which are then used by nothing else).
+        log: optional `log(member, row)` for IMP's round events.
         prunable: which parameter leaves are pruned (default: conv and dense kernels).
 
     Returns:
         An `IMPResult`.
     """
+    if train_phases is None:
+        train_phases = in_memory_phases(
+            trainer, [data], indices=None if indices is None else [indices], epoch_fn=epoch_fn
+        )
     (result,) = run_imp_group(
         trainer,
-        [data],
         settings,
         init_keys=[init_key],
         streams=[stream],
         make_schedule=make_schedule,
         image_shape=image_shape,
-        rundirs=[rundir],
+        train_phases=train_phases,
         evaluate_fns=[evaluate_fn],
         eval_every=eval_every,
-        indices=None if indices is None else [indices],
-        epoch_fn=epoch_fn,
+        log=log,
         prunable=prunable,
     )
     return result
@@ -200,46 +261,30 @@ def run_imp(
 
 def run_imp_group(
     trainer: Trainer,
-    datasets: Sequence[DeviceData],
     settings: IMPSettings,
     *,
     init_keys: Sequence[jax.Array],
     streams: Sequence[Callable[[str], jax.Array]],
     make_schedule: Callable[[int], CosineSchedule],
     image_shape: tuple[int, int, int],
-    rundirs: Sequence[runlog.RunDir],
-    evaluate_fns: Sequence[Callable[[TrainState], dict[str, float]] | None],
+    train_phases: TrainPhases,
+    evaluate_fns: Sequence[EvaluateFn | None],
     eval_every: int = 0,
-    indices: Sequence[jax.Array] | None = None,
-    epoch_fn: EpochFn | None = None,
+    log: LogFn | None = None,
     prunable: Prunable = is_kernel,
 ) -> list[IMPResult]:
-    """`run_imp` for M independent runs of one shape (e.g. replicate seeds), whose training
-    phases run together (`jaxbd.phase.train_phase_group`); member m's arguments are
-    element m of each sequence, and its result and run directory are what `run_imp` would
-    give it. Masks are computed per member. With one member this is `run_imp`.
-
-    Raises:
-        ValueError: for an `epoch_fn` with more than one member (an epoch function trains
-            one model).
+    """`run_imp` for M independent runs of one shape (e.g. replicate seeds); member m's
+    arguments are element m of each sequence, and `train_phases` trains all members of a
+    phase (together, when it batches them). Masks are computed per member. With one member
+    this is `run_imp`.
     """
-    s, members = settings, range(len(datasets))
+    s, members = settings, range(len(init_keys))
+    if not (len(streams) == len(evaluate_fns) == len(init_keys)):
+        raise ValueError("run_imp_group needs one init key, stream and evaluate_fn per member")
 
     def phase(name, states, keys, epochs, evaluate, every):
         """Trains each member's `states[m]` through phase `name`."""
-        return train_phase_group(
-            name,
-            trainer,
-            states,
-            datasets,
-            epochs=epochs,
-            shuffle_keys=keys,
-            rundirs=rundirs,
-            evaluate_fns=evaluate,
-            eval_every=every,
-            indices=indices,
-            epoch_fn=epoch_fn,
-        )
+        return train_phases(name, states, keys, epochs, evaluate, every)
 
     no_eval = [None for _ in members]
     states0 = [
@@ -303,9 +348,8 @@ def run_imp_group(
                 )
                 round_sparsity[m].append(sparsity(masks[m], prunable)["total"])
                 logging.info("IMP round %d/%d: sparsity %.4f", r, s.rounds, round_sparsity[m][-1])
-                rundirs[m].log(
-                    {"event": "imp_round", "round": r, "sparsity": round_sparsity[m][-1]}
-                )
+                if log is not None:
+                    log(m, {"event": "imp_round", "round": r, "sparsity": round_sparsity[m][-1]})
 
     finals = []
     for m in members:

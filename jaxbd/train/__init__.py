@@ -4,33 +4,40 @@ from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
 from jaxbd.train.sharding import batch_sharded, check_batch_size, make_mesh, replicated
 from jaxbd.train.state import TrainState, create_train_state, dense_mask, init_variables
-from jaxbd.train.step import UPDATE_MASK_MODES, StepOutput, make_predict_step, make_train_step
-from jaxbd.train.trainer import (
-    AlternatingEpochStats,
-    DeviceData,
-    EpochStats,
-    Presentations,
-    Trainer,
-    alternating_schedule,
-    dispatch_plan,
+from jaxbd.train.step import (
+    PLAIN,
+    UPDATE_MASK_MODES,
+    LossFn,
+    LossOutput,
+    StepOutput,
+    StepVariant,
+    cross_entropy_loss,
+    gather_rows,
+    make_predict_step,
+    make_train_step,
 )
+from jaxbd.train.trainer import DeviceData, EpochFn, EpochStats, Presentations, Trainer
 
 __all__ = [
+    "PLAIN",
     "UPDATE_MASK_MODES",
-    "AlternatingEpochStats",
     "CosineSchedule",
     "DeviceData",
+    "EpochFn",
     "EpochStats",
+    "LossFn",
+    "LossOutput",
     "Presentations",
     "StepOutput",
+    "StepVariant",
     "TrainState",
     "Trainer",
-    "alternating_schedule",
     "batch_sharded",
     "check_batch_size",
     "create_train_state",
+    "cross_entropy_loss",
     "dense_mask",
-    "dispatch_plan",
+    "gather_rows",
     "init_variables",
     "make_mesh",
     "make_predict_step",

@@ -1,4 +1,4 @@
-"""The jitted train and inference steps.
+"""The jitted train and inference steps, and the one way to vary them.
 
 `make_train_step` builds one pure function `train_step(state, images, labels, weights)` over a
 global batch. Everything that changes between phases of an experiment — the data, the
@@ -6,15 +6,29 @@ per-example loss weights, the pruning mask, the learning-rate schedule — is an
 part of the state, never a Python constant, so a new IMP round or a new coreset reuses the
 compiled step.
 
-The step optionally takes a per-call *update mask*: a float pytree like the parameters
-restricting which coordinates this one step may change (the Parameter-Controlled Backdoor's
-poisoned steps, `jaxbd.attacks.pcb`). It is independent of the pruning mask in the state,
-which keeps its meaning: pruned weights are zero after every step, masked or not.
+The engine's single extension point is a `StepVariant`: what a step computes beyond plain
+weighted cross-entropy training, as a hashable value that keys the compiled function.
+
+- `loss_fn`: a custom loss with extra traced inputs (`extra`, any pytree passed to every
+  call: a teacher's or a pivot's variables) and access to the model, so it can read
+  intermediates (`mutable=["batch_stats", "intermediates"]`; jaxbd's models `sow` their stage
+  outputs) — what distillation- and feature-matching defenses need. Loss terms it reports
+  are returned with the step's output.
+- `after_augment`: a transform of the augmented batch (a training-time attack stamping its
+  trigger after augmentation, `jaxbd.attacks.pcb`).
+- `gather`: how a step's batch is taken from the on-device data (default: rows of one
+  dataset; a training-time attack mixes rows of two).
+- `update_mask_mode`: with a per-call *update mask*, a float pytree like the parameters
+  restricting which coordinates this one step may change. It is independent of the pruning
+  mask in the state, which keeps its meaning: pruned weights are zero after every step.
+
+`StepVariant()` is exactly the plain step, operation for operation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
@@ -37,19 +51,105 @@ UPDATE_MASK_MODES = ("freeze", "gradient")
 """How a step treats the coordinates its update mask excludes (see `make_train_step`)."""
 
 
+class LossOutput(NamedTuple):
+    """What a loss function returns to the step.
+
+    Attributes:
+        loss: float32 scalar, minimized.
+        logits: float[B, C], the model's training-mode logits (for the step's accuracy).
+        batch_stats: the updated BatchNorm statistics.
+        terms: named float32 scalars reported with the step (e.g. the parts of a combined
+            loss); empty for plain training.
+    """
+
+    loss: jax.Array
+    logits: jax.Array
+    batch_stats: PyTree
+    terms: Mapping[str, jax.Array] = {}
+
+
+LossFn = Callable[..., LossOutput]
+"""`loss_fn(model, params, batch_stats, x, labels, weights, extra) -> LossOutput`.
+
+`x` is the normalized float batch [B, H, W, 3], `labels` int32[B], `weights` float32[B],
+`extra` the pytree passed to the step call (None when none was). Differentiated with respect
+to `params`; must call the model in training mode to update `batch_stats`.
+"""
+
+
+def cross_entropy_loss(model, params, batch_stats, x, labels, weights, extra=None) -> LossOutput:
+    """The plain loss: `mean(weights · CE(f(x), y))`, BatchNorm in training mode."""
+    del extra
+    variables = {"params": params, "batch_stats": batch_stats}
+    (logits, _), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    loss = jnp.mean(weights * per_example)
+    return LossOutput(loss, logits, updates.get("batch_stats", batch_stats))
+
+
+Gather = Callable[[Any, Any, "Mesh | None"], tuple[jax.Array, jax.Array, jax.Array]]
+"""`gather(data, rows, mesh) -> (images uint8[B, H, W, 3], labels int32[B], weights
+float32[B])`: one step's batch from the on-device data, given that step's index rows (any
+pytree) and the device mesh (None: one device)."""
+
+
+def gather_rows(data, rows: jax.Array, mesh: Mesh | None = None):
+    """The default gather: rows int32[B] of one dataset (`DeviceData`), split over the mesh
+    so each device gathers its own part of the batch."""
+    if mesh is not None:
+        rows = jax.lax.with_sharding_constraint(rows, sharding.batch_sharded(mesh))
+    return data.images[rows], data.labels[rows], data.weights[rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepVariant:
+    """What a train step computes beyond the plain one (see the module docstring).
+
+    Hashable: it keys the engine's compiled functions, so build a variant once and reuse it
+    (functions compare by identity).
+
+    Attributes:
+        loss_fn: the loss (`LossFn`); default plain weighted cross-entropy.
+        after_augment: optional `fn(key, images uint8[B, H, W, 3], labels int32[B]) ->
+            (images, labels)` applied after augmentation, before normalization.
+        gather: how a step's batch is taken from the data (`Gather`).
+        update_mask_mode: "freeze" or "gradient": what a step called with an update mask
+            does to the coordinates the mask excludes (see `make_train_step`).
+    """
+
+    loss_fn: LossFn = cross_entropy_loss
+    after_augment: BatchTransform | None = None
+    gather: Gather = gather_rows
+    update_mask_mode: Literal["freeze", "gradient"] = "freeze"
+
+    def __post_init__(self):
+        if self.update_mask_mode not in UPDATE_MASK_MODES:
+            raise ValueError(
+                f"update_mask_mode must be one of {UPDATE_MASK_MODES}, "
+                f"got {self.update_mask_mode!r}"
+            )
+
+
+PLAIN = StepVariant()
+"""The plain training step."""
+
+
 class StepOutput(NamedTuple):
     """What one train step reports (kept on device until a log step).
 
     Attributes:
-        loss: float32 scalar, the weighted mean cross-entropy that was minimized.
+        loss: float32 scalar, the loss that was minimized (plain training: the weighted
+            mean cross-entropy).
         correct: bool[B], whether each example's augmented view was classified correctly
             (the per-presentation signal forgetting scores need).
         lr: float32 scalar, the learning rate used for this step.
+        terms: the loss function's named terms (empty for plain training).
     """
 
     loss: jax.Array
     correct: jax.Array
     lr: jax.Array
+    terms: Mapping[str, jax.Array] = {}
 
 
 def make_train_step(
@@ -63,8 +163,10 @@ def make_train_step(
     mesh: Mesh | None = None,
     update_mask_mode: Literal["freeze", "gradient"] = "freeze",
     after_augment: BatchTransform | None = None,
+    loss_fn: LossFn = cross_entropy_loss,
 ):
-    """Builds `train_step(state, images, labels, weights, update_mask=None) -> (state, out)`.
+    """Builds `train_step(state, images, labels, weights, update_mask=None, extra=None) ->
+    (state, out)`.
 
     The step augments on the device (random crop with zero padding, horizontal flip; one key
     per example, derived from `fold_in(state.rng, state.step)`), normalizes, computes the
@@ -105,6 +207,8 @@ def make_train_step(
             key of its own per step; the returned labels are the ones trained on and
             scored. A training-time attack that controls the pipeline uses it to stamp its
             trigger after augmentation (`jaxbd.attacks.pcb`).
+        loss_fn: the loss (`LossFn`), called with the call's `extra` pytree; default the
+            plain weighted cross-entropy.
 
     Returns:
         The un-jitted step; `images: uint8[B, H, W, 3]`, `labels: int32[B]`,
@@ -112,6 +216,7 @@ def make_train_step(
         `update_mask`: None (update everything) or a float32 (or bool) pytree with the
         structure and leaf shapes of `state.params`; values other than 0 and 1 scale the
         loss gradient, and with "freeze" every nonzero value lets the coordinate change.
+        `extra`: any pytree handed to `loss_fn` (traced, so new values never recompile).
 
     Raises:
         ValueError: for an unknown `update_mask_mode`.
@@ -121,7 +226,9 @@ def make_train_step(
             f"update_mask_mode must be one of {UPDATE_MASK_MODES}, got {update_mask_mode!r}"
         )
 
-    def train_step(state: TrainState, images, labels, weights, update_mask: PyTree = None):
+    def train_step(
+        state: TrainState, images, labels, weights, update_mask: PyTree = None, extra=None
+    ):
         if mesh is not None:
             images, labels, weights = jax.lax.with_sharding_constraint(
                 (images, labels, weights), sharding.batch_sharded(mesh)
@@ -133,14 +240,11 @@ def make_train_step(
             images, labels = after_augment(jax.random.fold_in(key, 1), images, labels)
         x = augment_lib.normalize(images, mean, std)
 
-        def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            (logits, _), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            loss = jnp.mean(weights * per_example)
-            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+        def objective(params):
+            out = loss_fn(model, params, state.batch_stats, x, labels, weights, extra)
+            return out.loss, (out.logits, out.batch_stats, dict(out.terms))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (logits, batch_stats, terms)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.params
         )
         grads = jax.tree.map(jnp.multiply, grads, state.mask)
@@ -159,7 +263,7 @@ def make_train_step(
             params=params, batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1
         )
         correct = jnp.argmax(logits, axis=-1) == labels
-        return new_state, StepOutput(loss=loss, correct=correct, lr=lr)
+        return new_state, StepOutput(loss=loss, correct=correct, lr=lr, terms=terms)
 
     return train_step
 

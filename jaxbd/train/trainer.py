@@ -13,22 +13,20 @@ runs convolutions inside a loop body an order of magnitude slower than at the to
 (measured: 1.66 s vs 0.11 s per ResNet-18 step at width 8, batch 64), and dispatch overhead is
 negligible there.
 
-`train_epoch_alternating` runs the epochs of a training-time attack (the Parameter-Controlled
-Backdoor, `jaxbd.attacks.pcb`): the epoch's batches are the usual shuffled batches of the
-clean data, and every `poison_every`-th of them becomes a poisoned step — some examples
-replaced by triggered ones, the update restricted to the parameters an update mask selects.
-Its clean steps are the same compiled function as `train_epoch`'s; its poisoned steps are one
-more compiled function, reused across epochs and across new masks.
+Every epoch runs one `StepVariant` (`jaxbd.train.step`): the plain step by default, or a
+variant with its own loss, extra traced inputs, a post-augmentation transform, its own way of
+gathering a batch, or an update mask. `compiled_steps(variant)` is the compiled multi-step
+function of a variant, built once and reused by every later epoch; an epoch loop of another
+shape (a training-time attack alternating two variants, `jaxbd.attacks.pcb_training`) is
+written from it.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import math
 import time
-from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -42,12 +40,7 @@ from jaxbd.train import sharding
 from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
 from jaxbd.train.state import TrainState, create_train_state, init_variables
-from jaxbd.train.step import (
-    UPDATE_MASK_MODES,
-    BatchTransform,
-    make_predict_step,
-    make_train_step,
-)
+from jaxbd.train.step import PLAIN, StepVariant, make_predict_step, make_train_step
 
 
 @flax.struct.dataclass
@@ -78,6 +71,8 @@ class EpochStats(NamedTuple):
         steps: steps taken.
         seconds: wall time of the epoch (dispatch to the last result).
         images_per_second: steps · batch_size / seconds.
+        extra: further figures for the log, e.g. the epoch means of a custom loss's terms
+            (`LossOutput.terms`) or a training-time attack's poisoned-step statistics.
     """
 
     loss: float
@@ -86,34 +81,13 @@ class EpochStats(NamedTuple):
     steps: int
     seconds: float
     images_per_second: float
+    extra: Mapping[str, Any] = {}
 
 
-class AlternatingEpochStats(NamedTuple):
-    """Host-side summary of one alternating (clean / poisoned) epoch.
-
-    Attributes:
-        clean_loss: mean training loss over the clean steps (nan if there were none).
-        clean_accuracy: fraction of the clean steps' augmented views classified correctly.
-        poison_loss: mean training loss over the poisoned steps (whole batches, including
-            their clean examples).
-        poison_accuracy: fraction of the poisoned steps' *triggered* examples classified as
-            their (target) label — the attack's success on its own training views.
-        lr: learning rate of the last step.
-        clean_steps: clean steps taken.
-        poison_steps: poisoned steps taken.
-        seconds: wall time of the epoch.
-        images_per_second: (clean_steps + poison_steps) · batch_size / seconds.
-    """
-
-    clean_loss: float
-    clean_accuracy: float
-    poison_loss: float
-    poison_accuracy: float
-    lr: float
-    clean_steps: int
-    poison_steps: int
-    seconds: float
-    images_per_second: float
+EpochFn = Callable[..., "tuple[TrainState, EpochStats, Presentations | None]"]
+"""`epoch_fn(state, data, key, *, indices, desc, record_presentations) -> (state, stats,
+presentations)`, like `Trainer.train_epoch`: what a training phase runs each epoch (a
+training-time attack supplies its own)."""
 
 
 class Presentations(NamedTuple):
@@ -131,52 +105,6 @@ class Presentations(NamedTuple):
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """The largest d ≤ limit dividing n (so every call of an epoch has the same shape)."""
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
-def alternating_schedule(steps: int, poison_every: int) -> np.ndarray:
-    """bool[steps]: which steps of an alternating epoch are poisoned.
-
-    Step i (0-based, counted within the epoch) is poisoned iff `i % poison_every == 0`: the
-    epoch starts with a poisoned step and then has `poison_every - 1` clean steps after each
-    one. `poison_every=2` gives poisoned, clean, poisoned, clean, ... — the 1:1 alternation
-    of the Parameter-Controlled Backdoor's reference code (`step % 2 == 0` is poisoned);
-    `poison_every=1` poisons every step.
-
-    Args:
-        steps: steps in the epoch.
-        poison_every: the period, >= 1.
-
-    Returns:
-        The schedule; `ceil(steps / poison_every)` entries are True.
-    """
-    if isinstance(poison_every, bool) or not isinstance(poison_every, int) or poison_every < 1:
-        raise ValueError(f"poison_every must be an int >= 1, got {poison_every!r}")
-    return np.arange(steps) % poison_every == 0
-
-
-def dispatch_plan(poisoned: np.ndarray, steps_per_call: int) -> list[tuple[bool, int, int]]:
-    """How an alternating epoch is dispatched: runs of same-kind steps, each in equal calls.
-
-    Every run of consecutive clean (or poisoned) steps is cut into calls of `chunk` steps,
-    where `chunk` is the same for every run of that kind — the largest divisor of all their
-    lengths that is at most `steps_per_call` — so an epoch, and every later one, uses one
-    compiled shape per kind.
-
-    Args:
-        poisoned: bool[steps], e.g. `alternating_schedule(steps, poison_every)`.
-        steps_per_call: the trainer's limit (1 on the CPU: no scan).
-
-    Returns:
-        `(poisoned, chunk, calls)` per run, in step order; `chunk · calls` is the run length.
-    """
-    runs = [(bool(kind), len(list(group))) for kind, group in itertools.groupby(poisoned)]
-    lengths: dict[bool, list[int]] = {}
-    for kind, length in runs:
-        lengths.setdefault(kind, []).append(length)
-    chunk = {
-        kind: largest_divisor_at_most(math.gcd(*ns), steps_per_call) for kind, ns in lengths.items()
-    }
-    return [(kind, chunk[kind], length // chunk[kind]) for kind, length in runs]
 
 
 class Trainer:
@@ -238,40 +166,10 @@ class Trainer:
             flip=flip,
             mesh=mesh,
         )
-        train_step = self._make_train_step()
-        self.train_step = train_step
-        # Compiled poisoned (update-masked) steps, one per update-mask mode, built on first use
-        # so plain training compiles nothing more than before.
-        self._poison_steps: dict[tuple, jax.stages.Wrapped] = {}
-
-        def gathered_step(state, data: DeviceData, batch_idx):
-            batch_idx = jax.lax.with_sharding_constraint(batch_idx, sharding.batch_sharded(mesh))
-            return train_step(
-                state, data.images[batch_idx], data.labels[batch_idx], data.weights[batch_idx]
-            )
-
-        def train_steps(state, data: DeviceData, idx):
-            if idx.shape[0] == 1:  # No loop: see the module docstring.
-                state, out = gathered_step(state, data, idx[0])
-                return state, jax.tree.map(lambda x: x[None], out)
-            return jax.lax.scan(lambda s, i: gathered_step(s, data, i), state, idx)
-
-        # The state is donated: its buffers are reused for the new state.
-        self._train_steps = jax.jit(train_steps, donate_argnums=0, out_shardings=self._replicated)
-        # Ensembles (a leading member axis on the state and the batch indices) train in one
-        # call with vmap; compiled on first use.
-        self._ensemble_steps = jax.jit(
-            jax.vmap(train_steps, in_axes=(0, None, 0)),
-            donate_argnums=0,
-            out_shardings=self._replicated,
-        )
-        # ... and when every member has its own dataset (replicate seeds of a grid, each
-        # with its own poisoned set and selection): the data gains the member axis too.
-        self._group_steps = jax.jit(
-            jax.vmap(train_steps, in_axes=(0, 0, 0)),
-            donate_argnums=0,
-            out_shardings=self._replicated,
-        )
+        self.train_step = self._make_train_step()
+        # Compiled multi-step functions, one per step variant, built on first use.
+        self._compiled: dict[tuple[StepVariant, str], Callable] = {}
+        self._train_steps = self.compiled_steps(PLAIN)
         self._predict = jax.jit(
             make_predict_step(model, mean=mean, std=std, mesh=mesh),
             out_shardings=self._replicated,
@@ -327,6 +225,62 @@ class Trainer:
         dropped so every step has the same shape and BatchNorm sees only real examples."""
         return num_examples // self.batch_size
 
+    def compiled_steps(self, variant: StepVariant = PLAIN, members: str = "none") -> Callable:
+        """The compiled multi-step function of a step variant (built on first use).
+
+        `steps(state, data, rows, update_mask, extra) -> (state, StepOutput)` runs c steps,
+        where every leaf of the `rows` pytree has leading axis c (one entry per step, as the
+        variant's `gather` takes them); `update_mask` and `extra` are passed to every step
+        (None: none). c = 1 runs without `scan` (see the module docstring). The state is
+        donated.
+
+        Args:
+            variant: what the steps compute.
+            members: "none" (one model), "shared" (M models stacked along axis 0 of the
+                state and rows, sharing one dataset) or "own" (each with its own dataset,
+                stacked too); plain variant only for "shared"/"own".
+        """
+        cache_key = (variant, members)
+        if cache_key not in self._compiled:
+            step = self._make_train_step(
+                update_mask_mode=variant.update_mask_mode,
+                after_augment=variant.after_augment,
+                loss_fn=variant.loss_fn,
+            )
+            mesh = self.mesh
+
+            def one_step(state, data, rows, update_mask, extra):
+                images, labels, weights = variant.gather(data, rows, mesh)
+                return step(state, images, labels, weights, update_mask, extra)
+
+            def steps(state, data, rows, update_mask=None, extra=None):
+                if jax.tree.leaves(rows)[0].shape[0] == 1:  # No loop: see the module docstring.
+                    first = jax.tree.map(lambda r: r[0], rows)
+                    state, out = one_step(state, data, first, update_mask, extra)
+                    return state, jax.tree.map(lambda x: x[None], out)
+                return jax.lax.scan(
+                    lambda s, r: one_step(s, data, r, update_mask, extra), state, rows
+                )
+
+            fn = steps
+            if members != "none":
+                # Ensembles (a leading member axis on the state and the rows) train in one
+                # call with vmap, sharing one dataset or each with its own (replicate seeds
+                # of a grid, each with its own poisoned set and selection).
+                if variant != PLAIN:
+                    raise ValueError("only the plain step trains several members at once")
+                in_axes = {"shared": (0, None, 0), "own": (0, 0, 0)}[members]
+                batched = jax.vmap(lambda s, d, r: steps(s, d, r), in_axes=in_axes)
+
+                def fn(state, data, rows, update_mask=None, extra=None):
+                    return batched(state, data, rows)
+
+            # The state is donated: its buffers are reused for the new state.
+            self._compiled[cache_key] = jax.jit(
+                fn, donate_argnums=0, out_shardings=self._replicated
+            )
+        return self._compiled[cache_key]
+
     def train_epoch(
         self,
         state: TrainState,
@@ -336,6 +290,9 @@ class Trainer:
         indices: jax.Array | None = None,
         desc: str = "train",
         record_presentations: bool = False,
+        variant: StepVariant = PLAIN,
+        update_mask=None,
+        extra=None,
     ) -> tuple[TrainState, EpochStats, Presentations | None]:
         """Runs one epoch over `indices` (default: every example) in a random order.
 
@@ -347,9 +304,15 @@ class Trainer:
                 (a coreset); their loss weights come from `data.weights`.
             desc: progress-bar label.
             record_presentations: also return per-presentation correctness.
+            variant: the step variant (default the plain step); its `gather` must take
+                rows of `data` (the default one does).
+            update_mask: optional pytree like the parameters, passed to every step (see
+                `make_train_step`); replicate it once (`replicate`) to avoid a copy per call.
+            extra: optional pytree passed to the variant's loss at every step.
 
         Returns:
-            (new state, epoch statistics, presentations or None).
+            (new state, epoch statistics, presentations or None). With a loss that reports
+            terms, `stats.extra` holds their epoch means.
         """
         num = len(data) if indices is None else int(indices.shape[0])
         steps = self.steps_per_epoch(num)
@@ -361,19 +324,18 @@ class Trainer:
         order = _epoch_order(key, num, steps, self.batch_size)
         if indices is not None:
             order = jnp.asarray(indices, jnp.int32)[order]
+        steps_fn = self.compiled_steps(variant)
 
-        losses, corrects, lrs = [], [], []
+        outs = []
         bar = tqdm(total=steps, desc=desc, unit="step", disable=not self.progress, leave=False)
         start = time.perf_counter()
         for first in range(0, steps, chunk):
-            state, out = self._train_steps(state, data, order[first : first + chunk])
-            losses.append(out.loss)
-            corrects.append(out.correct)
-            lrs.append(out.lr)
+            state, out = steps_fn(state, data, order[first : first + chunk], update_mask, extra)
+            outs.append(out)
             if self.progress:
                 # Read the previous call's loss: it is finished, so this never stalls the
                 # device, which is already running the call just dispatched.
-                shown = losses[-2] if len(losses) > 1 else None
+                shown = outs[-2].loss if len(outs) > 1 else None
                 postfix = {}
                 if shown is not None:
                     postfix["loss"] = f"{float(jnp.mean(shown)):.4f}"
@@ -381,10 +343,11 @@ class Trainer:
                 postfix["img/s"] = f"{(first + chunk) * self.batch_size / elapsed:.0f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(chunk)
-        loss = jnp.mean(jnp.concatenate(losses))
-        correct = jnp.concatenate(corrects)
+        loss = jnp.mean(jnp.concatenate([o.loss for o in outs]))
+        correct = jnp.concatenate([o.correct for o in outs])
         accuracy = jnp.mean(correct)
-        loss, accuracy, lr = jax.device_get((loss, accuracy, lrs[-1][-1]))
+        terms = {k: jnp.mean(jnp.concatenate([o.terms[k] for o in outs])) for k in outs[0].terms}
+        loss, accuracy, lr, terms = jax.device_get((loss, accuracy, outs[-1].lr[-1], terms))
         seconds = time.perf_counter() - start
         bar.close()
         stats = EpochStats(
@@ -394,215 +357,10 @@ class Trainer:
             steps=steps,
             seconds=seconds,
             images_per_second=steps * self.batch_size / seconds,
+            extra={k: float(v) for k, v in terms.items()},
         )
         presentations = Presentations(order, correct) if record_presentations else None
         return state, stats, presentations
-
-    def train_epoch_alternating(
-        self,
-        state: TrainState,
-        clean_data: DeviceData,
-        poison_data: DeviceData,
-        key: jax.Array,
-        *,
-        update_mask,
-        poison_every: int = 2,
-        poison_batch_size: int | None = None,
-        update_mask_mode: Literal["freeze", "gradient"] = "freeze",
-        poison_transform: BatchTransform | None = None,
-        indices: jax.Array | None = None,
-        desc: str = "train+poison",
-    ) -> tuple[TrainState, AlternatingEpochStats]:
-        """Runs one epoch alternating clean steps with update-masked poisoned steps.
-
-        The epoch is `train_epoch`'s: a random order of the clean examples (`indices`, default
-        all) cut into `steps_per_epoch(num)` full batches, so the learning-rate schedule and
-        the epoch length are those of plain training. Batch i is a *poisoned* step when
-        `alternating_schedule(steps, poison_every)[i]`: its first `poison_batch_size`
-        examples are replaced by examples of `poison_data` (a fresh random order of it each
-        epoch, cycled as often as needed), and the step updates only the coordinates
-        `update_mask` selects (`make_train_step`'s update mask, with `update_mask_mode`).
-        Every other batch is a clean step on all parameters. Pruning (`state.mask`) holds in
-        both kinds; BatchNorm statistics are updated by both (they are not parameters).
-
-        Clean steps run through the compiled function `train_epoch` uses (on the CPU one
-        step per call, see the module docstring; on accelerators runs of clean steps are
-        scanned), poisoned steps through one more compiled function; both are reused by
-        every later epoch with the same shapes, including with a new update mask.
-
-        Args:
-            state: the train state; donated.
-            clean_data: the on-device clean training set (its `weights` apply as usual).
-            poison_data: the on-device poisoned examples: triggered images labelled with
-                what the attacker wants (e.g. `ParameterControlledBackdoor.poison_source`
-                put on the devices with `put`); its weights apply to them.
-            key: PRNG key of this epoch's shuffles.
-            update_mask: float32 (or bool) pytree like `state.params`: 1 where a poisoned step
-                may update a parameter. Replicated over the mesh here (a no-op when it
-                already is, e.g. after `replicate`), so it never causes a recompile.
-            poison_every: every `poison_every`-th step is poisoned, starting with the first
-                (2: the 1:1 alternation of the reference code; 1: every step).
-            poison_batch_size: triggered examples per poisoned batch, in [1, batch_size];
-                the rest of the batch keeps its clean examples. None: the whole batch.
-            update_mask_mode: "freeze" (excluded parameters and their momentum stay exactly
-                as they are during a poisoned step) or "gradient" (only their gradient is
-                masked, as in the reference PyTorch code); see `make_train_step`.
-            poison_transform: optional `fn(key, images uint8[k, H, W, 3], labels int32[k])
-                -> (images, labels)` applied to the k poison examples of each poisoned batch
-                *after* augmentation (e.g. an attack's `train_fn`, stamping its trigger where
-                the test images will have it); `poison_data` then holds the clean source
-                images. None: `poison_data` is used as it is (already transformed, then
-                augmented like every example). The function is a static part of the
-                compiled step: pass the same object every epoch.
-            indices: optional int32[K] device array of the clean examples making up the
-                epoch (a coreset).
-            desc: progress-bar label.
-
-        Returns:
-            (new state, statistics of the epoch).
-
-        Raises:
-            ValueError: for fewer clean examples than one batch, an empty `poison_data`, a
-                bad `poison_every`, `poison_batch_size` or `update_mask_mode`, or an update
-                mask whose structure differs from the parameters'.
-        """
-        num = len(clean_data) if indices is None else int(indices.shape[0])
-        steps = self.steps_per_epoch(num)
-        if steps == 0:
-            raise ValueError(
-                f"{num} training examples are fewer than one batch of {self.batch_size}"
-            )
-        if len(poison_data) == 0:
-            raise ValueError("poison_data is empty")
-        k = self.batch_size if poison_batch_size is None else poison_batch_size
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.batch_size:
-            raise ValueError(
-                f"poison_batch_size must be an int in [1, batch_size={self.batch_size}], "
-                f"got {poison_batch_size!r}"
-            )
-        poisoned = alternating_schedule(steps, poison_every)
-        if jax.tree.structure(update_mask) != jax.tree.structure(state.params):
-            raise ValueError(
-                "update_mask must have the structure of the parameters: got "
-                f"{jax.tree.structure(update_mask)}, expected {jax.tree.structure(state.params)}"
-            )
-        poison_steps_fn = self._poison_steps_fn(update_mask_mode, poison_transform)
-        update_mask = self.replicate(update_mask)
-
-        clean_order, fill_order, poison_order = _alternating_order(
-            key, num, steps, self.batch_size, poison_every, len(poison_data), k
-        )
-        if indices is not None:
-            indices = jnp.asarray(indices, jnp.int32)
-            clean_order, fill_order = indices[clean_order], indices[fill_order]
-
-        clean_out, poison_out = [], []
-        next_clean = next_poison = 0
-        bar = tqdm(total=steps, desc=desc, unit="step", disable=not self.progress, leave=False)
-        start = time.perf_counter()
-        for kind, c, calls in dispatch_plan(poisoned, self.steps_per_call):
-            for _ in range(calls):
-                if kind:
-                    rows = slice(next_poison, next_poison + c)
-                    state, out = poison_steps_fn(
-                        state,
-                        clean_data,
-                        poison_data,
-                        update_mask,
-                        fill_order[rows],
-                        poison_order[rows],
-                    )
-                    poison_out.append(out)
-                    next_poison += c
-                else:
-                    rows = slice(next_clean, next_clean + c)
-                    state, out = self._train_steps(state, clean_data, clean_order[rows])
-                    clean_out.append(out)
-                    next_clean += c
-                if self.progress:
-                    elapsed = time.perf_counter() - start
-                    done = next_clean + next_poison
-                    bar.set_postfix({"img/s": f"{done * self.batch_size / elapsed:.0f}"})
-                    bar.update(c)
-        last_lr = out.lr[-1]
-
-        def summary(outs, columns):
-            if not outs:
-                return jnp.float32(jnp.nan), jnp.float32(jnp.nan)
-            loss = jnp.mean(jnp.concatenate([o.loss for o in outs]))
-            correct = jnp.concatenate([o.correct for o in outs])[:, columns]
-            return loss, jnp.mean(correct)
-
-        # Poisoned batches hold their triggered examples first (see `_poison_steps_fn`).
-        (clean_loss, clean_acc), (poison_loss, poison_acc), lr = jax.device_get(
-            (summary(clean_out, slice(None)), summary(poison_out, slice(0, k)), last_lr)
-        )
-        seconds = time.perf_counter() - start
-        bar.close()
-        stats = AlternatingEpochStats(
-            clean_loss=float(clean_loss),
-            clean_accuracy=float(clean_acc),
-            poison_loss=float(poison_loss),
-            poison_accuracy=float(poison_acc),
-            lr=float(lr),
-            clean_steps=next_clean,
-            poison_steps=next_poison,
-            seconds=seconds,
-            images_per_second=steps * self.batch_size / seconds,
-        )
-        return state, stats
-
-    def _poison_steps_fn(
-        self, update_mask_mode: str, poison_transform: BatchTransform | None = None
-    ):
-        """The compiled poisoned step(s) for one update-mask mode and poison transform (built
-        on first use; keyed by `(update_mask_mode, poison_transform)`).
-
-        `poison_steps(state, clean, poison, update_mask, fill_idx int32[c, B-k],
-        poison_idx int32[c, k])` runs c steps; each batch is the k poison examples followed
-        by the B-k clean ones. Like `_train_steps`, c = 1 runs without `scan`.
-        """
-        if update_mask_mode not in UPDATE_MASK_MODES:
-            raise ValueError(
-                f"update_mask_mode must be one of {UPDATE_MASK_MODES}, got {update_mask_mode!r}"
-            )
-        cache_key = (update_mask_mode, poison_transform)
-        if cache_key not in self._poison_steps:
-
-            def poison_step(state, clean: DeviceData, poison: DeviceData, update_mask, fill, idx):
-                images = jnp.concatenate([poison.images[idx], clean.images[fill]])
-                labels = jnp.concatenate([poison.labels[idx], clean.labels[fill]])
-                weights = jnp.concatenate([poison.weights[idx], clean.weights[fill]])
-                after_augment = None
-                if poison_transform is not None:
-                    k = idx.shape[0]  # the poison rows lead the batch
-
-                    def after_augment(key, images, labels):
-                        head, head_labels = poison_transform(key, images[:k], labels[:k])
-                        images = jnp.concatenate([head.astype(images.dtype), images[k:]])
-                        return images, jnp.concatenate(
-                            [head_labels.astype(labels.dtype), labels[k:]]
-                        )
-
-                masked_step = self._make_train_step(
-                    update_mask_mode=update_mask_mode, after_augment=after_augment
-                )
-                return masked_step(state, images, labels, weights, update_mask)
-
-            def poison_steps(state, clean, poison, update_mask, fill, idx):
-                if idx.shape[0] == 1:  # No loop: see the module docstring.
-                    state, out = poison_step(state, clean, poison, update_mask, fill[0], idx[0])
-                    return state, jax.tree.map(lambda x: x[None], out)
-                return jax.lax.scan(
-                    lambda s, xs: poison_step(s, clean, poison, update_mask, *xs),
-                    state,
-                    (fill, idx),
-                )
-
-            self._poison_steps[cache_key] = jax.jit(
-                poison_steps, donate_argnums=0, out_shardings=self._replicated
-            )
-        return self._poison_steps[cache_key]
 
     # -- ensembles ---------------------------------------------------------------------
 
@@ -685,7 +443,7 @@ class Trainer:
             orders = jax.vmap(lambda subset, order: subset[order])(indices, orders)
         elif indices is not None:
             orders = indices[orders]
-        steps_fn = self._group_steps if own_data else self._ensemble_steps
+        steps_fn = self.compiled_steps(PLAIN, "own" if own_data else "shared")
         outs = []
         bar = tqdm(total=steps, desc=desc, unit="step", disable=not self.progress, leave=False)
         start = time.perf_counter()
@@ -754,41 +512,6 @@ class Trainer:
         """int32[N] predicted classes on the host."""
         logits, _ = self.predict(state, images)
         return np.asarray(jax.device_get(jnp.argmax(logits, axis=-1)), np.int32)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
-def _alternating_order(
-    key: jax.Array,
-    num: int,
-    steps: int,
-    batch_size: int,
-    poison_every: int,
-    num_poison: int,
-    poison_batch_size: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The example order of an alternating epoch.
-
-    Returns:
-        clean: int32[clean steps, batch_size], positions in range(num) of the clean steps;
-        fill: int32[poisoned steps, batch_size - k], the clean examples the poisoned steps
-            keep (the tail of their batch of the epoch's permutation);
-        poison: int32[poisoned steps, k], indices into the poison data: consecutive
-            random permutations of range(num_poison), so each poison example is used once
-            before any is reused.
-    """
-    order_key, poison_key = jax.random.split(key)
-    # Permutations as argsorts of random 32-bit words: one sort, which compiles several times
-    # faster on the CPU than `jax.random.permutation`'s rounds; ties (about num²/2³³ of them)
-    # bias the order negligibly.
-    order = jnp.argsort(jax.random.bits(order_key, (num,)))[: steps * batch_size]
-    order = order.reshape(steps, batch_size)
-    poisoned = alternating_schedule(steps, poison_every)
-    clean = order[np.flatnonzero(~poisoned)]
-    fill = order[np.flatnonzero(poisoned), poison_batch_size:]
-    needed = int(poisoned.sum()) * poison_batch_size
-    bits = jax.random.bits(poison_key, (math.ceil(needed / num_poison), num_poison))
-    poison = jnp.argsort(bits, axis=-1).reshape(-1)[:needed].reshape(-1, poison_batch_size)
-    return clean.astype(jnp.int32), fill.astype(jnp.int32), poison.astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))

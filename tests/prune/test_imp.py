@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbd import logging as runlog
-from jaxbd import prune, rng
+from jaxbd import prune, rng, runs
 from jaxbd.data import make_synthetic
 from jaxbd.models import resnet18
 from jaxbd.train import CosineSchedule, Trainer, make_mesh
@@ -136,21 +135,64 @@ def optax_params(opt_state):
     return trees[0]
 
 
+def imp_settings(**settings):
+    base = dict(rounds=2, rate=0.3, rewind_epoch=1, round_epochs=2, final_epochs=1)
+    return prune.IMPSettings(**{**base, **settings})
+
+
 def run(trainer, data, tmp_path, name, **settings):
-    rundir = runlog.RunDir(tmp_path / name)
+    """IMP through checkpointed phases in a run directory (as the experiment pipeline runs
+    it)."""
+    rundir = runs.RunDir(tmp_path / name)
     rundir.open({"test": name})
     spe = trainer.steps_per_epoch(len(data))
-    base = dict(rounds=2, rate=0.3, rewind_epoch=1, round_epochs=2, final_epochs=1)
+
+    def phases(phase, states, keys, epochs, evaluate_fns, eval_every):
+        return runs.train_phase_group(
+            phase,
+            trainer,
+            states,
+            [data],
+            epochs=epochs,
+            shuffle_keys=keys,
+            rundirs=[rundir],
+            evaluate_fns=evaluate_fns,
+            eval_every=eval_every,
+        )
+
     return prune.run_imp(
         trainer,
         data,
-        prune.IMPSettings(**{**base, **settings}),
+        imp_settings(**settings),
         init_key=jax.random.key(0),
         stream=lambda name: rng.stream(7, name),
         make_schedule=lambda epochs: CosineSchedule.create(0.1, epochs * spe),
         image_shape=SHAPE,
-        rundir=rundir,
+        train_phases=phases,
+        log=lambda member, row: rundir.log(row),
     ), rundir
+
+
+def test_run_imp_in_memory_matches_the_checkpointed_phases(setup, tmp_path):
+    """A user's own loop: no run directory, nothing written, the same network."""
+    trainer, data = setup
+    spe = trainer.steps_per_epoch(len(data))
+    rounds = []
+    in_memory = prune.run_imp(
+        trainer,
+        data,
+        imp_settings(),
+        init_key=jax.random.key(0),
+        stream=lambda name: rng.stream(7, name),
+        make_schedule=lambda epochs: CosineSchedule.create(0.1, epochs * spe),
+        image_shape=SHAPE,
+        log=lambda member, row: rounds.append(row),
+    )
+    checkpointed, _ = run(trainer, data, tmp_path, "imp")
+    chex.assert_trees_all_equal(in_memory.mask, checkpointed.mask)
+    chex.assert_trees_all_equal(in_memory.state.params, checkpointed.state.params)
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert in_memory.last_row["phase"] == "pruned" and in_memory.last_row["epoch"] == 1
 
 
 def test_run_imp_rounds_sparsity_and_resume(setup, tmp_path):
@@ -193,9 +235,9 @@ def test_controls_keep_the_counts(setup, tmp_path):
 
 
 def test_settings_errors():
-    with pytest.raises(ValueError, match="rounds must be >= 1"):
+    with pytest.raises(ValueError, match="rounds: must be >= 1"):
         prune.IMPSettings(rounds=0)
-    with pytest.raises(ValueError, match="round_epochs must exceed rewind_epoch=3"):
+    with pytest.raises(ValueError, match="round_epochs: must exceed rewind_epoch=3"):
         prune.IMPSettings(rewind_epoch=3, round_epochs=3)
-    with pytest.raises(ValueError, match="control must be one of"):
+    with pytest.raises(ValueError, match="control: must be one of"):
         prune.IMPSettings(control="shuffle")

@@ -1,12 +1,12 @@
 """The reference study's grid: selection methods × seeds, each cell one experiment.
 
 `run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell of
-`config.sweep.methods × config.sweep.seeds` as `jaxbd.experiment.run` in
+`config.sweep.methods × config.sweep.seeds` as `jaxbd.pipeline.experiment.run` in
 `workdir/cells/<method>/seed<seed>`, and after every cell (or group of cells) rewrites the
-grid's report (`results.csv`, `table.md`, plots; `jaxbd.report`).
+grid's report (`results.csv`, `table.md`, plots; `jaxbd.pipeline.report`).
 
 - **Replicate seeds can train together.** With `config.sweep.seeds_together` = G > 1, a
-  method's seeds run in groups of G through `jaxbd.experiment.run_group`: each cell is
+  method's seeds run in groups of G through `jaxbd.pipeline.experiment.run_group`: each cell is
   prepared (poisoned, selected) on its own, then the G dense arms train as one
   `vmap`-batched model, and the G pruned arms likewise. Each cell's directory and summary
   have the form a one-at-a-time run writes, so G may change between invocations (the
@@ -26,10 +26,10 @@ grid's report (`results.csv`, `table.md`, plots; `jaxbd.report`).
   function of the seed (every cell of a seed poisons identically), and the pretraining run
   that EL2N, forgetting, CRAIG and grad_align score with is stored once per seed under
   `workdir/pretrain` (`select.pretrain_dir`) and reused by each of them. The compiled
-  training steps are shared by every cell in the process (`experiment.make_trainer`).
+  training steps are shared by every cell in the process (`jaxbd.pipeline.engine`).
 - **The grid is one configuration.** `workdir/sweep.json` records it; a different
-  configuration (other than the method and seed lists, and `runtime.*`) is refused, as a
-  cell directory refuses a different run.
+  configuration (other than the method and seed lists, and the execution settings of
+  `jaxbd.runs.identity`) is refused, as a cell directory refuses a different run.
 """
 
 from __future__ import annotations
@@ -43,16 +43,18 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from jaxbd import experiment, report
-from jaxbd import logging as runlog
-from jaxbd.select import pipeline as select_pipeline
+from jaxbd import attacks, runs, select
+
+from jaxbd.pipeline import experiment, report
+from jaxbd.runs.rundir import SUMMARY_FILE
+from jaxbd.settings import ConfigError
 
 SWEEP_FILE = "sweep.json"
 FULL = "full"
 """The method name of the no-selection cell (training on the whole poisoned set)."""
 
 # Settings a grid may change between invocations: which cells exist, and how they execute.
-_SWEEP_RESUMABLE = ("sweep.methods", "sweep.seeds", "sweep.seeds_together")
+_SWEEP_EXECUTION = (*runs.EXECUTION, "sweep.methods", "sweep.seeds", "sweep.seeds_together")
 
 
 def cell_config(config: ml_collections.ConfigDict, method: str, seed: int, pretrain_dir: str):
@@ -75,30 +77,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the sweep settings and every cell's experiment settings before any work.
 
     Raises:
-        experiment.ConfigError: naming the offending field.
+        ConfigError: naming the offending field.
     """
     if "sweep" not in config:
-        raise experiment.ConfigError(
+        raise ConfigError(
             "config.sweep: missing; a sweep config needs sweep.methods and sweep.seeds "
             "(see configs/paper.py)"
         )
     methods, seeds = list(config.sweep.methods), list(config.sweep.seeds)
-    valid = (FULL, *select_pipeline.METHODS)
+    valid = (FULL, *select.SELECTORS)
     if not methods or any(m not in valid for m in methods) or len(set(methods)) < len(methods):
-        raise experiment.ConfigError(
+        raise ConfigError(
             f"config.sweep.methods: must be distinct names from {list(valid)}, got {methods}"
         )
     if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
-        raise experiment.ConfigError(f"config.sweep.seeds: must be distinct integers, got {seeds}")
+        raise ConfigError(f"config.sweep.seeds: must be distinct integers, got {seeds}")
     together = seeds_together(config)
     if not isinstance(together, int) or together < 1:
-        raise experiment.ConfigError(
-            f"config.sweep.seeds_together: must be an integer >= 1, got {together!r}"
-        )
-    if together > 1 and config.attack.name == "pcb":
-        raise experiment.ConfigError(
-            "config.sweep.seeds_together: pcb trains one model at a time (alternating "
-            f"poisoned steps); use 1, got {together}"
+        raise ConfigError(f"config.sweep.seeds_together: must be an integer >= 1, got {together!r}")
+    name = config.attack.name
+    if together > 1 and name in attacks.ATTACKS and not attacks.recipe(name).groupable:
+        raise ConfigError(
+            f"config.sweep.seeds_together: {name} trains one model at a time (its own "
+            f"epoch function); use 1, got {together}"
         )
     for method in methods:
         experiment.validate_config(cell_config(config, method, seeds[0], "unused"))
@@ -112,23 +113,19 @@ def _claim(workdir: str, config: ml_collections.ConfigDict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        diff = [
-            line
-            for line in runlog.config_differences(old, new)
-            if not line.startswith(_SWEEP_RESUMABLE)
-        ]
+        diff = runs.differences(old, new, execution=_SWEEP_EXECUTION)
         if diff:
-            raise runlog.RunDirError(
+            raise runs.RunDirError(
                 f"{workdir} holds a sweep with a different configuration:\n  "
                 + "\n  ".join(diff)
                 + "\nUse the same configuration to continue it, or choose another --workdir."
             )
     elif os.listdir(workdir):
-        raise runlog.RunDirError(
+        raise runs.RunDirError(
             f"{workdir} is not empty and holds no {SWEEP_FILE}: it is not a jaxbd sweep "
             f"directory, and jaxbd will not write into it. Choose another --workdir."
         )
-    runlog.write_json_atomic(path, new)
+    runs.write_json_atomic(path, new)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -163,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     for method, group in _batches(methods, seeds, together):
         todo = []
         for seed in group:
-            summary_path = os.path.join(cell_dir(workdir, method, seed), runlog.SUMMARY_FILE)
+            summary_path = os.path.join(cell_dir(workdir, method, seed), SUMMARY_FILE)
             if os.path.exists(summary_path):
                 logging.info("cell %s seed %d: finished, skipped", method, seed)
                 with open(summary_path) as f:

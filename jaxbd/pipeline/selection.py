@@ -1,8 +1,9 @@
-"""The selection phase of an experiment: pretrain as the method needs, score, select.
+"""The selection stage of an experiment: pretrain as the method needs, score, select.
 
-`run_selection` is what `jaxbd.experiment.run` calls when `config.select.name` is set:
+`run_selection` is what `jaxbd.pipeline.experiment.run` calls when `config.select.name` is
+set (the methods' definitions: docs/methods.md):
 
-1. Pretrain on the whole poisoned set (SPEC §2): member 0 is the "pretrain" phase, a run of
+1. Pretrain on the whole poisoned set: member 0 is the "pretrain" phase, a run of
    `select.pretrain_epochs` epochs with the experiment's optimizer settings; EL2N/GraNd
    ensembles add members 1..M−1 ("pretrain_1", ...), each with its own initialization,
    shuffling and augmentation streams, trained on the same schedule up to the last scoring
@@ -21,8 +22,6 @@ poisoning stream.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -31,13 +30,12 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxbd import logging as runlog
 from jaxbd import rng
-from jaxbd.phase import train_phase
+from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.runs import RunDir, fingerprint, identity, train_phase, write_json_atomic
 from jaxbd.select import forgetting as forgetting_lib
 from jaxbd.select.base import Selection, make_selection
 from jaxbd.select.craig import craig, gradient_proxy
@@ -45,11 +43,21 @@ from jaxbd.select.grad_align import grad_align
 from jaxbd.select.random import random_subset
 from jaxbd.select.ranking import rank_within_class
 from jaxbd.select.scores import el2n_scores, grand_scores, make_grand_fn
-from jaxbd.train import CosineSchedule, DeviceData, Trainer
+from jaxbd.train import DeviceData, Trainer
 
 SELECTION_FILE = "selection.npz"
-METHODS = ("random", "el2n", "grand", "forgetting", "craig", "grad_align")
-VARIANTS = ("standard", "study")
+
+PRETRAIN_IDENTITY = (
+    "data",
+    "attack",
+    "model",
+    "train",
+    "seed",
+    "select.pretrain_epochs",
+    "select.pretrain_warmup_epochs",
+)
+"""What a selection's pretraining run depends on: runs whose identity agrees on these
+share it (`select.pretrain_dir`)."""
 
 
 @flax.struct.dataclass
@@ -62,7 +70,7 @@ class PretrainRecord:
         correct: bool[E, N], whether each example was classified correctly after each epoch
             (same conditions; the study's once-per-epoch forgetting check).
         grand: float32[N], sum of GraNd scores over the scoring epochs.
-        forgetting: per-presentation forgetting statistics (SPEC §2.3).
+        forgetting: per-presentation forgetting statistics (Toneva et al. 2019).
     """
 
     el2n: jax.Array
@@ -71,51 +79,20 @@ class PretrainRecord:
     forgetting: forgetting_lib.ForgettingState
 
 
-def effective_settings(select: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The settings a method actually uses, after applying `select.variant`.
-
-    The "study" variant reproduces the earlier study (SPEC §2.2–2.3): EL2N/GraNd from one
-    model, averaged over epochs 2..pretrain_epochs, keep easy; forgetting checked once per
-    epoch on the un-augmented set, never-learned scored 0, keep easy.
-    """
-    name, epochs = select.name, select.pretrain_epochs
-    if name in ("el2n", "grand"):
-        s = select.score
-        if select.variant == "study":
-            return dict(
-                ensemble_size=1,
-                score_epochs=tuple(range(2, epochs + 1)),
-                keep="easy",
-                offset=0.0,
-            )
-        return dict(
-            ensemble_size=s.ensemble_size,
-            score_epochs=tuple(s.score_epochs),
-            keep=s.keep,
-            offset=s.offset,
-        )
-    if name == "forgetting":
-        f = select.forgetting
-        if select.variant == "study":
-            return dict(per_epoch=True, never_learned=0.0, keep="easy", offset=0.0)
-        return dict(per_epoch=False, never_learned=float("inf"), keep=f.keep, offset=f.offset)
-    return {}
-
-
 def run_selection(
-    config: ml_collections.ConfigDict,
+    settings: ExperimentSettings,
     trainer: Trainer,
     data: DeviceData,
     labels: np.ndarray,
     *,
     image_shape: tuple[int, int, int],
     num_classes: int,
-    rundir: runlog.RunDir,
+    rundir: RunDir,
 ) -> tuple[Selection, dict[str, Any]]:
-    """Runs (or reloads) the selection phase of an experiment.
+    """Runs (or reloads) the selection stage of an experiment.
 
     Args:
-        config: the experiment configuration (`config.select` names the method).
+        settings: the experiment (`settings.select` names the method).
         trainer: the experiment's engine (pretraining reuses its compiled steps).
         data: the poisoned training set on the device.
         labels: int32[N] observed (poisoned) labels on the host.
@@ -130,31 +107,31 @@ def run_selection(
     path = os.path.join(rundir.path, SELECTION_FILE)
     if os.path.exists(path):
         return load_selection(path)
-    select = config.select
+    select = settings.select
     started = time.perf_counter()
-    key = rng.stream(config.seed, "select")
-    settings = effective_settings(select)
+    key = rng.stream(settings.seed, "select")
+    effective = select.effective()
     scores = None
     if select.name == "random":
         selection = random_subset(key, labels, select.fraction, num_classes=num_classes)
     else:
-        records, final_state = _pretrain(config, trainer, data, image_shape, rundir, settings)
+        records, final_state = _pretrain(settings, trainer, data, image_shape, rundir, effective)
         if select.name in ("el2n", "grand"):
-            epochs = np.asarray(settings["score_epochs"]) - 1
+            epochs = np.asarray(effective["score_epochs"]) - 1
             if select.name == "el2n":
                 per_member = [np.asarray(r.el2n)[epochs].mean(axis=0) for r in records]
             else:
                 per_member = [np.asarray(r.grand) / len(epochs) for r in records]
             scores = np.mean(per_member, axis=0)
         elif select.name == "forgetting":
-            scores = _forgetting_scores(records[0], settings)
+            scores = _forgetting_scores(records[0], effective)
         if scores is not None:
             selection = rank_within_class(
                 scores,
                 labels,
                 select.fraction,
-                keep=settings["keep"],
-                offset=settings["offset"],
+                keep=effective["keep"],
+                offset=effective["offset"],
                 key=key,
                 num_classes=num_classes,
             )
@@ -177,7 +154,7 @@ def run_selection(
                     logits, labels, features, select.fraction, num_classes=num_classes
                 )
     seconds = time.perf_counter() - started
-    info = {"selection_seconds": seconds, "selection_settings": settings}
+    info = {"selection_seconds": seconds, "selection_settings": effective}
     save_selection(path, selection, scores, info)
     rundir.log(
         {
@@ -191,9 +168,9 @@ def run_selection(
     return selection, info
 
 
-def _pretrain(config, trainer, data, image_shape, rundir, settings):
+def _pretrain(experiment: ExperimentSettings, trainer, data, image_shape, rundir, settings):
     """Trains the pretraining member(s); returns their records and member 0's final state."""
-    select, t = config.select, config.train
+    select, t, seed = experiment.select, experiment.train, experiment.seed
     name = select.name
     n = len(data)
     steps_per_epoch = trainer.steps_per_epoch(n)
@@ -202,22 +179,19 @@ def _pretrain(config, trainer, data, image_shape, rundir, settings):
     per_epoch_check = settings.get("per_epoch", False)
     grand_fn = None
     if name == "grand":
-        grand_fn = make_grand_fn(trainer.model, mean=config.data.mean, std=config.data.std)
+        grand_fn = make_grand_fn(trainer.model, mean=experiment.data.mean, std=experiment.data.std)
 
     def init_member(member):
         prefix = _member_prefix(member)
         # A schedule per member: its arrays are donated with the member's train state.
-        schedule = CosineSchedule.create(
-            t.lr,
-            select.pretrain_epochs * steps_per_epoch,
-            end=t.end_lr,
-            warmup_steps=select.pretrain_warmup_epochs * steps_per_epoch,
+        schedule = t.schedule(
+            select.pretrain_epochs, steps_per_epoch, warmup_epochs=select.pretrain_warmup_epochs
         )
         state = trainer.init_state(
-            rng.stream(config.seed, f"{prefix}/init"),
+            rng.stream(seed, f"{prefix}/init"),
             image_shape,
             schedule,
-            rng=rng.stream(config.seed, f"{prefix}/augment"),
+            rng=rng.stream(seed, f"{prefix}/augment"),
         )
         record = PretrainRecord(
             el2n=jnp.zeros((select.pretrain_epochs, n), jnp.float32),
@@ -229,7 +203,7 @@ def _pretrain(config, trainer, data, image_shape, rundir, settings):
 
     # A pretraining run shared between methods (select.pretrain_dir): member 0 always runs
     # the whole schedule and records everything every method but GraNd reads from it.
-    shared_root = _shared_pretrain_root(config) if name != "grand" else None
+    shared_root = _shared_pretrain_root(experiment) if name != "grand" else None
     record_everything = shared_root is not None
 
     def update_record(epoch, state, presentations, record):
@@ -258,7 +232,7 @@ def _pretrain(config, trainer, data, image_shape, rundir, settings):
 
     if name in ("el2n", "grand") and members > 1 and _parallel(select) == "vmap":
         return _pretrain_ensemble(
-            config, trainer, data, rundir, members, init_member, update_record, score_epochs
+            seed, trainer, data, rundir, members, init_member, update_record, score_epochs
         )
 
     records, final_state = [], None
@@ -282,7 +256,7 @@ def _pretrain(config, trainer, data, image_shape, rundir, settings):
             state,
             data,
             epochs=epochs,
-            shuffle_key=rng.stream(config.seed, f"{prefix}/shuffle"),
+            shuffle_key=rng.stream(seed, f"{prefix}/shuffle"),
             rundir=rundir,
             evaluate_fn=None,
             eval_every=0,
@@ -297,34 +271,24 @@ def _pretrain(config, trainer, data, image_shape, rundir, settings):
     return records, final_state
 
 
-def _shared_pretrain_root(config) -> str | None:
-    """Where the shared pretraining run of this configuration lives, or None.
+def _shared_pretrain_root(experiment: ExperimentSettings) -> str | None:
+    """Where the shared pretraining run of this experiment lives, or None.
 
     With `select.pretrain_dir` set, member 0's pretraining is stored under
-    `<pretrain_dir>/<fingerprint>/pretrain`, where the fingerprint hashes everything that
-    determines that run (data, attack, model, training settings, seed, pretraining length);
-    the el2n, forgetting, craig and grad_align runs of one seed then train it once and reuse
-    it (a sweep's runs are sequential; two runs must not train the same one concurrently).
-    GraNd needs gradients of the epoch-10 model, so it keeps its own run.
+    `<pretrain_dir>/<fingerprint>/pretrain`, where the fingerprint is that of the run's
+    identity restricted to `PRETRAIN_IDENTITY` (`jaxbd.runs.identity`: data, attack, model,
+    training settings, seed, pretraining length); the el2n, forgetting, craig and
+    grad_align runs of one seed then train it once and reuse it (a sweep's runs are
+    sequential; two runs must not train the same one concurrently). GraNd needs gradients
+    of the epoch-10 model, so it keeps its own run.
     """
-    root = config.select.get("pretrain_dir")
+    root = experiment.select.pretrain_dir
     if root is None:
         return None
-    c = config.to_dict()
-    data = {k: v for k, v in c["data"].items() if k not in ("cache_dir", "path", "source")}
-    identity = {
-        "data": data,
-        "attack": c["attack"],
-        "model": c["model"],
-        "train": c["train"],
-        "seed": c["seed"],
-        "pretrain_epochs": c["select"]["pretrain_epochs"],
-        "pretrain_warmup_epochs": c["select"]["pretrain_warmup_epochs"],
-    }
-    text = json.dumps(identity, sort_keys=True, default=str)
-    directory = os.path.join(root, hashlib.sha256(text.encode()).hexdigest()[:16])
+    shared = identity(experiment.config, only=PRETRAIN_IDENTITY)
+    directory = os.path.join(root, fingerprint(shared))
     os.makedirs(directory, exist_ok=True)
-    runlog.write_json_atomic(os.path.join(directory, "identity.json"), identity)
+    write_json_atomic(os.path.join(directory, "identity.json"), shared)
     return directory
 
 
@@ -343,7 +307,7 @@ def _parallel(select) -> str:
 
 
 def _pretrain_ensemble(
-    config, trainer, data, rundir, members, init_member, update_record, score_epochs
+    seed, trainer, data, rundir, members, init_member, update_record, score_epochs
 ):
     """All EL2N/GraNd members in one phase ("pretrain_ensemble"), trained together with
     `Trainer.train_epoch_ensemble`; member m uses the same streams as sequential member m."""
@@ -351,7 +315,7 @@ def _pretrain_ensemble(
     states = trainer.stack([state for state, _ in pairs])
     records = trainer.stack([record for _, record in pairs])
     shuffle_keys = jnp.stack(
-        [rng.stream(config.seed, f"{_member_prefix(m)}/shuffle") for m in range(members)]
+        [rng.stream(seed, f"{_member_prefix(m)}/shuffle") for m in range(members)]
     )
 
     def epoch_fn(states, data, keys, *, indices=None, desc="", record_presentations=False):

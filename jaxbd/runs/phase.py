@@ -1,7 +1,8 @@
 """A training phase: epochs with a checkpoint after each, resumable, with test evaluations.
 
-Every training run of an experiment — pretraining for selection, training on a selection,
-IMP rounds — is a named phase checkpointed under `workdir/checkpoints/<phase>`. A phase can
+Every training run of a pipeline — a surrogate, pretraining for selection, training on a
+selection, IMP rounds, later a defense's fine-tuning — is a named phase checkpointed under
+`workdir/checkpoints/<phase>`. A phase can
 carry an auxiliary pytree (`aux`) that an epoch hook updates from the epoch's result, such as
 forgetting statistics or per-epoch scores; it is checkpointed with the train state, so a
 resumed phase continues with exactly the statistics an uninterrupted one would have.
@@ -18,54 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxbd import attacks, metrics
-from jaxbd import logging as runlog
-from jaxbd.checkpoint import Checkpointer
-from jaxbd.train import DeviceData, Presentations, Trainer, TrainState
+from jaxbd.runs.checkpoint import Checkpointer
+from jaxbd.runs.rundir import RunDir
+from jaxbd.train import DeviceData, EpochFn, Presentations, Trainer, TrainState
 
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite: later epochs could only waste time."""
 
 
-EpochFn = Callable[..., tuple[TrainState, Any, "Presentations | None"]]
-"""`epoch_fn(state, data, key, *, indices, desc, record_presentations) -> (state, stats,
-presentations)`, like `Trainer.train_epoch`; `stats` has `EpochStats`'s fields."""
-
 EpochHook = Callable[[int, TrainState, "Presentations | None", Any], Any]
 """`hook(epoch, state, presentations, aux) -> aux`, called after each epoch (1-based)."""
-
-
-def evaluate(
-    trainer: Trainer,
-    state: TrainState,
-    test_images: jax.Array,
-    test_labels: np.ndarray,
-    triggered: attacks.TriggeredTestSet,
-    triggered_images: jax.Array,
-) -> dict[str, float]:
-    """Clean accuracy, ASR (target class excluded), ASR over all images, robust accuracy.
-
-    Args:
-        trainer: supplies the compiled inference step.
-        state: the model to evaluate.
-        test_images: uint8[M, H, W, 3] clean test images on the device.
-        test_labels: int32[M] their labels.
-        triggered: the triggered test set (its labels and eligibility mask).
-        triggered_images: `triggered.images` on the device.
-    """
-    clean = trainer.predict_labels(state, test_images)
-    poisoned = trainer.predict_labels(state, triggered_images)
-    return {
-        "clean_accuracy": float(metrics.clean_accuracy(clean, test_labels)),
-        "attack_success_rate": float(
-            metrics.attack_success_rate(poisoned, triggered.labels, triggered.true_labels)
-        ),
-        "asr_all_images": float(metrics.asr_all_images(poisoned, triggered.labels)),
-        "robust_accuracy": float(
-            metrics.robust_accuracy(poisoned, triggered.labels, triggered.true_labels)
-        ),
-    }
 
 
 def train_phase(
@@ -76,7 +40,7 @@ def train_phase(
     *,
     epochs: int,
     shuffle_key: jax.Array,
-    rundir: runlog.RunDir,
+    rundir: RunDir,
     evaluate_fn: Callable[[TrainState], dict[str, float]] | None,
     eval_every: int,
     indices: jax.Array | None = None,
@@ -142,7 +106,7 @@ def train_phase_group(
     *,
     epochs: int,
     shuffle_keys: Sequence[jax.Array],
-    rundirs: Sequence[runlog.RunDir],
+    rundirs: Sequence[RunDir],
     evaluate_fns: Sequence[Callable[[TrainState], dict[str, float]] | None],
     eval_every: int,
     indices: Sequence[jax.Array] | None = None,
@@ -261,7 +225,7 @@ class _PhaseLog:
     def __init__(
         self,
         name: str,
-        rundir: runlog.RunDir,
+        rundir: RunDir,
         epochs: int,
         evaluate_fn: Callable[[TrainState], dict[str, float]] | None,
         eval_every: int,

@@ -1,6 +1,6 @@
 """The grid's report: one CSV row per cell, the study's table, plots.
 
-Written by `jaxbd.sweep.run` after every cell (plots at the end), and usable on its own:
+Written by `jaxbd.pipeline.sweep.run` after every cell (plots at the end), and usable on its own:
 `write(workdir, rows)` with rows from `cell_row(method, seed, summary)`.
 
 - `results.csv`: one row per (method, seed) with the selection report, dense and pruned
