@@ -35,8 +35,8 @@ CASES = {
     "pcb": ["--config.attack.name=pcb"],
     "adv_clean_label": ["--config.attack.name=adv_clean_label"],
 }
-# Fields that measure the machine, not the computation.
-IGNORED = ("wall_seconds", "seconds", "platform", "jax_version", "devices", "device")
+# Fields that measure the machine or the clock, not the computation.
+MACHINE_FIELDS = ("platform", "jax_version", "python_version", "device_kind", "devices")
 
 
 def _run(tree: str, case: str, out: str) -> dict:
@@ -65,7 +65,7 @@ def _run(tree: str, case: str, out: str) -> dict:
 def _flatten(tree, prefix=""):
     if isinstance(tree, dict):
         for key, value in tree.items():
-            if any(part in IGNORED for part in (key,)):
+            if key in MACHINE_FIELDS or "seconds" in key:
                 continue
             yield from _flatten(value, f"{prefix}{key}.")
     elif isinstance(tree, list):

@@ -7,10 +7,9 @@ import re
 import jax
 import numpy as np
 import pytest
-
 from conftest import read_rows, tiny_config
 
-from jaxbd.pipeline import engine, experiment
+from jaxbd.pipeline import experiment
 from jaxbd.runs import RunDirError
 from jaxbd.train import Trainer
 

@@ -44,7 +44,6 @@ import ml_collections
 from absl import logging
 
 from jaxbd import attacks, runs, select
-
 from jaxbd.pipeline import experiment, report
 from jaxbd.runs.rundir import SUMMARY_FILE
 from jaxbd.settings import ConfigError
