@@ -1,4 +1,4 @@
-"""Coreset selection (SPEC §2): choose a subset of a poisoned training set before training.
+"""Coreset selection: choose a subset of a poisoned training set before training.
 
 Every selector returns a `Selection(indices int32[k], weights float32[k])` in canonical index
 order, per class by observed label with budgets that sum exactly to `round(fraction · N)`.
@@ -6,7 +6,8 @@ order, per class by observed label with budgets that sum exactly to `round(fract
 `SELECTORS` maps each registry name (the values of `config.select.name`) to the library
 function that makes the choice; the scores or gradient proxies they consume come from a
 pretrained model (`jaxbd.select.scores`, `jaxbd.select.forgetting`, `gradient_proxy`), and
-`jaxbd.select.pipeline.run_selection` wires the whole phase into an experiment.
+`jaxbd.pipeline.selection.run_selection` wires the whole phase into an experiment.
+`SelectSettings` is the validated form of `config.select` (`jaxbd.select.settings`).
 
 | name         | function                | input                                         |
 | ------------ | ----------------------- | --------------------------------------------- |
@@ -25,20 +26,23 @@ from jaxbd.select.facility_location import facility_location
 from jaxbd.select.grad_align import grad_align
 from jaxbd.select.random import random_subset
 from jaxbd.select.ranking import rank_within_class
+from jaxbd.select.registry import METHODS, SELECTORS
 from jaxbd.select.report import selection_report
 from jaxbd.select.scores import el2n_scores, grand_scores, make_grand_fn
-
-SELECTORS = {
-    "random": random_subset,
-    "el2n": rank_within_class,
-    "grand": rank_within_class,
-    "forgetting": rank_within_class,
-    "craig": craig,
-    "grad_align": grad_align,
-}
+from jaxbd.select.settings import (
+    CraigSettings,
+    ForgettingSettings,
+    ScoreSettings,
+    SelectSettings,
+)
 
 __all__ = [
+    "METHODS",
     "SELECTORS",
+    "CraigSettings",
+    "ForgettingSettings",
+    "ScoreSettings",
+    "SelectSettings",
     "Selection",
     "class_budgets",
     "craig",

@@ -1,4 +1,7 @@
-"""CRAIG: weighted coresets by per-class facility location (Mirzasoleiman et al. 2020, SPEC §2.4).
+"""CRAIG: weighted coresets by per-class facility location.
+
+Mirzasoleiman, Bilmes, Leskovec 2020, "Coresets for data-efficient training of machine
+learning models".
 
 CRAIG picks, in each class, the medoids of a greedy facility-location clustering of the
 examples' gradient proxies, and weights each medoid by its cluster size, so that the weighted
@@ -24,9 +27,11 @@ from jaxbd.select.facility_location import (
     facility_location_groups,
 )
 
-PROXY_KINDS = ("error", "concat", "outer")
+PROXIES = ("error", "concat", "outer")
+"""The gradient-proxy kinds of `gradient_proxy` (the values of `config.select.craig.proxy`)."""
+PROXY_KINDS = PROXIES  # the former name
 
-__all__ = ["PROXY_KINDS", "OuterProduct", "craig", "gradient_proxy"]
+__all__ = ["PROXIES", "PROXY_KINDS", "OuterProduct", "craig", "gradient_proxy"]
 
 
 @jax.jit
@@ -55,8 +60,8 @@ def gradient_proxy(logits, labels, features=None, *, kind: str = "error"):
     Raises:
         ValueError: for an unknown kind, mismatched shapes or labels outside [0, C).
     """
-    if kind not in PROXY_KINDS:
-        raise ValueError(f"kind must be one of {PROXY_KINDS}, got {kind!r}")
+    if kind not in PROXIES:
+        raise ValueError(f"kind must be one of {PROXIES}, got {kind!r}")
     logits = jnp.asarray(logits)
     labels_np = np.asarray(labels).reshape(-1)
     if logits.ndim != 2:

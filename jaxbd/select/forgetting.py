@@ -1,4 +1,5 @@
-"""Forgetting events (Toneva et al. 2019, "An empirical study of example forgetting"; SPEC §2.3).
+"""Forgetting events (Toneva et al. 2019, "An empirical study of example forgetting during
+deep neural network learning").
 
 Each time an example is presented in a training step, the step records whether its augmented
 view was classified correctly (`Trainer.train_epoch(record_presentations=True)` returns these

@@ -1,4 +1,4 @@
-"""`grad_align`: the earlier study's "CRAIG", kept as a named reproduction method (SPEC §2.5).
+"""`grad_align`: the earlier study's "CRAIG", kept as a named reproduction method.
 
 Per class c, each example's last-layer weight gradient g_i = (p_i − onehot(y_i)) ⊗ h_i is
 normalized, the unit gradients are summed into the class direction T_c = Σ_{i∈c} g_i/‖g_i‖
@@ -7,7 +7,8 @@ normalized, the unit gradients are summed into the class direction T_c = Σ_{i�
 This is *not* CRAIG. The score of an example does not depend on which others are chosen, so
 the objective is modular and its "greedy" maximization is just a per-class top-k: there is no
 coverage, no clustering and no weights. It is kept because an earlier study reported it as
-CRAIG and it removes most BadNets poisons (SPEC §1, §8); real CRAIG is `jaxbd.select.craig`.
+CRAIG and it removes most BadNets poisons; real CRAIG (Mirzasoleiman, Bilmes, Leskovec 2020,
+"Coresets for data-efficient training of machine learning models") is `jaxbd.select.craig`.
 
 Nothing N×C×F is materialized: with g_i = a_i ⊗ h_i, g_i · T = a_iᵀ T h_i and
 ‖g_i‖ = ‖a_i‖ ‖h_i‖. Examples with a zero gradient (e.g. all-zero features) get cosine 0.

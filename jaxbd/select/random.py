@@ -1,8 +1,9 @@
-"""Random subsets (SPEC §2.1): the baseline every selection method must beat.
+"""Random subsets, uniform without replacement (per class by default): the baseline every
+selection method must beat.
 
 The key must be a stream of its own (the pipeline uses `jaxbd.rng.stream(seed, "select")`):
 an earlier study drew its "random" subset with the poisoning seed, so the subset was
-correlated with the poisons and kept ~99.5% of them instead of ~50% (SPEC §1).
+correlated with the poisons and kept ~99.5% of them instead of ~50%.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Score-based selection: keep the hardest or easiest examples of each class (SPEC §2.2–2.3).
+"""Score-based selection: keep the hardest or easiest examples of each class.
+
+Used by EL2N and GraNd (Paul, Ganguli, Dziugaite 2021, "Deep learning on a data diet") and by
+forgetting scores (Toneva et al. 2019, "An empirical study of example forgetting during deep
+neural network learning").
 
 EL2N, GraNd and forgetting all reduce to "rank the examples of each class by a score and keep
 a window of the ranking". The window starts after an `offset` fraction of the ranking (Paul
@@ -15,7 +19,9 @@ import numpy as np
 
 from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_select
 
-KEEP_POLICIES = ("hard", "easy")
+KEEP = ("hard", "easy")
+"""The ranking policies of `rank_within_class` (`config.select.score.keep`, `.forgetting.keep`)."""
+KEEP_POLICIES = KEEP  # the former name
 
 
 def rank_within_class(
@@ -57,8 +63,8 @@ def rank_within_class(
         raise ValueError(f"{scores.size} scores for {labels.size} labels")
     if np.any(np.isnan(scores)):
         raise ValueError("scores contain NaN")
-    if keep not in KEEP_POLICIES:
-        raise ValueError(f"keep must be one of {KEEP_POLICIES}, got {keep!r}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if isinstance(offset, bool) or not isinstance(offset, int | float) or not 0 <= offset < 1:
         raise ValueError(f"offset must be in [0, 1), got {offset!r}")
     budgets = class_budgets(labels, num_to_select(labels.size, fraction), num_classes)

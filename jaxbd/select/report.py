@@ -1,4 +1,4 @@
-"""The poison-aware selection report (SPEC §2.6): which poisons a selection kept.
+"""The poison-aware selection report: which poisons a selection kept, per class.
 
 Removing examples is also a (crude) poison detector: the removed set's precision (how many
 removed examples were poisons) and recall (how many poisons were removed) say how well a

@@ -1,4 +1,4 @@
-"""Per-example difficulty scores from a model (Paul, Ganguli, Dziugaite 2021; SPEC §2.2).
+"""Per-example difficulty scores (Paul, Ganguli, Dziugaite 2021, "Deep learning on a data diet").
 
 - EL2N(x, y) = ‖softmax(f(x)) − onehot(y)‖₂, from logits alone.
 - GraNd(x, y) = ‖∇_θ ℓ(f(x), y)‖₂ over all parameters.

@@ -75,8 +75,8 @@ def test_random_subset_is_per_class_uniform_and_keyed():
 
 
 def test_random_subset_keeps_about_half_of_any_fixed_set():
-    # A random half keeps ~50% of the poisons, whatever they are (SPEC §1: the earlier
-    # study's correlated "random" kept 99.5%).
+    # A random half keeps ~50% of the poisons, whatever they are (the earlier study's
+    # "random", drawn with the poisoning seed, kept 99.5%).
     labels = np.zeros(2000, np.int32)
     poisons = np.zeros(2000, bool)
     poisons[::20] = True

@@ -1,0 +1,210 @@
+"""The `config.select` section as settings: which selection method, and how it scores.
+
+Frozen dataclasses mirroring `config.select` (defaults included); each validates itself, and
+`jaxbd.settings.from_config` turns a bad value into a `ConfigError` naming the field:
+
+    settings = from_config(SelectSettings, config.select, "config.select")
+    settings.effective()  # what the method actually uses, after `variant`
+
+Choice lists are the libraries' own: method names from `SELECTORS`, keep policies from
+`jaxbd.select.ranking.KEEP`, proxies from `jaxbd.select.craig.PROXIES`, greedy variants from
+`jaxbd.select.greedy.GREEDY`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxbd.select.craig import PROXIES
+from jaxbd.select.greedy import GREEDY
+from jaxbd.select.ranking import KEEP
+from jaxbd.select.registry import METHODS
+from jaxbd.settings import require
+
+VARIANTS = ("standard", "study")
+"""`SelectSettings.variant`: "standard" methods, or the earlier study's reproduction."""
+PARALLEL = ("auto", "vmap", "sequential")
+"""How an EL2N/GraNd ensemble trains: members in one vmapped step, one after another, or
+"auto" (sequential on the CPU, vmap on accelerators)."""
+
+__all__ = [
+    "PARALLEL",
+    "VARIANTS",
+    "CraigSettings",
+    "ForgettingSettings",
+    "ScoreSettings",
+    "SelectSettings",
+]
+
+
+def _check_keep(keep: str, offset: float) -> None:
+    require(keep in KEEP, "keep", f"must be one of {list(KEEP)}", keep)
+    require(0 <= offset < 1, "offset", "must be in [0, 1)", offset)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoreSettings:
+    """EL2N and GraNd scoring (Paul, Ganguli, Dziugaite 2021, "Deep learning on a data diet").
+
+    Attributes:
+        ensemble_size: models whose scores are averaged (the paper used 10).
+        score_epochs: scores taken after these pretraining epochs, averaged (each in
+            [1, pretrain_epochs], checked by `SelectSettings`).
+        keep: "hard" (highest scores first) or "easy" (`KEEP`).
+        offset: fraction of each class's ranking skipped first, in [0, 1).
+        chunk_size: GraNd's examples per `vmap(grad)` call.
+        parallel: how the ensemble trains (`PARALLEL`).
+    """
+
+    ensemble_size: int = 4
+    score_epochs: tuple[int, ...] = (10,)
+    keep: str = "hard"
+    offset: float = 0.0
+    chunk_size: int = 128
+    parallel: str = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.score_epochs, list):
+            object.__setattr__(self, "score_epochs", tuple(self.score_epochs))
+        require(self.ensemble_size >= 1, "ensemble_size", "must be >= 1", self.ensemble_size)
+        _check_keep(self.keep, self.offset)
+        require(
+            self.parallel in PARALLEL, "parallel", f"must be one of {list(PARALLEL)}", self.parallel
+        )
+        require(self.chunk_size >= 1, "chunk_size", "must be >= 1", self.chunk_size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForgettingSettings:
+    """Forgetting scores (Toneva et al. 2019, "An empirical study of example forgetting
+    during deep neural network learning").
+
+    Attributes:
+        keep: "hard" (most forgotten, never learned first) or "easy" (`KEEP`).
+        offset: fraction of each class's ranking skipped first, in [0, 1).
+    """
+
+    keep: str = "hard"
+    offset: float = 0.0
+
+    def __post_init__(self):
+        _check_keep(self.keep, self.offset)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CraigSettings:
+    """CRAIG (Mirzasoleiman, Bilmes, Leskovec 2020, "Coresets for data-efficient training of
+    machine learning models").
+
+    Attributes:
+        proxy: the gradient proxy, one of `PROXIES` (see `jaxbd.select.craig.gradient_proxy`).
+        greedy: the facility-location greedy, one of `GREEDY` ("lazy" picks what "exact"
+            does, faster).
+        epsilon: stochastic greedy's ε, in (0, 1).
+    """
+
+    proxy: str = "error"
+    greedy: str = "lazy"
+    epsilon: float = 0.1
+
+    def __post_init__(self):
+        require(self.proxy in PROXIES, "proxy", f"must be one of {list(PROXIES)}", self.proxy)
+        require(self.greedy in GREEDY, "greedy", f"must be one of {list(GREEDY)}", self.greedy)
+        require(0 < self.epsilon < 1, "epsilon", "must be in (0, 1)", self.epsilon)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SelectSettings:
+    """Coreset selection before training; `name=None` trains on the full set.
+
+    Attributes:
+        name: None, or a selection method (`METHODS`, the keys of `SELECTORS`).
+        fraction: subset size round(fraction · N), split over classes; in (0, 1].
+        variant: "standard", or "study" to reproduce the earlier study (`VARIANTS`; see
+            `effective`).
+        pretrain_epochs: epochs of the pretraining run on the full poisoned set (≥ 1).
+        pretrain_warmup_epochs: its linear warm-up, in [0, pretrain_epochs).
+        pretrain_dir: a directory to share the pretraining run between methods of the same
+            seed; None: each run pretrains in its own workdir.
+        score: EL2N/GraNd settings.
+        forgetting: forgetting settings.
+        craig: CRAIG settings.
+
+    The sub-settings always validate their own fields; the checks here (and the score
+    epochs against `pretrain_epochs`) apply only when a method is named.
+    """
+
+    name: str | None = None
+    fraction: float = 0.5
+    variant: str = "standard"
+    pretrain_epochs: int = 20
+    pretrain_warmup_epochs: int = 0
+    pretrain_dir: str | None = None
+    score: ScoreSettings = dataclasses.field(default_factory=ScoreSettings)
+    forgetting: ForgettingSettings = dataclasses.field(default_factory=ForgettingSettings)
+    craig: CraigSettings = dataclasses.field(default_factory=CraigSettings)
+
+    def __post_init__(self):
+        require(
+            self.name is None or self.name in METHODS,
+            "name",
+            f"must be None (full set) or one of {list(METHODS)}",
+            self.name,
+        )
+        if self.name is None:
+            return
+        require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
+        require(
+            self.variant in VARIANTS, "variant", f"must be one of {list(VARIANTS)}", self.variant
+        )
+        epochs = self.pretrain_epochs
+        require(epochs >= 1, "pretrain_epochs", "must be >= 1", epochs)
+        require(
+            0 <= self.pretrain_warmup_epochs < epochs,
+            "pretrain_warmup_epochs",
+            f"must be in [0, pretrain_epochs={epochs})",
+            self.pretrain_warmup_epochs,
+        )
+        score_epochs = tuple(self.score.score_epochs)
+        require(
+            len(score_epochs) > 0 and all(1 <= e <= epochs for e in score_epochs),
+            "score.score_epochs",
+            f"must be a non-empty list of epochs in [1, pretrain_epochs={epochs}]",
+            list(score_epochs),
+        )
+
+    def effective(self) -> dict[str, Any]:
+        """The settings the method actually uses, after applying `variant`.
+
+        The "study" variant reproduces the earlier study: EL2N/GraNd from one model, averaged
+        over epochs 2..pretrain_epochs, keep easy; forgetting checked once per epoch on the
+        un-augmented set, never-learned scored 0, keep easy. Methods without such settings
+        (random, craig, grad_align, or no selection) give {}.
+
+        Returns:
+            For "el2n"/"grand": ensemble_size, score_epochs, keep, offset. For "forgetting":
+            per_epoch, never_learned, keep, offset.
+        """
+        study = self.variant == "study"
+        if self.name in ("el2n", "grand"):
+            if study:
+                return dict(
+                    ensemble_size=1,
+                    score_epochs=tuple(range(2, self.pretrain_epochs + 1)),
+                    keep="easy",
+                    offset=0.0,
+                )
+            s = self.score
+            return dict(
+                ensemble_size=s.ensemble_size,
+                score_epochs=tuple(s.score_epochs),
+                keep=s.keep,
+                offset=s.offset,
+            )
+        if self.name == "forgetting":
+            if study:
+                return dict(per_epoch=True, never_learned=0.0, keep="easy", offset=0.0)
+            f = self.forgetting
+            return dict(per_epoch=False, never_learned=float("inf"), keep=f.keep, offset=f.offset)
+        return {}
