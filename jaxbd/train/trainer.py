@@ -169,7 +169,6 @@ class Trainer:
         self.train_step = self._make_train_step()
         # Compiled multi-step functions, one per step variant, built on first use.
         self._compiled: dict[tuple[StepVariant, str], Callable] = {}
-        self._train_steps = self.compiled_steps(PLAIN)
         self._predict = jax.jit(
             make_predict_step(model, mean=mean, std=std, mesh=mesh),
             out_shardings=self._replicated,

@@ -1,6 +1,8 @@
 """The attack registry: names users rely on, no-argument factories, config round trip,
 and every attack through poison_dataset / triggered_test_set with the right rules."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from jaxbd import attacks
 from jaxbd.configs import base_config
 from jaxbd.data import make_synthetic
+from jaxbd.settings import ConfigError
 
 NAMES = [
     "badnets",
@@ -33,12 +36,21 @@ def linear_logits(images):
     return images.reshape(images.shape[0], -1) @ weights
 
 
-def test_registry_names():
+NEEDS_MODEL = [n for n in NAMES if attacks.recipe(n).surrogate or attacks.recipe(n).victim]
+
+
+def test_registry_names_and_recipes():
     assert list(attacks.ATTACKS) == NAMES
-    assert set(attacks.NEEDS_MODEL) == {"adv_clean_label", "pcb"}
+    assert set(attacks.RECIPES) <= set(NAMES)
+    assert NEEDS_MODEL == ["adv_clean_label", "pcb"]
+    assert attacks.recipe("badnets") == attacks.Recipe()
+    assert attacks.recipe("pcb").trains and not attacks.recipe("pcb").groupable
+    assert all(attacks.recipe(n).groupable for n in NAMES if n != "pcb")
+    with pytest.raises(ValueError, match="unknown attack 'nope'"):
+        attacks.recipe("nope")
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in attacks.NEEDS_MODEL])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NEEDS_MODEL])
 def test_factories_need_no_arguments(name):
     attack = attacks.ATTACKS[name]()
     assert isinstance(attack, attacks.Attack) and attack.name == name
@@ -84,8 +96,34 @@ def test_model_attacks_explain_what_they_need():
     with pytest.raises(ValueError, match="logits_fn"):
         attacks.make_attack(config)
     config.name = "pcb"
-    with pytest.raises(ValueError, match="training-time"):
+    with pytest.raises(ValueError, match="params and a PRNG key"):
         attacks.make_attack(config)
+
+
+def test_victim_attacks_get_params_and_their_trigger_from_the_settings():
+    settings = attacks.AttackSettings.from_config(base_config().attack)
+    settings = dataclasses.replace(
+        settings, name="pcb", target=2, hparams={"badnets": {"size": 3}, "pcb": {}}
+    )
+    params = {"dense": {"kernel": jax.ShapeDtypeStruct((8, 4), jnp.float32)}}
+    attack = attacks.make_attack(settings, params=params, key=jax.random.key(0))
+    assert attack.target == 2 and attack.trigger.name == "badnets"
+    assert dict(attack.trigger.params)["size"] == (3, 3)
+    assert float(jnp.sum(attack.update_mask["dense"]["kernel"])) == round(0.1 * 32)
+
+
+def test_attack_settings_from_config_and_errors():
+    config = base_config().attack
+    settings = attacks.AttackSettings.from_config(config)
+    assert settings == attacks.AttackSettings(hparams=settings.hparams)
+    assert set(settings.hparams) == set(NAMES)
+    config.fraction = 1.5
+    with pytest.raises(ConfigError, match=r"config\.attack\.fraction: must be in \[0, 1\]"):
+        attacks.AttackSettings.from_config(config)
+    config.fraction = 0.1
+    config.name = "nope"
+    with pytest.raises(ConfigError, match=r"config\.attack\.name: must be one of"):
+        attacks.AttackSettings.from_config(config)
 
 
 def test_config_overrides_reach_the_factory():
