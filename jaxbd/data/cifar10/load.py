@@ -37,6 +37,10 @@ def load_cifar10(
         expected_sha256: the SHA-256 the downloaded archive must have.
         tfds_data_dir: `data_dir` passed to `tfds.load` (None: tfds's default).
 
+    A first load of image folders on a machine with 4 or more cores decodes the images in
+    spawned worker processes (`jaxbd.data.cifar10.decode`); as with any spawned process, a
+    script calling this must keep its work under `if __name__ == "__main__":`.
+
     Returns:
         DataSplits with `train.images: uint8[50000, 32, 32, 3]`, `test.images:
         uint8[10000, 32, 32, 3]` (other sizes for non-official local copies), int32 labels
