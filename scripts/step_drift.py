@@ -29,7 +29,7 @@ import optax
 from jaxbd.data import augment, make_synthetic
 from jaxbd.models import resnet18
 from jaxbd.train import CosineSchedule, Trainer, make_mesh
-from jaxbd.train.trainer import _epoch_order
+from jaxbd.train.epoch_order import epoch_order
 
 LR, WEIGHT_DECAY, MEAN, STD = 0.05, 5e-4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -59,7 +59,7 @@ def main() -> None:
     )
     splits = make_synthetic(num_train=1024, num_test=8, image_size=32, seed=0)
     data = trainer.put(splits.train.images, splits.train.labels)
-    batch = _epoch_order(jax.random.key(30), 1024, 32, 32)[0]
+    batch = epoch_order(jax.random.key(30), 1024, 32, 32)[0]
     images, labels, weights = data.images[batch], data.labels[batch], data.weights[batch]
 
     def fresh():

@@ -30,8 +30,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxbd.train import PLAIN, DeviceData, EpochStats, StepVariant, TrainState
+from jaxbd.train.epoch_order import largest_divisor_at_most
 from jaxbd.train.step import BatchTransform
-from jaxbd.train.trainer import largest_divisor_at_most
 
 if TYPE_CHECKING:
     from jaxbd.attacks.pcb import ParameterControlledBackdoor

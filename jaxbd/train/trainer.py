@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxbd.train import sharding
+from jaxbd.train.epoch_order import epoch_order, largest_divisor_at_most
 from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
 from jaxbd.train.state import TrainState, create_train_state, init_variables
@@ -100,11 +101,6 @@ class Presentations(NamedTuple):
 
     indices: jax.Array
     correct: jax.Array
-
-
-def largest_divisor_at_most(n: int, limit: int) -> int:
-    """The largest d ≤ limit dividing n (so every call of an epoch has the same shape)."""
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
 class Trainer:
@@ -320,7 +316,7 @@ class Trainer:
                 f"{num} training examples are fewer than one batch of {self.batch_size}"
             )
         chunk = largest_divisor_at_most(steps, self.steps_per_call)
-        order = _epoch_order(key, num, steps, self.batch_size)
+        order = epoch_order(key, num, steps, self.batch_size)
         if indices is not None:
             order = jnp.asarray(indices, jnp.int32)[order]
         steps_fn = self.compiled_steps(variant)
@@ -436,7 +432,7 @@ class Trainer:
             )
         chunk = largest_divisor_at_most(steps, self.steps_per_call)
         orders = jnp.stack(
-            [_epoch_order(keys[m], num, steps, self.batch_size) for m in range(members)]
+            [epoch_order(keys[m], num, steps, self.batch_size) for m in range(members)]
         )
         if indices is not None and indices.ndim == 2:
             orders = jax.vmap(lambda subset, order: subset[order])(indices, orders)
@@ -511,11 +507,3 @@ class Trainer:
         """int32[N] predicted classes on the host."""
         logits, _ = self.predict(state, images)
         return np.asarray(jax.device_get(jnp.argmax(logits, axis=-1)), np.int32)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _epoch_order(key: jax.Array, num: int, steps: int, batch_size: int) -> jax.Array:
-    """int32[steps, batch_size]: a random permutation of range(num), truncated to full
-    batches."""
-    perm = jax.random.permutation(key, num)[: steps * batch_size]
-    return perm.reshape(steps, batch_size).astype(jnp.int32)
