@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The reference grid (configs/paper.py: full, random, el2n, forgetting, craig, grad_align,
 # each dense and pruned) at the scale a 2-core CPU allows in about an hour, as committed
-# under results/cpu_grid: a class-stratified 4,000 of the shared CIFAR-10 copy's training
-# images and 2,000 of its test images, ResNet-18 at width 8 in fp32, 5 seeds. BadNets as in
-# the study (7×7 red square → class 0) but on 5% of the images (200 poisons): at 2% (80
-# poisons) the backdoor was not learned at this size (ASR 14% after 6 epochs on all 4,000).
+# under results/cpu_grid: a class-stratified 4,000 of a CIFAR-10 copy's training images
+# and 2,000 of its test images (the committed grid: a JPEG image-folder copy), ResNet-18 at
+# width 8 in fp32, 5 seeds. BadNets as in the study (7×7 red square → class 0) but on 5% of
+# the images (200 poisons): at 2% (80 poisons) the backdoor was not learned at this size (ASR
+# 14% after 6 epochs on all 4,000).
 # Batch 32 at lr 0.05, 8 epochs per arm, a 3-epoch pretraining run (EL2N: 2-model ensemble
 # scored after epoch 2), IMP with 2 rounds of 30% on 2-epoch rounds rewound to epoch 1 (51%
 # sparsity), the final sparse network trained the full 8 epochs.
 #
+#   export DATA=/path/to/cifar10       # required: a local CIFAR-10 copy (any layout
+#                                      # jaxbd.data.load_cifar10 reads)
 #   bash scripts/cpu_grid.sh            # writes runs/cpu_grid/{results.csv,table.md,*.png}
 #
 # Re-running continues the grid (finished cells are skipped); more SEEDS run only the new
-# cells. Set DATA, OUT, SEEDS (default "(0,1,2,3,4)"), METHODS (default: the config's) and
+# cells. Set OUT, SEEDS (default "(0,1,2,3,4)"), METHODS (default: the config's) and
 # SEEDS_TOGETHER (default 1) to override; e.g. the seed-batching measurement in BENCHMARKS.md:
 #
 #   OUT=runs/seeds_apart METHODS='("random",)' SEEDS="(0,1)" bash scripts/cpu_grid.sh
@@ -20,7 +23,7 @@
 #     bash scripts/cpu_grid.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/cifar10}
+DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_grid}
 SEEDS=${SEEDS:-(0,1,2,3,4)}
 SEEDS_TOGETHER=${SEEDS_TOGETHER:-1}

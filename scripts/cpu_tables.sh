@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The README's small-scale tables on the shared CIFAR-10 copy, sized for a 2-core CPU:
-# a class-stratified 10,000 (selection) or 5,000 (attacks) training images, all 10,000 test
-# images, ResNet-18 at width 8, fp32.
+# The README's small-scale tables, sized for a 2-core CPU: a class-stratified 10,000
+# (selection) or 5,000 (attacks) of a CIFAR-10 copy's training images, all 10,000 test
+# images, ResNet-18 at width 8, fp32. DATA must name a local CIFAR-10 copy (any layout
+# jaxbd.data.load_cifar10 reads; the README's figures come from a JPEG image-folder copy).
 #
+#   export DATA=/path/to/cifar10
 #   bash scripts/cpu_tables.sh selection   # every selection method (+ full), 2% BadNets
 #   bash scripts/cpu_tables.sh attacks     # every attack, no selection
 #
@@ -10,7 +12,7 @@
 # Print a table with: python scripts/summarize.py runs/cpu_tables/selection/*
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/cifar10}
+DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_tables}
 COMMON=(
   --config.data.path="$DATA"

@@ -3,17 +3,27 @@
 Each row is one attack; the columns are the clean image, its training-time poison, the
 test-time triggered image and the amplified difference |poisoned − clean| × `--amplify`
 (clipped), so faint triggers (blends, warps, DCT bands, PGD noise) become visible. Clean-label
-attacks are shown on a target-class image (the only kind they poison). The adversarial
-clean-label attack perturbs against a surrogate trained here for `--surrogate_epochs` epochs
-on a class-stratified subset; PCB's poisons are its BadNets trigger (its parameter mask has
-no pictorial form).
+attacks are shown on a target-class image (the only kind they poison). What an attack needs
+beyond its hyper-parameters comes from its recipe (`jaxbd.attacks.recipe`): an attack that
+perturbs against a surrogate gets one trained here for `--surrogate_epochs` epochs on a
+class-stratified subset; an attack that controls the victim's parameters gets the parameter
+shapes of a `--model` network and a key of its own (PCB: its poisons are its BadNets trigger,
+its parameter mask has no pictorial form).
 
-    python scripts/show_attacks.py --data ../shared/data/cifar10 --out docs/attacks.png
+    python scripts/show_attacks.py --data /path/to/cifar10 --out docs/attacks.png
+
+Without `--data` the images come from the decoded cache, tensorflow-datasets if installed, or
+the official archive, downloaded once (see `jaxbd.data.cifar10`). A quick check of the script
+on synthetic images, with no download:
+
+    python scripts/show_attacks.py --synthetic 512 --model tiny_cnn --surrogate_epochs 1 \
+        --out /tmp/attacks.png
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import jax
@@ -21,17 +31,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jaxbd import attacks, models
-from jaxbd.data import load_cifar10
-from jaxbd.data.augment import CIFAR10_MEAN, CIFAR10_STD
-from jaxbd.data.load import _take
+from jaxbd.data import CIFAR10_MEAN, CIFAR10_STD, DataSettings, load_dataset
 from jaxbd.train import CosineSchedule, Trainer, init_variables, make_mesh
 
 COLUMNS = ("clean", "train poison", "test trigger", "difference")
 
 
-def train_surrogate(train, epochs: int, seed: int):
-    """A width-16 ResNet-18 trained briefly on `train`: the adv_clean_label surrogate."""
-    model = models.resnet18(num_classes=train.num_classes, width=16)
+def train_surrogate(train, model, epochs: int, seed: int):
+    """`model` trained briefly on `train`: the surrogate of attacks whose recipe needs one."""
     trainer = Trainer(
         model, make_mesh(1), batch_size=128, mean=CIFAR10_MEAN, std=CIFAR10_STD, progress=False
     )
@@ -50,17 +57,20 @@ def train_surrogate(train, epochs: int, seed: int):
     return attacks.surrogate_logits_fn(model, variables, CIFAR10_MEAN, CIFAR10_STD)
 
 
-def build(name: str, target: int, logits_fn, num_classes: int):
-    if name == "adv_clean_label":
-        return attacks.adv_clean_label(logits_fn, target=target)
-    if name == "pcb":
-        params, _ = init_variables(
-            models.resnet18(num_classes=num_classes, width=4), jax.random.key(0), (32, 32, 3)
-        )
-        return attacks.pcb(params, key=jax.random.key(0), target=target)
-    if name == "all_to_all":
-        return attacks.all_to_all(num_classes=num_classes)
-    return attacks.ATTACKS[name](target=target)
+def build(name: str, target: int, num_classes: int, surrogate, victim_params):
+    """The attack `name` with its default hyper-parameters and what its recipe asks for.
+
+    `surrogate()` trains (once) and returns the surrogate's logits function;
+    `victim_params()` returns the victim's parameter shapes.
+    """
+    needs = attacks.recipe(name)
+    return attacks.make_attack(
+        attacks.AttackSettings(name=name, target=target),
+        num_classes=num_classes,
+        logits_fn=surrogate() if needs.surrogate else None,
+        params=victim_params() if needs.victim else None,
+        key=jax.random.key(0) if needs.victim else None,
+    )
 
 
 def tile(image: np.ndarray, scale: int) -> Image.Image:
@@ -71,34 +81,74 @@ def tile(image: np.ndarray, scale: int) -> Image.Image:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 copy")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="a local CIFAR-10 copy (default: the cache, tfds, or the official download)",
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=None,
+        metavar="N",
+        help="draw on N synthetic training images (and N // 2 test images) instead of CIFAR-10",
+    )
     parser.add_argument("--out", default="docs/attacks.png")
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--scale", type=int, default=4, help="pixels per image pixel")
     parser.add_argument("--amplify", type=float, default=5.0)
+    parser.add_argument(
+        "--model", default="resnet18", choices=sorted(models.MODELS), help="surrogate/victim"
+    )
+    parser.add_argument("--width", type=int, default=16, help="the model's width")
     parser.add_argument("--surrogate_epochs", type=int, default=2)
     parser.add_argument("--surrogate_examples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    splits = load_cifar10(args.data)
+    if args.synthetic is not None:
+        settings = DataSettings(
+            name="synthetic",
+            num_train=args.synthetic,
+            num_test=max(args.synthetic // 2, 64),
+            train_limit=min(args.surrogate_examples, args.synthetic),
+        )
+    else:
+        settings = DataSettings(path=args.data, train_limit=args.surrogate_examples)
+    # train: the surrogate's class-stratified subset; test: every test image.
+    splits = load_dataset(settings)
     train, test = splits.train, splits.test
-    logits_fn = train_surrogate(
-        _take(train, args.surrogate_examples, "surrogate_examples"),
-        args.surrogate_epochs,
-        args.seed,
-    )
+    model = models.MODELS[args.model](num_classes=train.num_classes, width=args.width)
+
+    @functools.cache
+    def surrogate():
+        return train_surrogate(train, model, args.surrogate_epochs, args.seed)
+
+    @functools.cache
+    def victim_params():  # shapes only: nothing is initialized
+        def init(key):
+            return init_variables(model, key, train.image_shape)[0]
+
+        return jax.eval_shape(init, jax.random.key(0))
+
     # A fixed, recognisable test image per row: the first non-target image (a target-class
     # one for clean-label attacks).
     other = int(np.flatnonzero(test.labels != args.target)[3])
     same = int(np.flatnonzero(test.labels == args.target)[3])
     label_width, size = 150, 32 * args.scale
-    grid = Image.new("RGB", (label_width + 4 * (size + 4), 20 + 13 * (size + 4)), "white")
+    rows = len(attacks.ATTACKS)
+    grid = Image.new("RGB", (label_width + 4 * (size + 4), 20 + rows * (size + 4)), "white")
     draw = ImageDraw.Draw(grid)
     for c, title in enumerate(COLUMNS):
         draw.text((label_width + c * (size + 4) + 4, 4), title, fill="black")
     for row, name in enumerate(attacks.ATTACKS):
-        attack = build(name, args.target, logits_fn, train.num_classes)
+        y = 20 + row * (size + 4)
+        try:
+            attack = build(name, args.target, train.num_classes, surrogate, victim_params)
+        except ValueError as error:  # e.g. all_to_all has no single target class
+            draw.text((4, y + size // 2 - 12), f"{name}\nskipped (see log)", fill="black")
+            print(f"{name}: skipped ({error})")
+            continue
         index = same if attack.clean_label else other
         clean = test.images[index : index + 1]
         label = test.labels[index : index + 1]
@@ -108,7 +158,6 @@ def main() -> None:
         difference = np.clip(
             np.abs(poisoned[0].astype(np.float32) - clean[0]) * args.amplify, 0, 255
         )
-        y = 20 + row * (size + 4)
         draw.text(
             (4, y + size // 2 - 12),
             f"{name}\ny: {label[0]} -> {poison_label[0]} (train)\n   -> {test_label[0]} (test)",

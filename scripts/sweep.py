@@ -2,12 +2,12 @@
 its report: results.csv, table.md and plots.
 
     python scripts/sweep.py --config configs/paper.py --workdir runs/paper \
-        --config.data.path=../shared/data/cifar10
+        --config.data.path=/path/to/cifar10
 
 Any field can be overridden (`--config.sweep.seeds=(0,1,2)`, `--config.train.epochs=10`).
 Re-running the same command skips finished cells and resumes an interrupted one.
 `--config.sweep.seeds_together=5` trains each method's seeds as one vmap-batched model
-(`jaxbd.sweep`; default 1, one at a time).
+(`jaxbd.pipeline.sweep`; default 1, one at a time).
 """
 
 import os

@@ -1,7 +1,7 @@
 """Runs one jaxbd experiment.
 
     python scripts/train.py --config configs/smoke.py --workdir runs/smoke
-    python scripts/train.py --config configs/full.py --config.data.path=../shared/data/cifar10
+    python scripts/train.py --config configs/full.py --config.data.path=/path/to/cifar10
 
 Any configuration field can be overridden with --config.<field>=<value>. Re-running the same
 command resumes an interrupted run; a finished run directory is never overwritten.
