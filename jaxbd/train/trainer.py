@@ -357,6 +357,83 @@ class Trainer:
         presentations = Presentations(order, correct) if record_presentations else None
         return state, stats, presentations
 
+    def train_steps(
+        self,
+        state: TrainState,
+        data: DeviceData,
+        key: jax.Array,
+        *,
+        start: int,
+        steps: int,
+        variant: StepVariant = PLAIN,
+        update_mask=None,
+        extra=None,
+        desc: str = "train",
+    ) -> tuple[TrainState, EpochStats]:
+        """Runs steps `start .. start + steps - 1` of an endless stream of epochs.
+
+        Step s is step `s % spe` of epoch `s // spe` (spe = `steps_per_epoch(len(data))`),
+        whose order is the permutation drawn from `fold_in(key, epoch)`: the stream depends
+        only on `key`, so training in pieces (e.g. between the evaluations of a defense's
+        trade-off curve, or after a resume) is exactly training in one go.
+
+        Args:
+            state: the train state; donated.
+            data: the on-device dataset (at least one batch).
+            key: the stream's PRNG key.
+            start: the first step's index in the stream (>= 0).
+            steps: how many steps to run (>= 1).
+            variant, update_mask, extra: as for `train_epoch`.
+            desc: progress-bar label.
+
+        Returns:
+            (new state, statistics of these steps, as `EpochStats`).
+        """
+        num = len(data)
+        spe = self.steps_per_epoch(num)
+        if spe == 0:
+            raise ValueError(
+                f"{num} training examples are fewer than one batch of {self.batch_size}"
+            )
+        if start < 0 or steps < 1:
+            raise ValueError(f"need start >= 0 and steps >= 1, got start={start}, steps={steps}")
+        first_epoch, last_epoch = start // spe, (start + steps - 1) // spe
+        orders = [
+            epoch_order(jax.random.fold_in(key, e), num, spe, self.batch_size)
+            for e in range(first_epoch, last_epoch + 1)
+        ]
+        offset = start - first_epoch * spe
+        rows = jnp.concatenate(orders)[offset : offset + steps]
+        chunk = largest_divisor_at_most(steps, self.steps_per_call)
+        steps_fn = self.compiled_steps(variant)
+        outs = []
+        bar = tqdm(total=steps, desc=desc, unit="step", disable=not self.progress, leave=False)
+        started = time.perf_counter()
+        for first in range(0, steps, chunk):
+            state, out = steps_fn(state, data, rows[first : first + chunk], update_mask, extra)
+            outs.append(out)
+            bar.update(chunk)
+        stats = self._summarize(outs, steps, started)
+        bar.close()
+        return state, stats
+
+    def _summarize(self, outs, steps: int, started: float) -> EpochStats:
+        """Host statistics of a sequence of step outputs (one read back)."""
+        loss = jnp.mean(jnp.concatenate([o.loss for o in outs]))
+        accuracy = jnp.mean(jnp.concatenate([o.correct for o in outs]))
+        terms = {k: jnp.mean(jnp.concatenate([o.terms[k] for o in outs])) for k in outs[0].terms}
+        loss, accuracy, lr, terms = jax.device_get((loss, accuracy, outs[-1].lr[-1], terms))
+        seconds = time.perf_counter() - started
+        return EpochStats(
+            loss=float(loss),
+            accuracy=float(accuracy),
+            lr=float(lr),
+            steps=steps,
+            seconds=seconds,
+            images_per_second=steps * self.batch_size / seconds,
+            extra={k: float(v) for k, v in terms.items()},
+        )
+
     # -- ensembles ---------------------------------------------------------------------
 
     def stack(self, states: Sequence[TrainState]) -> TrainState:

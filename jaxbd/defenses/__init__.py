@@ -1,0 +1,52 @@
+"""Defenses: repair a backdoored model with the defender's clean data (and later detect).
+
+`REPAIRS` maps each registry name to its factory; a factory takes the method's
+hyper-parameters (defaults: Pick your Poison's grid-searched CIFAR-10 values at r = 1%) and
+returns a frozen repair whose `plan(ctx, variables)` does the method's own work; the shared
+`tune` loop runs the plan with the trade-off curve and the Δ budget
+(`jaxbd.defenses.tuning`). Everything works on any flax model returning `(logits,
+features)` and runs on the engine (`jaxbd.train.Trainer`), so a user's own code can call a
+repair without a run directory; `scripts/defend.py` (`jaxbd.pipeline.defend`) runs one on a
+finished training run.
+
+| name             | paper                   | what it does                                   |
+| ---------------- | ----------------------- | ---------------------------------------------- |
+| `finetune`       | (fine-tuning)           | SGD on the defender's clean images             |
+| `fine_pruning`   | Liu et al. 2018         | prune dormant penultimate channels, fine-tune  |
+| `nad`            | Li et al. 2021          | distil attention maps of a fine-tuned teacher  |
+| `neural_cleanse` | Wang et al. 2019        | reverse-engineer triggers, flag, unlearn       |
+| `pivotal_tuning` | Lukas & Kerschbaum 2023 | fine-tune near a frozen pivot with SLOL        |
+
+The defender's data (`defender_data`) is a small clean subset of the training images with a
+held-out validation part; every decision reads validation data only, and any number chosen
+on the test set is reported as `oracle_*`.
+"""
+
+from jaxbd.defenses.base import Repair, RepairContext, TuningPlan, Variables
+from jaxbd.defenses.curve import oracle_asr_at_delta, plot_curves, within_budget
+from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, defender_data
+from jaxbd.defenses.finetune import FineTune, finetune
+from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
+
+REPAIRS = {
+    "finetune": finetune,
+}
+
+__all__ = [
+    "REPAIRS",
+    "DefenderData",
+    "DefenderDataSettings",
+    "FineTune",
+    "Repair",
+    "RepairContext",
+    "TuneProgress",
+    "TuneResult",
+    "TuningPlan",
+    "Variables",
+    "defender_data",
+    "finetune",
+    "oracle_asr_at_delta",
+    "plot_curves",
+    "tune",
+    "within_budget",
+]

@@ -1,0 +1,121 @@
+"""What every repair shares: its context, its plan, and the protocol a repair implements.
+
+A repair (fine-tuning, Fine-Pruning, NAD, Neural Cleanse, Pivotal Tuning, ...) is a frozen
+dataclass of hyper-parameters — built by its factory in the optax idiom — whose `plan(ctx,
+variables)` does the method's own work (ranking and pruning channels, training a teacher,
+reverse-engineering triggers) and returns a `TuningPlan`: the variables to start from, the
+train-step variant (its loss, with extra traced inputs such as a teacher's or a pivot's
+variables), the data to tune on and the step budget. The shared tuning loop
+(`jaxbd.defenses.tuning.tune`) then runs it with the trade-off curve and the Δ budget, so
+every repair stops, records and returns its model the same way.
+
+Nothing here reads test data. `RepairContext.validate` is the held-out accuracy every
+decision uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbd.defenses.defender_data import DefenderData
+from jaxbd.train import PLAIN, DeviceData, StepVariant, Trainer
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Variables:
+    """A model's variables: parameters, BatchNorm statistics, and its pruning mask (float
+    0/1 pytree like the parameters; all ones when dense)."""
+
+    params: PyTree
+    batch_stats: PyTree
+    mask: PyTree
+
+
+@dataclasses.dataclass
+class RepairContext:
+    """What a repair may use.
+
+    Attributes:
+        trainer: the engine, built with the repair's optimizer (momentum, weight decay) and
+            batch size; its model returns `(logits, features)` and sows "intermediates".
+        defender: the defender's images (host).
+        tune_data: `defender.tune` on the devices.
+        key: the repair's PRNG stream (split it for its own random choices).
+        validate: `validate(params, batch_stats) -> float`, accuracy on the defender's
+            held-out images (the only data a decision may read).
+        num_classes: C.
+    """
+
+    trainer: Trainer
+    defender: DefenderData
+    tune_data: DeviceData
+    key: jax.Array
+    validate: Callable[[PyTree, PyTree], float]
+    num_classes: int
+
+    def features(self, params, batch_stats, images) -> tuple[jax.Array, jax.Array]:
+        """(logits, features) of `images` in inference mode."""
+        return self.trainer.predict_variables(params, batch_stats, images)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningPlan:
+    """What the shared tuning loop runs.
+
+    Attributes:
+        variables: the starting model (its mask is kept through tuning).
+        data: the examples tuned on (on the devices).
+        steps: the step budget (0: nothing to tune; the model is returned as planned).
+        lr: the learning rate (constant, or cosine to 0 when `cosine`).
+        cosine: cosine decay of the learning rate over `steps`.
+        variant: the train-step variant (its loss and how a batch is formed).
+        extra: the pytree passed to every step's loss (e.g. a teacher's variables).
+        details: what the method decided, for the summary (JSON-able).
+    """
+
+    variables: Variables
+    data: DeviceData
+    steps: int
+    lr: float
+    cosine: bool = False
+    variant: StepVariant = PLAIN
+    extra: Any = None
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Repair(Protocol):
+    """A repair: hyper-parameters plus the method's planning step."""
+
+    name: str
+    momentum: float
+    weight_decay: float
+    batch_size: int
+
+    def plan(self, ctx: RepairContext, variables: Variables) -> TuningPlan:
+        """Does the method's own work and says what to tune."""
+        ...
+
+
+def copy_tree(tree: PyTree) -> PyTree:
+    """A fresh copy of every array (so a donated state never aliases a kept one)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def jsonable(value: Any) -> Any:
+    """NumPy/JAX values as plain Python, for a summary."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, jax.Array | np.ndarray | np.generic):
+        value = np.asarray(value)
+        return value.tolist() if value.ndim else value.item()
+    return value
