@@ -6,10 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbd.attacks import badnets, poison_dataset, triggered_test_set
+from jaxbd.attacks import badnets, pcb_training, poison_dataset, triggered_test_set
 from jaxbd.attacks.pcb import ParameterControlledBackdoor, pcb, random_update_mask
 from jaxbd.data import make_synthetic
-from jaxbd.models import resnet18
+from jaxbd.models import resnet18, tiny_cnn
+from jaxbd.train import CosineSchedule, EpochStats, Trainer, make_mesh
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +139,9 @@ def test_poison_source_copies_the_poisoning_draw(resnet_params, stage):
         attack.poison_source(key, train, fraction=0.0)
 
 
-def test_train_epoch_runs_the_engine_with_the_attack_schedule(resnet_params):
-    # The engine side (order, masking, compiled-function reuse) is tested in
-    # tests/train/test_update_mask.py; here only what the attack passes to it.
+def test_train_epoch_runs_the_engine_with_the_attack_schedule(resnet_params, monkeypatch):
+    # The loop itself (order, masking, compiled-function reuse) is tested in
+    # tests/attacks/test_pcb_training.py; here only what the attack passes to it.
     attack = pcb(
         resnet_params,
         key=jax.random.key(0),
@@ -148,26 +151,61 @@ def test_train_epoch_runs_the_engine_with_the_attack_schedule(resnet_params):
     )
     calls = []
 
+    def recording_epoch(*args, **kwargs):
+        calls.append((args, kwargs))
+        return "state", "stats"
+
+    monkeypatch.setattr(pcb_training, "train_epoch_alternating", recording_epoch)
+
     class RecordingTrainer:
         batch_size = 64
 
-        def train_epoch_alternating(self, *args, **kwargs):
-            calls.append((args, kwargs))
-            return "state", "stats"
-
+    trainer = RecordingTrainer()
     key, subset = jax.random.key(5), jnp.arange(4)
-    result = attack.train_epoch(RecordingTrainer(), "s", "clean", "pool", key, indices=subset)
+    result = attack.train_epoch(trainer, "s", "clean", "pool", key, indices=subset)
     assert result == ("state", "stats")
     (args, kwargs), = calls  # fmt: skip
-    assert args == ("s", "clean", "pool", key)
+    assert args == (trainer, "s", "clean", "pool", key)
     assert kwargs["update_mask"] is attack.update_mask and kwargs["indices"] is subset
     assert kwargs["poison_every"] == 3 and kwargs["poison_batch_size"] == 16
     assert kwargs["update_mask_mode"] == "gradient"
     # The default trigger stage hands the engine the trigger to stamp after augmentation.
     assert kwargs["poison_transform"] is attack.trigger.train_fn
     before = pcb(resnet_params, key=jax.random.key(0), trigger_stage="before_augment")
-    before.train_epoch(RecordingTrainer(), "s", "clean", "pool", key)
+    before.train_epoch(trainer, "s", "clean", "pool", key)
     assert calls[-1][1]["poison_transform"] is None
     replicated = {"already": "placed"}
-    attack.train_epoch(RecordingTrainer(), "s", "clean", "pool", key, update_mask=replicated)
+    attack.train_epoch(trainer, "s", "clean", "pool", key, update_mask=replicated)
     assert calls[-1][1]["update_mask"] is replicated
+
+
+def test_make_epoch_fn_trains_alternating_epochs_from_its_pool():
+    # The training hook on the tiny network: an EpochFn whose pool is put on the devices
+    # once and whose stats carry the poisoned steps' figures under EpochStats's names.
+    train = make_synthetic(num_train=64, num_test=8, image_size=8, seed=4).train
+    model = tiny_cnn(width=4)
+    trainer = Trainer(
+        model, make_mesh(1), batch_size=16, eval_batch_size=16, mean=MEAN, std=STD,
+        progress=False,
+    )  # fmt: skip
+    schedule = CosineSchedule.create(0.05, 100)
+    state = trainer.init_state(jax.random.key(0), (8, 8, 3), schedule, rng=jax.random.key(1))
+    attack = pcb(state.params, key=jax.random.key(2), target=1, poison_batch_ratio=0.25)
+    pool_key = jax.random.key(3)
+    epoch_fn = attack.make_epoch_fn(trainer, train, key=pool_key, fraction=0.5, exclude_target=True)
+    expected = attack.poison_source(pool_key, train, fraction=0.5, exclude_target=True)
+    assert len(epoch_fn.pool) == len(expected) == round(0.5 * np.sum(train.labels != 1))
+    np.testing.assert_array_equal(jax.device_get(epoch_fn.pool.images), expected.images)
+    data = trainer.put(train.images, train.labels)
+    for epoch in range(2):
+        state, stats, presentations = epoch_fn(state, data, jax.random.key(10 + epoch))
+        assert isinstance(stats, EpochStats) and presentations is None
+        assert stats.extra["poison_steps"] > 0
+        assert stats.steps == 4 and stats.extra["poison_steps"] == 2  # P C P C
+        assert np.isfinite(stats.loss) and np.isfinite(stats.extra["poison_loss"])
+        assert 0.0 <= stats.accuracy <= 1.0 and 0.0 <= stats.extra["poison_accuracy"] <= 1.0
+    assert int(state.step) == 8
+    # A coreset restricts the clean examples, as for Trainer.train_epoch.
+    subset = jnp.arange(0, 64, 2, dtype=jnp.int32)
+    state, stats, _ = epoch_fn(state, data, jax.random.key(12), indices=subset, desc="coreset")
+    assert stats.steps == 2 and stats.extra["poison_steps"] == 1

@@ -8,7 +8,7 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.models import resnet18
-from jaxbd.train import CosineSchedule, Trainer, make_mesh
+from jaxbd.train import PLAIN, CosineSchedule, Trainer, make_mesh
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -49,7 +49,12 @@ def test_epoch_learns_and_reports(setup):
             state, data, jax.random.key(epoch), record_presentations=True
         )
         losses.append(stats.loss)
+        if epoch == 0:
+            compiles = trainer.compiled_steps(PLAIN)._cache_size()
     assert stats.steps == 4 and int(state.step) == 12
+    # Every epoch runs the plain variant's compiled steps, compiled once.
+    assert trainer.compiled_steps(PLAIN)._cache_size() == compiles
+    assert stats.extra == {}  # the plain loss reports no terms
     assert losses[-1] < losses[0]
     # Presentations: every example of the epoch exactly once (128 = 4 full batches).
     assert presentations.indices.shape == (4, 32)
