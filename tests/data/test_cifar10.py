@@ -625,3 +625,44 @@ def test_real_copy(tmp_path):
     # JPEG-compressed CIFAR-10 keeps the familiar channel statistics.
     mean = splits.train.images.reshape(-1, 3).mean(0) / 255
     np.testing.assert_allclose(mean, (0.4914, 0.4822, 0.4465), atol=0.01)
+
+
+# --------------------------------------------------------------------------------------------
+# Corruption without SHA256SUMS: the whole gzip stream is verified.
+# --------------------------------------------------------------------------------------------
+
+
+def _flip(file, offsets_from_end):
+    data = bytearray(file.read_bytes())
+    for offset in offsets_from_end:
+        data[len(data) - offset] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        pytest.param((40,), id="one-byte-near-the-end"),  # loaded silently (one wrong image)
+        pytest.param(tuple(range(100, 212, 7)), id="sixteen-bytes"),  # an undecodable member
+    ],
+)
+def test_flipped_bytes_in_an_archive_without_checksums_are_corruption(tmp_path, cache, offsets):
+    tree, canonical = _image_tree()
+    intact = _image_archives(tmp_path / "intact", tree, checksums=False)
+    splits = load_cifar10(intact, cache_dir=cache)  # an intact archive still loads
+    np.testing.assert_array_equal(splits.train.images, canonical["train"][0])
+
+    folder = _image_archives(tmp_path / "copy", tree, checksums=False)
+    _flip(folder / "train.tgz", offsets)
+    with pytest.raises(DataError, match="is corrupt") as info:
+        load_cifar10(folder, cache_dir=tmp_path / "other_cache")
+    message = str(info.value)
+    assert str(folder / "train.tgz") in message and "re-download or restore it" in message
+    assert "cannot decode" not in message and "no images for class" not in message
+
+
+def test_corrupt_official_archive_names_the_file(tmp_path, cache):
+    archive = _python_archive(tmp_path / "copy", _arrays())
+    _flip(archive, (100,))
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz is corrupt \(gzip CRC"):
+        load_cifar10(tmp_path / "copy", cache_dir=cache)
