@@ -267,7 +267,7 @@ def train_epoch_alternating(
                 next_poison += c
             else:
                 rows = slice(next_clean, next_clean + c)
-                state, out = clean_steps_fn(state, clean_data, clean_order[rows])
+                state, out = clean_steps_fn(state, clean_data, clean_order[rows], None, None)
                 clean_out.append(out)
                 next_clean += c
             if trainer.progress:

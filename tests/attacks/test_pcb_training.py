@@ -206,12 +206,6 @@ def test_alternating_epochs_reuse_the_poisoned_steps(setup):
     assert trainer.compiled_steps(PLAIN)._cache_size() == clean_compiles
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pcb_training calls the PLAIN compiled steps with 3 positional arguments, "
-    "Trainer.train_epoch with 5 (update_mask=None, extra=None): jax.jit keys its cache on "
-    "the call signature, so the clean step compiles a second time",
-)
 def test_alternating_epochs_reuse_train_epochs_clean_steps(setup):
     _, clean, pool, attack = setup
     trainer = _trainer()  # its own compiled functions, whatever earlier tests called
