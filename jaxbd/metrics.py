@@ -9,18 +9,26 @@ image, retention with no poison, AUC with one class only — is NaN rather than 
 undefined value can never pass for a real one in a table. Shapes are checked at trace time
 (ValueError on a mismatch).
 
+`backdoor_metrics` evaluates any model (a `predict_fn` from images to logits) on a clean
+test set and its triggered copy: the four test metrics the pipeline reports.
+
 `aggregate` and `format_mean_std` summarize repeated runs on the host for reports.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from jaxbd.attacks import Attack
+    from jaxbd.data import Dataset
 
 
 def clean_accuracy(predictions: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -161,7 +169,29 @@ def defense_effectiveness_rating(
 
     Returns:
         float32 array of the broadcast shape (a scalar for scalar inputs).
+
+    Raises:
+        ValueError: for a concrete input outside [0, 1] (e.g. percentages, which would
+            otherwise give a meaningless rating such as 42.0); NaN (an undefined ASR)
+            passes and propagates. Under `jit` the range cannot be checked.
     """
+    named = {
+        "cda_before": cda_before,
+        "cda_after": cda_after,
+        "asr_before": asr_before,
+        "asr_after": asr_after,
+    }
+    for name, value in named.items():
+        if isinstance(value, jax.core.Tracer):
+            continue
+        # On the host, in float64: the check must not itself round 1.00000001 into range.
+        host = np.asarray(jax.device_get(value), np.float64)
+        outside = ~np.isnan(host) & ((host < 0.0) | (host > 1.0))
+        if outside.any():
+            raise ValueError(
+                f"{name} must be a fraction in [0, 1] (not a percentage), got "
+                f"{host[outside].ravel()[0]:g}"
+            )
     cda_before, cda_after, asr_before, asr_after = (
         jnp.asarray(v, jnp.float32) for v in (cda_before, cda_after, asr_before, asr_after)
     )
@@ -200,6 +230,101 @@ def roc_auc(scores: ArrayLike, is_positive: ArrayLike) -> jax.Array:
     u = jnp.sum(jnp.where(is_positive, ranks, 0.0)) - num_pos * (num_pos + 1.0) / 2.0
     defined = (num_pos > 0) & (num_neg > 0)
     return jnp.where(defined, u / jnp.where(defined, num_pos * num_neg, 1.0), jnp.nan)
+
+
+def backdoor_metrics(
+    predict_fn: Callable[[jax.Array], jax.Array],
+    test_set: Dataset,
+    attack: Attack,
+    *,
+    key: jax.Array,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """Clean accuracy, ASR, ASR over all images and robust accuracy of any model.
+
+    The clean test set is triggered with the attack's *test-time* transform
+    (`jaxbd.attacks.triggered_test_set`, i.e. `attack.test_fn`, never the training-time
+    `attack(...)`), and both sets are classified by `predict_fn` in fixed-shape batches: it
+    is jitted once here for one batch shape `[min(batch_size, M), H, W, 3]` and the last
+    batch is padded with zero images (their predictions are dropped), so one evaluation
+    compiles once. The figures are those of `jaxbd.pipeline.evaluate.evaluate`, for a model
+    outside the `Trainer` (your own flax/optax loop).
+
+    Args:
+        predict_fn: `images uint8[B, H, W, 3] -> logits float[B, C]`, traceable (it is
+            jitted; normalize inside it, and use inference mode, e.g. BatchNorm running
+            statistics).
+        test_set: the clean test set, a `jaxbd.data.Dataset` of M images.
+        attack: the attack whose test-time trigger is evaluated.
+        key: PRNG key of the test-time trigger's randomness (e.g. random patch positions);
+            the same key gives the same triggered set.
+        batch_size: images per call of `predict_fn`, a positive int.
+
+    Returns:
+        `{"clean_accuracy", "attack_success_rate", "asr_all_images", "robust_accuracy"}`
+        as Python floats (definitions above and in docs/metrics.md: ASR and robust accuracy
+        exclude images whose true label already is the attacker's label; NaN where no image
+        is eligible).
+
+    Raises:
+        TypeError: if `test_set` is not a `jaxbd.data.Dataset`.
+        ValueError: for a bad `batch_size`, or logits of a shape other than `[B, C]`.
+    """
+    # Imported here, not at the top: metrics is a foundation module (docs/architecture.md)
+    # that `import jaxbd.metrics` must keep light; only this helper reaches up to attacks.
+    from jaxbd.attacks.poison import triggered_test_set
+    from jaxbd.data.dataset import Dataset
+
+    if not isinstance(test_set, Dataset):
+        raise TypeError(f"test_set must be a jaxbd Dataset, got {type(test_set).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    triggered = triggered_test_set(key, test_set, attack)
+
+    def predict_labels(images):
+        logits = predict_fn(images)
+        if isinstance(logits, tuple | list):  # e.g. a jaxbd model's (logits, features)
+            raise ValueError(
+                f"predict_fn must return logits [B, C], got a {type(logits).__name__} of "
+                f"{len(logits)} (for a jaxbd model, return model.apply(...)[0])"
+            )
+        logits = jnp.asarray(logits)
+        if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"predict_fn must return logits [B, C] for images {images.shape}, got "
+                f"shape {logits.shape}"
+            )
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    jitted = jax.jit(predict_labels)  # one jit for both sets: same shape, one compilation
+    clean = _predict_in_batches(jitted, test_set.images, batch_size)
+    poisoned = _predict_in_batches(jitted, triggered.images, batch_size)
+    return {
+        "clean_accuracy": float(clean_accuracy(clean, test_set.labels)),
+        "attack_success_rate": float(
+            attack_success_rate(poisoned, triggered.labels, triggered.true_labels)
+        ),
+        "asr_all_images": float(asr_all_images(poisoned, triggered.labels)),
+        "robust_accuracy": float(
+            robust_accuracy(poisoned, triggered.labels, triggered.true_labels)
+        ),
+    }
+
+
+def _predict_in_batches(predict_labels, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """int32[M] host predictions, from equal batches of min(batch_size, M) (last one padded)."""
+    n = int(images.shape[0])
+    if n == 0:
+        return np.zeros((0,), np.int32)
+    batch = min(batch_size, n)
+    out = []
+    for first in range(0, n, batch):
+        x = np.asarray(images[first : first + batch])
+        real = x.shape[0]
+        if real < batch:  # pad, so the jitted function sees one shape only
+            x = np.concatenate([x, np.zeros((batch - real, *x.shape[1:]), x.dtype)])
+        out.append(predict_labels(x))  # dispatch all batches before reading any back
+    return np.concatenate([np.asarray(jax.device_get(o)) for o in out])[:n]
 
 
 def aggregate(values: Sequence[float] | ArrayLike) -> dict[str, float | int]:

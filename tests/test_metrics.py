@@ -224,3 +224,118 @@ def test_aggregate_matches_numpy(values):
     assert stats["n"] == len(values)
     assert stats["mean"] == pytest.approx(np.mean(values), abs=1e-9)
     assert stats["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-9)
+
+
+# --- DER input checks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (80, 78, 95, 10),  # percentages: used to return 42.0
+        (0.9, 0.8, 1.2, 0.1),
+        (0.9, -0.1, 0.9, 0.1),
+        (np.array([0.9, 90.0]), 0.8, 0.9, 0.1),
+    ],
+)
+def test_der_rejects_values_that_are_not_fractions(args):
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\]"):
+        metrics.defense_effectiveness_rating(*args)
+
+
+def test_der_lets_nan_through_and_runs_under_jit():
+    assert math.isnan(_f(metrics.defense_effectiveness_rating(0.9, 0.8, math.nan, 0.1)))
+    jitted = jax.jit(metrics.defense_effectiveness_rating)
+    assert _f(jitted(0.9, 0.9, 1.0, 0.0)) == 1.0
+
+
+# --- backdoor_metrics: any predict_fn, the pipeline's figures -----------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_tiny_model():
+    """A tiny CNN trained 2 epochs on 20%-BadNets synthetic data: a model with a backdoor."""
+    from jaxbd import attacks, models
+    from jaxbd.data import make_synthetic
+    from jaxbd.train import CosineSchedule, Trainer, make_mesh
+
+    splits = make_synthetic(512, 200, image_size=16)
+    attack = attacks.badnets(target=0, size=3)
+    poisoned = attacks.poison_dataset(jax.random.key(0), splits.train, attack, fraction=0.2)
+    model = models.tiny_cnn(num_classes=10, width=8)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    trainer = Trainer(
+        model,
+        make_mesh(1),
+        batch_size=64,
+        eval_batch_size=64,
+        mean=mean,
+        std=std,
+        progress=False,
+    )
+    steps = trainer.steps_per_epoch(len(poisoned.dataset))
+    state = trainer.init_state(
+        jax.random.key(1),
+        splits.test.image_shape,
+        CosineSchedule.create(0.05, 2 * steps),
+        rng=jax.random.key(2),
+    )
+    data = trainer.put(poisoned.dataset.images, poisoned.dataset.labels)
+    for epoch in range(2):
+        state, _, _ = trainer.train_epoch(state, data, jax.random.key(10 + epoch))
+    return trainer, state, splits.test, attack, model, mean, std
+
+
+def test_backdoor_metrics_equals_the_pipelines_evaluate(trained_tiny_model):
+    from jaxbd import attacks
+    from jaxbd.pipeline.evaluate import make_evaluate_fn
+    from jaxbd.train import make_predict_step
+
+    trainer, state, test, attack, model, mean, std = trained_tiny_model
+    key = jax.random.key(7)
+    expected = make_evaluate_fn(trainer, test, attacks.triggered_test_set(key, test, attack))(state)
+    step = make_predict_step(model, mean=mean, std=std)
+
+    def predict_fn(images):  # the user's own inference function: images -> logits
+        return step(state.params, state.batch_stats, images)[0]
+
+    # 200 images in batches of 64: the last batch is padded, as in the trainer's inference.
+    got = metrics.backdoor_metrics(predict_fn, test, attack, key=key, batch_size=64)
+    assert set(got) == {
+        "clean_accuracy",
+        "attack_success_rate",
+        "asr_all_images",
+        "robust_accuracy",
+    }
+    assert got == expected
+    assert all(isinstance(v, float) for v in got.values())
+    assert got["attack_success_rate"] > 0.5  # a model with a backdoor: not a vacuous test
+    # Another batch size pads differently; the figures do not depend on it.
+    assert metrics.backdoor_metrics(predict_fn, test, attack, key=key, batch_size=512) == expected
+
+
+def test_backdoor_metrics_compiles_predict_fn_once_and_checks_its_inputs(trained_tiny_model):
+    import chex
+
+    from jaxbd.train import make_predict_step
+
+    _, state, test, attack, model, mean, std = trained_tiny_model
+    step = make_predict_step(model, mean=mean, std=std)
+
+    @chex.assert_max_traces(n=1)
+    def predict_fn(images):
+        return step(state.params, state.batch_stats, images)[0]
+
+    metrics.backdoor_metrics(predict_fn, test, attack, key=jax.random.key(0), batch_size=48)
+    chex.clear_trace_counter()
+    with pytest.raises(TypeError, match="Dataset"):
+        metrics.backdoor_metrics(predict_fn, test.images, attack, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="batch_size"):
+        metrics.backdoor_metrics(predict_fn, test, attack, key=jax.random.key(0), batch_size=0)
+    with pytest.raises(ValueError, match=r"logits \[B, C\]"):
+        metrics.backdoor_metrics(
+            lambda x: step(state.params, state.batch_stats, x),
+            test,
+            attack,
+            key=jax.random.key(0),
+        )

@@ -21,6 +21,7 @@ from jaxbd.prune.imp import (
     run_imp,
     run_imp_group,
 )
+from jaxbd.prune.keep_pruned import KeepPrunedState, keep_pruned, replace_mask
 from jaxbd.prune.magnitude import (
     SCOPES,
     magnitude_masks,
@@ -44,17 +45,20 @@ __all__ = [
     "SCOPES",
     "IMPResult",
     "IMPSettings",
+    "KeepPrunedState",
     "TrainPhases",
     "apply_mask",
     "check_mask",
     "full_mask",
     "in_memory_phases",
     "is_kernel",
+    "keep_pruned",
     "magnitude_masks",
     "num_to_prune",
     "path_name",
     "prunable_leaves",
     "random_masks",
+    "replace_mask",
     "rewind",
     "run_imp",
     "run_imp_group",
