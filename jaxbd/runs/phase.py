@@ -6,6 +6,10 @@ selection, IMP rounds, later a defense's fine-tuning — is a named phase checkp
 carry an auxiliary pytree (`aux`) that an epoch hook updates from the epoch's result, such as
 forgetting statistics or per-epoch scores; it is checkpointed with the train state, so a
 resumed phase continues with exactly the statistics an uninterrupted one would have.
+
+An epoch's row is logged, then its checkpoint saved (the row is in the checkpoint's metadata
+too). A resumed phase restores the newest checkpoint that is not damaged and drops its rows
+of later epochs, so `metrics.jsonl` holds each epoch once, as the final state contains it.
 """
 
 from __future__ import annotations
@@ -238,14 +242,42 @@ class _PhaseLog:
         self.step = 0
 
     def restore(self, state: TrainState, aux: Any) -> tuple[TrainState, Any, int, dict]:
-        """(state, aux, epochs done, last row): from the latest checkpoint if there is one."""
+        """(state, aux, epochs done, last row): from the newest checkpoint that restores.
+
+        A damaged newest checkpoint falls back to the previous kept one (with a warning;
+        `Checkpointer.restore_latest`). Rows of this phase's epochs after the restored one
+        are then dropped from the log: they were logged before a kill kept their checkpoint
+        from being written (or it was damaged), and the epochs are trained again, so the
+        log holds each epoch once, as the final state contains it.
+
+        Raises:
+            CheckpointError: checkpoints exist but none can be restored (a RunDirError
+                naming the folder to move away).
+        """
         start, row = 0, {}
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            restored, meta = self.checkpointer.restore(latest, _bundle(state, aux))
+        found = self.checkpointer.restore_latest(_bundle(state, aux), check=_check_meta)
+        if found is not None:
+            _, restored, meta = found
             state, aux = restored["state"], restored.get("aux")
             start, row = int(meta["epoch"]), dict(meta.get("row", {}))
             logging.info("phase %s: resuming after epoch %d of %d", self.name, start, self.epochs)
+        dropped = self.rundir.drop_rows(
+            lambda r: (
+                r.get("event") == "epoch"
+                and r.get("phase") == self.name
+                and isinstance(r.get("epoch"), int)
+                and r["epoch"] > start
+            )
+        )
+        if dropped:
+            logging.warning(
+                "phase %s: dropped the log rows of epoch(s) %s from %s: no checkpoint holds "
+                "them, so they are trained again",
+                self.name,
+                sorted({r["epoch"] for r in dropped}),
+                self.rundir.file("metrics.jsonl"),
+            )
+        if found is not None:
             self.rundir.log({"event": "resume", "phase": self.name, "epoch": start})
         # An ensemble's members share the step.
         self.step = int(np.max(jax.device_get(state.step)))
@@ -310,6 +342,15 @@ class _PhaseLog:
 
     def close(self) -> None:
         self.checkpointer.close()
+
+
+def _check_meta(step: int, meta: dict) -> None:
+    """Rejects metadata that is not what `end_epoch` saves for epoch `step` (a checkpoint
+    whose metadata file was garbled into other valid JSON)."""
+    if not isinstance(meta.get("epoch"), int) or meta["epoch"] != step:
+        raise ValueError(f"metadata {meta!r} does not hold epoch {step}")
+    if not isinstance(meta.get("row", {}), dict):
+        raise ValueError(f"metadata row {meta['row']!r} is not a dict")
 
 
 def _fold_in(key: jax.Array, epoch: int) -> jax.Array:

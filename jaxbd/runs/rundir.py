@@ -1,37 +1,70 @@
-"""The run directory: `config.json`, `metrics.jsonl`, `summary.json`.
+"""The run directory: `config.json`, `metrics.jsonl`, `summary.json`, and its lock.
 
 A run directory is never deleted or silently overwritten. Opening one either starts a new
 run (empty or missing directory), resumes an interrupted run (the same run, as
 `jaxbd.runs.identity` defines it, and no summary yet), or refuses with a message that says
 why and what to do.
+
+One process at a time: `RunDir.open` takes an exclusive `flock` on `<workdir>/.lock` (which
+holds the holder's pid) and keeps it until `RunDir.close()` or the end of the process; the
+kernel releases an flock when its process dies, so the lock file a killed run leaves behind
+never blocks a resume. A new directory is claimed by linking a complete `config.json` into
+place, which fails if one exists, so two processes can never both start a run in it.
+
+`metrics.jsonl` is a faithful record: each row is one `write` of a line, a line torn by a
+kill mid-write is repaired when the directory is next opened, and a resumed phase drops the
+rows of epochs its checkpoints do not contain (`drop_rows`, used by `jaxbd.runs.phase`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from absl import logging
 
 from jaxbd.runs.identity import differences, jsonable
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+_TMP_PREFIX = ".tmp-"
 
 
 class RunDirError(RuntimeError):
-    """A run directory cannot be used for this run (finished, or another configuration)."""
+    """A run directory cannot be used for this run (finished, in use, another configuration,
+    or damaged beyond what jaxbd repairs itself)."""
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes JSON so that a reader never sees a half-written file."""
+    _write_atomic(path, json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def _write_atomic(path: str, text: str, *, like: str | None = None) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it over `path`.
+
+    Args:
+        path: the file to (re)write.
+        text: its whole new content.
+        like: an existing file whose permission bits the new file gets (a temporary file is
+            created private, and a rewritten log should stay as readable as before).
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(obj), f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
+        if like is not None and os.path.exists(like):
+            shutil.copymode(like, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,18 +72,186 @@ def write_json_atomic(path: str, obj: Any) -> None:
         raise
 
 
+# ---------------------------------------------------------------------------------------------
+# The lock.
+
+
+class _Held:
+    """One flock this process holds: its file descriptor, owning thread and users."""
+
+    def __init__(self, fd: int, thread: int):
+        self.fd, self.thread, self.users = fd, thread, 0
+
+
+# Lock file (real path) -> the flock this process holds on it. A second `lock_directory` of
+# the same directory from the thread that holds it shares the flock: that thread's earlier
+# run has ended (a thread runs one thing at a time), typically by an exception whose
+# traceback still references the old handle, and an in-process retry must not be refused by
+# its own leftover. Another thread is refused, like another process.
+_HELD: dict[str, _Held] = {}
+_HELD_MUTEX = threading.Lock()
+
+
+def _release(key: str) -> None:
+    with _HELD_MUTEX:
+        held = _HELD.get(key)
+        if held is None:
+            return
+        held.users -= 1
+        if held.users <= 0:
+            del _HELD[key]
+            # Closing the descriptor releases the flock; the file stays (unlinking it would
+            # let a process that opened the old file and one that creates a new one both
+            # "hold" the lock).
+            os.close(held.fd)
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory, held until `release()` (or the process ends).
+
+    Made by `lock_directory`. Also a context manager, and released when garbage collected.
+
+    Attributes:
+        path: the locked directory.
+        file: its lock file (`<path>/.lock`, holding the holder's pid).
+    """
+
+    def __init__(self, path: str, key: str):
+        self.path, self.file = path, os.path.join(path, LOCK_FILE)
+        self._release = weakref.finalize(self, _release, key)
+
+    @property
+    def held(self) -> bool:
+        """Whether this handle still holds the lock."""
+        return self._release.alive
+
+    def release(self) -> None:
+        """Releases the lock (idempotent)."""
+        self._release()
+
+    def __enter__(self) -> DirectoryLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(lock_file: str) -> str:
+    """'pid N' from a lock file, or a description of why it is unknown."""
+    for _ in range(20):  # the holder writes its pid right after taking the lock
+        try:
+            with open(lock_file) as f:
+                text = f.read().strip()
+        except OSError:
+            text = ""
+        if text:
+            return f"pid {text.split()[0]}"
+        time.sleep(0.01)
+    return "a process whose pid is not recorded"
+
+
+def lock_directory(path: str | os.PathLike, *, what: str = "workdir") -> DirectoryLock:
+    """Takes the exclusive lock of directory `path` (created if missing) for this process.
+
+    The lock is an `flock` on `<path>/.lock`, which then holds this process's pid. It is held
+    until the returned handle is released, or the process ends, however it ends: a lock file
+    left by a dead process does not block anyone.
+
+    Args:
+        path: the directory (a run directory, a sweep directory, a shared stage's folder).
+        what: what the directory is, for the error message (e.g. "workdir", "sweep workdir").
+
+    Returns:
+        The lock's handle: call `release()` (or use it as a context manager) when done.
+
+    Raises:
+        RunDirError: another process, or another thread of this one, holds the lock; the
+            message names the holder's pid.
+    """
+    import fcntl  # POSIX only; imported here so that importing jaxbd.runs works anywhere
+
+    path = os.path.abspath(os.fspath(path))
+    lock_file = os.path.join(path, LOCK_FILE)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {what} {path} ({e}): choose another {what}.") from e
+    key = os.path.realpath(lock_file)
+    thread = threading.get_ident()
+    with _HELD_MUTEX:
+        held = _HELD.get(key)
+        if held is not None:
+            if held.thread != thread:
+                raise RunDirError(
+                    f"{what} {path} is in use by another thread of this process (pid "
+                    f"{os.getpid()}): wait for that run to end, or use another {what}."
+                )
+            held.users += 1
+            return DirectoryLock(path, key)
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(
+                f"cannot write the lock file {lock_file} ({e}): make {path} writable, or "
+                f"choose another {what}."
+            ) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(
+                f"{what} {path} is in use by {_holder(lock_file)} (see {lock_file}): wait "
+                f"for that run to finish or stop it, then rerun this command to resume it; "
+                f"or choose another {what}."
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        held = _HELD[key] = _Held(fd, thread)
+        held.users = 1
+        return DirectoryLock(path, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl as lines.
+
+
+def _parse(line: str) -> dict | None:
+    """The row of one line, or None if it is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _matches(row: dict, like: dict, key: Sequence[str]) -> bool:
+    return all(k in row and row[k] == like.get(k) for k in key)
+
+
 class RunDir:
     """One experiment's output directory.
 
+    `open` claims it (and takes its lock); `close` releases the lock (a `RunDir` is also a
+    context manager that closes on exit).
+
     Args:
-        path: the directory (created if missing).
+        path: the directory (created by `open` if missing).
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.path.abspath(os.fspath(path))
+        self._lock: DirectoryLock | None = None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    @property
+    def locked(self) -> bool:
+        """Whether this `RunDir` holds the directory's lock (between `open` and `close`)."""
+        return self._lock is not None and self._lock.held
 
     def check_not_finished(self) -> None:
         """Raises RunDirError if the directory holds a finished run (writes nothing)."""
@@ -60,59 +261,224 @@ class RunDir:
                 f"never overwritten. Choose another --workdir, or move that one away yourself."
             )
 
+    def _check_is_a_run(self) -> None:
+        """Raises RunDirError for a non-empty directory that is not a jaxbd run (writes
+        nothing: jaxbd does not even put its lock file there)."""
+        if not os.path.isdir(self.path) or os.path.exists(self.file(CONFIG_FILE)):
+            return
+        # A lock file or temporary file of a claim that was killed half-way is ours.
+        foreign = [n for n in os.listdir(self.path) if n != LOCK_FILE]
+        if any(not n.startswith(_TMP_PREFIX) for n in foreign):
+            raise RunDirError(
+                f"workdir {self.path} is not empty and holds no {CONFIG_FILE}: it is not a "
+                f"jaxbd run directory, and jaxbd will not write into it. Choose another --workdir."
+            )
+
     def open(self, config: dict) -> bool:
-        """Claims the directory for a run with `config`.
+        """Claims the directory for a run with `config`, and takes its lock until `close()`.
+
+        Also repairs a torn last line of `metrics.jsonl` (a process killed mid-write).
 
         Returns:
             True if an interrupted run with the same configuration is being resumed, False
             for a new run.
 
         Raises:
-            RunDirError: the run already finished, the directory belongs to a run with a
-                different configuration, or it holds files that are not a jaxbd run.
+            RunDirError: the run already finished, another process holds the directory, the
+                directory belongs to a run with a different configuration, or it holds files
+                that are not a jaxbd run.
         """
         config = jsonable(config)
         if os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise RunDirError(f"workdir {self.path} exists and is not a directory")
-        os.makedirs(self.path, exist_ok=True)
-        self.check_not_finished()
-        if os.path.exists(self.file(CONFIG_FILE)):
-            with open(self.file(CONFIG_FILE)) as f:
-                try:
-                    old = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise RunDirError(f"{self.file(CONFIG_FILE)} is not valid JSON: {e}") from e
-            diff = differences(old, config)
-            if diff:
-                raise RunDirError(
-                    f"workdir {self.path} holds an unfinished run with a different "
-                    f"configuration, so it cannot be resumed with this one:\n  "
-                    + "\n  ".join(diff)
-                    + "\nUse the same configuration to resume, or choose another --workdir."
-                )
-            # Record the resumable settings of this invocation (device count etc.).
-            write_json_atomic(self.file(CONFIG_FILE), config)
-            return True
-        if os.listdir(self.path):
             raise RunDirError(
-                f"workdir {self.path} is not empty and holds no {CONFIG_FILE}: it is not a "
-                f"jaxbd run directory, and jaxbd will not write into it. Choose another --workdir."
+                f"workdir {self.path} exists and is not a directory: choose another --workdir."
             )
-        write_json_atomic(self.file(CONFIG_FILE), config)
-        return False
+        # Refusals that need no lock come first, so they write nothing.
+        self.check_not_finished()
+        self._check_is_a_run()
+        lock = lock_directory(self.path)
+        try:
+            # Again under the lock: the previous holder may have finished meanwhile.
+            self.check_not_finished()
+            self._check_is_a_run()
+            resumed = self._claim(config)
+            self._repair_tail()
+        except BaseException:
+            lock.release()
+            raise
+        if self.locked:  # opened twice: keep one handle
+            lock.release()
+        else:
+            self._lock = lock
+        return resumed
+
+    def _claim(self, config: dict) -> bool:
+        """Writes config.json for a new run, or checks it for a resumed one (under the lock).
+
+        Returns:
+            True for a resumed run.
+        """
+        path = self.file(CONFIG_FILE)
+        if not os.path.exists(path):
+            text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=_TMP_PREFIX)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                # `link` fails if config.json exists: exactly one claim of a new directory
+                # wins, and config.json is complete whenever it exists.
+                os.link(tmp, path)
+                return False
+            except FileExistsError:
+                pass  # claimed meanwhile: compare with it below
+            finally:
+                os.remove(tmp)
+        with open(path) as f:
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError as e:
+                raise RunDirError(
+                    f"{path} is not valid JSON ({e}): restore it, or choose another --workdir."
+                ) from e
+        diff = differences(old, config)
+        if diff:
+            raise RunDirError(
+                f"workdir {self.path} holds an unfinished run with a different "
+                f"configuration, so it cannot be resumed with this one:\n  "
+                + "\n  ".join(diff)
+                + "\nUse the same configuration to resume, or choose another --workdir."
+            )
+        # Record the resumable settings of this invocation (device count etc.).
+        write_json_atomic(path, config)
+        return True
+
+    def close(self) -> None:
+        """Releases the directory's lock (idempotent; the files stay as they are)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- metrics.jsonl -----------------------------------------------------------------------
+
+    def _lines(self) -> list[str]:
+        """metrics.jsonl split into lines, each with its newline (the last may lack it)."""
+        try:
+            with open(self.file(METRICS_FILE)) as f:
+                return f.read().splitlines(keepends=True)
+        except FileNotFoundError:
+            return []
+
+    def _rewrite(self, lines: Sequence[str]) -> None:
+        """Replaces metrics.jsonl by `lines` atomically (a kill leaves the old or the new)."""
+        path = self.file(METRICS_FILE)
+        _write_atomic(path, "".join(lines), like=path)
+
+    def _repair_tail(self) -> None:
+        """Repairs a last line torn by a kill mid-write, so the next row starts on its own
+        line: a complete row that only lacks its newline gets one; a fragment is cut off."""
+        lines = self._lines()
+        if not lines or lines[-1].endswith("\n"):
+            return
+        last = lines[-1]
+        if _parse(last) is not None:
+            lines[-1] = last + "\n"
+        else:
+            lines = lines[:-1]
+            logging.warning(
+                "%s: removed a torn last line (%d characters, %r...), written by a process "
+                "killed mid-write",
+                self.file(METRICS_FILE),
+                len(last),
+                last[:60],
+            )
+        self._rewrite(lines)
 
     def log(self, row: dict) -> None:
         """Appends one event to metrics.jsonl (flushed, so a crash loses nothing logged)."""
+        line = json.dumps(jsonable(row), sort_keys=True) + "\n"
         with open(self.file(METRICS_FILE), "a") as f:
-            f.write(json.dumps(jsonable(row), sort_keys=True) + "\n")
+            f.write(line)
             f.flush()
 
+    def log_once(self, row: dict, key: Sequence[str]) -> bool:
+        """Appends `row` unless a row with the same values of the fields `key` is logged.
+
+        For events that a resumed run replays, e.g. `log_once({"event": "imp_round",
+        "round": 2, ...}, key=("event", "round"))`.
+
+        Args:
+            row: the event.
+            key: the fields that identify it (all must be in `row`).
+
+        Returns:
+            True if the row was appended, False if it was already there.
+        """
+        missing = [k for k in key if k not in row]
+        if missing:
+            raise ValueError(f"log_once: key fields {missing} are not in the row {row}")
+        like = jsonable({k: row[k] for k in key})
+        if any(_matches(r, like, key) for r in self.read_metrics()):
+            return False
+        self.log(row)
+        return True
+
     def read_metrics(self) -> list[dict]:
-        """All rows of metrics.jsonl (empty if none yet)."""
-        if not os.path.exists(self.file(METRICS_FILE)):
-            return []
-        with open(self.file(METRICS_FILE)) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        """All rows of metrics.jsonl (empty if none yet).
+
+        A torn last line (the file of a process killed mid-write, not yet repaired by
+        `open`) is left out; so is any other line that is not a JSON object, with a warning
+        naming it (jaxbd never writes one; the file is not changed).
+        """
+        lines = self._lines()
+        rows, bad = [], []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            row = _parse(line)
+            if row is not None:
+                rows.append(row)
+            elif number < len(lines) or line.endswith("\n"):
+                bad.append(number)
+        if bad:
+            logging.warning(
+                "%s: line(s) %s are not JSON objects and are left out",
+                self.file(METRICS_FILE),
+                ", ".join(map(str, bad)),
+            )
+        return rows
+
+    def drop_rows(self, drop: Callable[[dict], bool]) -> list[dict]:
+        """Removes the rows for which `drop(row)` is true from metrics.jsonl, atomically.
+
+        Used when a phase resumes from a checkpoint: rows of later epochs (logged before a
+        kill prevented their checkpoint) would otherwise appear twice. Lines that are not
+        JSON objects are kept as they are.
+
+        Args:
+            drop: row -> whether to remove it.
+
+        Returns:
+            The removed rows (nothing is rewritten when there are none).
+        """
+        kept, dropped = [], []
+        for line in self._lines():
+            row = _parse(line)
+            if row is not None and drop(row):
+                dropped.append(row)
+            else:
+                kept.append(line)
+        if dropped:
+            # A torn last line stays, but on a line of its own: the next row is not glued on.
+            if kept and not kept[-1].endswith("\n"):
+                kept[-1] += "\n"
+            self._rewrite(kept)
+        return dropped
 
     def write_summary(self, summary: dict) -> None:
         """Writes summary.json, which marks the run finished."""
