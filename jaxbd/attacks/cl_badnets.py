@@ -52,7 +52,9 @@ def cl_badnets(
           returned as given. `poison_dataset` passes target-class images only, so there
           every image gets the patch; the label test makes the transform safe to apply to a
           mixed batch (e.g. poisoning on the fly inside a training step), where stamping a
-          non-target image would turn it into a dirty-label poison.
+          non-target image would turn it into a dirty-label poison. This is the rule of
+          every clean-label attack in jaxbd (`sig`, `adv_clean_label` too): the training
+          transform changes only target-class images.
         - `test_fn` stamps every image and sets every label to `target`.
 
     Raises:

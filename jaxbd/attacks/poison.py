@@ -22,6 +22,18 @@ from jaxbd.data.dataset import Dataset
 class PoisonedDataset:
     """A training set after poisoning, with the ground truth about what was poisoned.
 
+    Not every poison is a backdoor sample. `is_poison` flags every example the attack's
+    training transform touched; `is_backdoor` flags those that pair the trigger with the
+    attacker's label, the examples that teach the backdoor:
+
+    - dirty-label attacks: the poisons whose label the transform changed (to the target, or
+      to (y + 1) mod C for all-to-all). Poisons that keep their label are not backdoor
+      samples: WaNet's noise-mode samples, Adaptive-Blend's and Adaptive-Patch's
+      regularization samples, and target-class images drawn as candidates when
+      `exclude_target=False` (stamped, but their label was already the target);
+    - clean-label attacks: every poison (all are target-class images, and a clean-label
+      training transform stamps its trigger on every target-class image it is given).
+
     Attributes:
         dataset: the poisoned training set: images with triggers stamped on the poisons and
             the labels a learner observes (flipped to the target for dirty-label attacks).
@@ -30,6 +42,9 @@ class PoisonedDataset:
         poison_indices: int32[P], the poisoned indices in increasing order
             (`np.flatnonzero(is_poison)`).
         target: the attack's target class.
+        is_backdoor: bool[N], True for the backdoor samples among the poisons (see above);
+            `is_backdoor <= is_poison`. Defaults to `is_poison` (every poison a backdoor
+            sample) when not given.
     """
 
     dataset: Dataset
@@ -37,6 +52,21 @@ class PoisonedDataset:
     original_labels: np.ndarray
     poison_indices: np.ndarray
     target: int
+    is_backdoor: np.ndarray | None = None
+
+    def __post_init__(self):
+        is_poison = np.asarray(self.is_poison, bool)
+        if self.is_backdoor is None:
+            # frozen: set the default through object.__setattr__, as dataclasses do.
+            object.__setattr__(self, "is_backdoor", is_poison.copy())
+        is_backdoor = np.asarray(self.is_backdoor)
+        if is_backdoor.dtype != bool or is_backdoor.shape != is_poison.shape:
+            raise ValueError(
+                f"is_backdoor must be bool{list(is_poison.shape)} like is_poison, got "
+                f"{is_backdoor.dtype}{list(is_backdoor.shape)}"
+            )
+        if np.any(is_backdoor & ~is_poison):
+            raise ValueError("is_backdoor flags examples that are not poisons")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +125,8 @@ def poison_dataset(
             compiles once.
 
     Returns:
-        The poisoned dataset with its poison flags, original labels and poison indices.
+        The poisoned dataset with its poison flags, original labels, poison indices and
+        backdoor-sample flags (`PoisonedDataset.is_backdoor`).
 
     Raises:
         ValueError: for a fraction outside [0, 1], a target outside [0, C), a clean-label
@@ -152,6 +183,9 @@ def poison_dataset(
         new_labels[poison_indices] = poisoned_labels
     is_poison = np.zeros((n,), bool)
     is_poison[poison_indices] = True
+    # Which poisons teach the backdoor (see PoisonedDataset): for a clean-label attack every
+    # poison (target-class images, all stamped); otherwise those whose label was changed.
+    is_backdoor = is_poison.copy() if attack.clean_label else is_poison & (new_labels != labels)
 
     description = f"poisoned: {attack.description}, fraction={fraction}, {num_poison} poisons" + (
         ", target class excluded" if exclude_target else ""
@@ -169,6 +203,7 @@ def poison_dataset(
         original_labels=labels.copy(),
         poison_indices=poison_indices,
         target=target,
+        is_backdoor=is_backdoor,
     )
 
 

@@ -8,6 +8,11 @@ the target class are poisoned and they keep their labels (`clean_label=True`, so
 `poison_dataset` draws the poisons from the target class); the network learns to associate
 the signal with the target class, and at test time the same signal added to an image of any
 class triggers it.
+
+As for every clean-label attack in jaxbd (`cl_badnets`, `adv_clean_label`), the training
+transform changes only the target-class images of a batch and returns the others as given,
+so applying it to a mixed batch (poisoning on the fly in a training step) can never make a
+dirty-label poison.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.attacks.base import Attack
-from jaxbd.attacks.pixels import add_pattern
+from jaxbd.attacks.pixels import add_pattern, where_images
 from jaxbd.attacks.validation import check_inputs, check_target, is_real
 
 
@@ -35,8 +40,15 @@ def sig(*, target: int = 0, amplitude: float = 20.0, frequency: float = 6.0) -> 
 
     Returns:
         An `Attack` with `clean_label=True` whose transforms are deterministic (the key is
-        ignored) and add the same signal to images `uint8[..., H, W, 3]` of any leading
-        batch shape and size: `train_fn` keeps the labels, `test_fn` sets them to `target`.
+        ignored) and work on images `uint8[..., H, W, 3]` of any leading batch shape and
+        size.
+
+        - `train_fn(key, images, labels int32[...])` adds the signal to the images whose
+          label is `target` and returns the others unchanged; labels are returned as given.
+          `poison_dataset` passes target-class images only, so there every image gets the
+          signal; the label test is the clean-label rule shared with `cl_badnets` and
+          `adv_clean_label`.
+        - `test_fn` adds the signal to every image and sets every label to `target`.
 
     Raises:
         ValueError: for a bad target, amplitude or frequency.
@@ -63,7 +75,8 @@ def sig(*, target: int = 0, amplitude: float = 20.0, frequency: float = 6.0) -> 
     def train_fn(key, images, labels):
         del key  # deterministic
         images, labels = check_inputs(name, images, labels)
-        return add_signal(images), labels
+        # Clean label: a non-target image with the signal would be a dirty-label poison.
+        return where_images(labels == target, add_signal(images), images), labels
 
     def test_fn(key, images, labels):
         del key  # deterministic

@@ -31,6 +31,7 @@ def write_summary(cell: Cell, trained_together: int) -> dict[str, Any]:
         poisoned.is_poison,
         poisoned.original_labels,
         train_set.num_classes,
+        is_backdoor=poisoned.is_backdoor,  # backdoor_total, backdoor_kept, backdoor_retention
     )
     summary = {
         **result,

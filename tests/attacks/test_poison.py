@@ -1,5 +1,7 @@
 """poison_dataset and triggered_test_set: counts, bookkeeping, copies, keys, clean label."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -218,3 +220,53 @@ def test_triggered_test_set_uses_the_test_transform():
     _patch_changed(DATA.images, t.images)
     p = poison_dataset(KEY, DATA, attack, fraction=0.1, batch_size=BATCH)
     assert np.all(p.dataset.images[p.poison_indices] == 0)
+
+
+# --- which poisons are backdoor samples ---------------------------------------------------
+
+
+def test_is_backdoor_dirty_label_flags_the_relabelled_poisons():
+    # fraction 1.0: every example is a poison, the target class (40 images) included.
+    p = poison_dataset(KEY, DATA, BADNETS, fraction=1.0, batch_size=BATCH)
+    assert p.is_backdoor.dtype == bool and p.is_backdoor.shape == (N,)
+    # Target-class picks are stamped but keep their label: poisons, not backdoor samples.
+    np.testing.assert_array_equal(p.is_backdoor, DATA.labels != TARGET)
+    assert p.is_poison.all()
+    # All-to-all changes every poison's label: all are backdoor samples.
+    p = poison_dataset(KEY, DATA, ALL_TO_ALL, fraction=0.3, batch_size=BATCH)
+    np.testing.assert_array_equal(p.is_backdoor, p.is_poison)
+
+
+def test_is_backdoor_excludes_wanet_noise_samples():
+    from jaxbd.attacks import wanet
+
+    attack = wanet(target=TARGET, noise_fraction=0.5)
+    p = poison_dataset(KEY, DATA, attack, fraction=0.5, exclude_target=True, batch_size=BATCH)
+    noise = p.is_poison & (p.dataset.labels == p.original_labels)
+    assert 0 < noise.sum() < p.is_poison.sum()  # both kinds present
+    np.testing.assert_array_equal(p.is_backdoor, p.is_poison & ~noise)
+    assert np.all(p.dataset.labels[p.is_backdoor] == TARGET)
+
+
+def test_is_backdoor_clean_label_flags_every_poison():
+    p = poison_dataset(KEY, DATA, CLEAN_LABEL, fraction=0.1, batch_size=BATCH)
+    np.testing.assert_array_equal(p.is_backdoor, p.is_poison)
+    assert p.is_backdoor.sum() == 20
+
+
+def test_poisoned_dataset_defaults_and_checks_is_backdoor():
+    n = 4
+    data = _dataset(n)
+    flags = np.array([True, False, True, False])
+    made = PoisonedDataset(
+        dataset=data,
+        is_poison=flags,
+        original_labels=data.labels,
+        poison_indices=np.flatnonzero(flags).astype(np.int32),
+        target=0,
+    )
+    np.testing.assert_array_equal(made.is_backdoor, flags)  # default: every poison
+    with pytest.raises(ValueError, match="not poisons"):
+        dataclasses.replace(made, is_backdoor=np.array([False, True, False, False]))
+    with pytest.raises(ValueError, match="is_backdoor must be bool"):
+        dataclasses.replace(made, is_backdoor=np.zeros(3, bool))

@@ -38,23 +38,39 @@ def test_signal():
     assert np.argmax(np.abs(np.fft.rfft(signal[:, 0]))) == 6
 
 
-def test_train_adds_the_signal_and_keeps_labels_test_relabels():
-    images, labels = _images((8, 16, 32, 3)), np.arange(8, dtype=np.int32) % 4
+def test_train_adds_the_signal_to_target_images_and_keeps_labels_test_relabels():
+    images, labels = _images((8, 16, 32, 3)), np.full(8, TARGET, np.int32)
     out, out_labels = TRAIN(KEY, images, labels)
     assert out.dtype == np.uint8 and out.shape == images.shape and out_labels.dtype == np.int32
     np.testing.assert_array_equal(out_labels, labels)
     _assert_rounds(out, _exact(images))
-    test, test_labels = TEST(KEY, images, labels)
-    np.testing.assert_array_equal(test, out)
+    test, test_labels = TEST(KEY, images, np.arange(8, dtype=np.int32) % 4)
+    np.testing.assert_array_equal(test, out)  # test_fn: every image, whatever its label
     np.testing.assert_array_equal(test_labels, np.full(8, TARGET))
     assert ATTACK.clean_label is True
     # Deterministic: the key is ignored.
     np.testing.assert_array_equal(TRAIN(jax.random.key(4), images, labels)[0], out)
 
 
+def test_train_leaves_non_target_images_unchanged_like_every_clean_label_attack():
+    # One rule for all clean-label attacks: the training transform changes only target-class
+    # images, so a mixed batch never gets a dirty-label poison (as cl_badnets does).
+    from jaxbd.attacks import cl_badnets
+
+    images, labels = _images((8, 16, 32, 3)), np.arange(8, dtype=np.int32) % 4
+    is_target = labels == TARGET
+    out, out_labels = TRAIN(KEY, images, labels)
+    np.testing.assert_array_equal(out_labels, labels)
+    np.testing.assert_array_equal(np.asarray(out)[~is_target], images[~is_target])
+    _assert_rounds(np.asarray(out)[is_target], _exact(images[is_target]))
+    patched, _ = jax.jit(cl_badnets(target=TARGET, size=3).train_fn)(KEY, images, labels)
+    np.testing.assert_array_equal(np.asarray(patched)[~is_target], images[~is_target])
+    assert np.all(np.any(np.asarray(patched)[is_target] != images[is_target], axis=(1, 2, 3)))
+
+
 def test_same_shift_for_every_row_and_channel_away_from_clipping():
     images = _images((4, 16, 32, 3), low=30, high=226)  # Δ = 20 never clips
-    out, _ = TRAIN(KEY, images, np.zeros((4,), np.int32))
+    out, _ = TRAIN(KEY, images, np.full((4,), TARGET, np.int32))
     diff = np.asarray(out, np.int32) - images
     assert np.abs(diff).max() <= 20
     # One rounded value per column (up to a tie at .5), the sinusoid.
@@ -69,14 +85,15 @@ def test_vmap_and_leading_shapes():
     mapped = jax.jit(jax.vmap(ATTACK.test_fn))(keys, images, labels)
     np.testing.assert_array_equal(mapped[0], batched[0])
     np.testing.assert_array_equal(mapped[1], batched[1])
-    out, out_labels = TRAIN(KEY, images.reshape(2, 4, 16, 32, 3), labels.reshape(2, 4))
+    target_labels = np.full((2, 4), TARGET, np.int32)
+    out, out_labels = TRAIN(KEY, images.reshape(2, 4, 16, 32, 3), target_labels)
     assert out.shape == (2, 4, 16, 32, 3) and out_labels.shape == (2, 4)
     np.testing.assert_array_equal(np.asarray(out).reshape(images.shape), batched[0])
 
 
 def test_other_image_sizes():
     images = _images((3, 24, 40, 3))
-    out, _ = TRAIN(KEY, images, np.zeros((3,), np.int32))
+    out, _ = TRAIN(KEY, images, np.full((3,), TARGET, np.int32))
     _assert_rounds(out, _exact(images))
 
 
