@@ -117,3 +117,40 @@ def base_config() -> ml_collections.ConfigDict:
     c.runtime.eval_batch_size = 512  # must be a multiple of the device count
     c.runtime.progress = True  # progress bar per epoch
     return c
+
+
+def defend_config() -> ml_collections.ConfigDict:
+    """Defaults of `scripts/defend.py`: which run to defend, the defender's data, the repair.
+
+    Every field is documented here once; `configs/defend.py` starts from it.
+    """
+    from jaxbd import defenses
+    from jaxbd.defenses.registry import hparams_config
+
+    c = ml_collections.ConfigDict()
+    c.source = config_dict.placeholder(str)  # a finished scripts/train.py run directory
+    c.source_arm = "dense"  # "dense" | "pruned": which of its trained models to defend
+    c.seed = 0  # the defender's own streams (its data draw, its repair's randomness)
+
+    # The defender's clean data, drawn from the source run's unpoisoned training images.
+    c.defender = ml_collections.ConfigDict()
+    c.defender.fraction = 0.01  # r: images as a fraction of the training set
+    c.defender.per_class = config_dict.placeholder(int)  # images per class (overrides r)
+    c.defender.val_fraction = 0.1  # held out per class for every decision (>= 1 image)
+
+    c.defense = ml_collections.ConfigDict()
+    c.defense.name = "pivotal_tuning"  # a key of jaxbd.defenses.REPAIRS
+    c.defense.steps = config_dict.placeholder(int)  # the step budget; None: the repair's own
+    c.defense.eval_every = 50  # a trade-off-curve row every this many steps (and at step 0)
+    c.defense.delta = 0.02  # budget: stop when validation accuracy drops more than this
+    # One sub-dict per repair with its factory's defaults (Pick your Poison, r = 1%).
+    for name, factory in defenses.REPAIRS.items():
+        c.defense[name] = hparams_config(factory)
+
+    # How the run executes, not what it computes: may change when resuming.
+    c.runtime = ml_collections.ConfigDict()
+    c.runtime.num_devices = config_dict.placeholder(int)
+    c.runtime.steps_per_call = config_dict.placeholder(int)
+    c.runtime.eval_batch_size = 512
+    c.runtime.progress = True
+    return c

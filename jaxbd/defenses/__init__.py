@@ -25,17 +25,25 @@ on the test set is reported as `oracle_*`.
 from jaxbd.defenses.base import Repair, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.curve import oracle_asr_at_delta, plot_curves, within_budget
 from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, defender_data
+from jaxbd.defenses.fine_pruning import (
+    FinePruning,
+    channel_activations,
+    fine_pruning,
+    prune_channels_mask,
+)
 from jaxbd.defenses.finetune import FineTune, finetune
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
 
 REPAIRS = {
     "finetune": finetune,
+    "fine_pruning": fine_pruning,
 }
 
 __all__ = [
     "REPAIRS",
     "DefenderData",
     "DefenderDataSettings",
+    "FinePruning",
     "FineTune",
     "Repair",
     "RepairContext",
@@ -43,10 +51,13 @@ __all__ = [
     "TuneResult",
     "TuningPlan",
     "Variables",
+    "channel_activations",
     "defender_data",
+    "fine_pruning",
     "finetune",
     "oracle_asr_at_delta",
     "plot_curves",
+    "prune_channels_mask",
     "tune",
     "within_budget",
 ]

@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,10 +30,10 @@ from jaxbd.train import PLAIN, DeviceData, StepVariant, Trainer
 PyTree = Any
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class Variables:
     """A model's variables: parameters, BatchNorm statistics, and its pruning mask (float
-    0/1 pytree like the parameters; all ones when dense)."""
+    0/1 pytree like the parameters; all ones when dense). A pytree (checkpointable)."""
 
     params: PyTree
     batch_stats: PyTree

@@ -75,11 +75,17 @@ def tune(
     eval_every: int = 50,
     delta: float = 0.02,
     evaluate_fn: EvaluateFn | None = None,
+    base: Variables | None = None,
     on_eval: Callable[[TuneProgress], None] | None = None,
     resume: TuneProgress | None = None,
     desc: str = "repair",
 ) -> TuneResult:
     """Runs a plan's steps with the trade-off curve and the Δ budget.
+
+    The step-0 row evaluates the undefended model (`base`; default the plan's starting
+    model), and its validation accuracy is the budget's reference. When the plan starts
+    from another model (e.g. Fine-Pruning's pruned network), that model is what step 0
+    returns if it is within the budget, else the undefended one.
 
     Args:
         ctx: the repair context (engine, defender's data, validation).
@@ -87,6 +93,7 @@ def tune(
         eval_every: steps between curve rows (>= 1).
         delta: the budget on validation accuracy, absolute (e.g. 0.02).
         evaluate_fn: optional test metrics of a state, recorded on the curve as `test_*`.
+        base: the undefended model (default: `plan.variables`).
         on_eval: called after every row (e.g. to checkpoint and log it).
         resume: continue from this progress instead of step 0.
         desc: progress-bar label.
@@ -98,12 +105,10 @@ def tune(
         raise ValueError(f"eval_every must be >= 1, got {eval_every}")
     trainer = ctx.trainer
     started = time.perf_counter()
-    schedule = CosineSchedule.create(
-        plan.lr, max(plan.steps, 1), end=0.0 if plan.cosine else plan.lr
-    )
     stream = jax.random.fold_in(ctx.key, 1)
 
     def row_for(step, state, stats=None):
+        # `state` may be a TrainState or Variables: both have params and batch_stats.
         val = ctx.validate(state.params, state.batch_stats)
         row = {"step": step, "val_accuracy": val}
         if stats is not None:
@@ -113,19 +118,18 @@ def tune(
         return row
 
     if resume is None:
-        v = plan.variables
-        state = trainer.new_state(
-            copy_tree(v.params),
-            copy_tree(v.batch_stats),
-            schedule,
-            rng=jax.random.fold_in(ctx.key, 2),
-            mask=v.mask,
-        )
-        row = row_for(0, state)
+        undefended = plan.variables if base is None else base
+        row = row_for(0, undefended)
+        state = start_state(ctx, plan)
+        best = undefended
+        if undefended is not plan.variables and within_budget(
+            ctx.validate(state.params, state.batch_stats), row["val_accuracy"], delta
+        ):
+            best = plan.variables
         progress = TuneProgress(
             step=0,
             state=state,
-            best=(0, _variables(state)),
+            best=(0, _copy(best)),
             rows=[row],
             base_val_accuracy=row["val_accuracy"],
         )
@@ -164,6 +168,26 @@ def tune(
         rows=progress.rows,
         seconds=time.perf_counter() - started,
     )
+
+
+def start_state(ctx: RepairContext, plan: TuningPlan) -> TrainState:
+    """The train state a plan starts from: its variables (copied), its mask, a fresh
+    optimizer and its learning-rate schedule (constant, or cosine to 0)."""
+    schedule = CosineSchedule.create(
+        plan.lr, max(plan.steps, 1), end=0.0 if plan.cosine else plan.lr
+    )
+    v = plan.variables
+    return ctx.trainer.new_state(
+        copy_tree(v.params),
+        copy_tree(v.batch_stats),
+        schedule,
+        rng=jax.random.fold_in(ctx.key, 2),
+        mask=copy_tree(v.mask),  # the state's buffers are donated by the steps
+    )
+
+
+def _copy(v: Variables) -> Variables:
+    return Variables(copy_tree(v.params), copy_tree(v.batch_stats), copy_tree(v.mask))
 
 
 def _variables(state: TrainState) -> Variables:

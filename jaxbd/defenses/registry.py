@@ -1,0 +1,64 @@
+"""The repair registry's configuration: each repair's hyper-parameters as a config section.
+
+`hparams_config(factory)` reads a factory's keyword defaults into a ConfigDict, so
+`config.defense.<name>.<field>` exists for every hyper-parameter and can be overridden from
+the command line; `make_repair(name, hparams, steps=None)` builds one, with the common step
+budget override.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def hparams_config(factory: Callable) -> ml_collections.ConfigDict:
+    """A ConfigDict of a factory's keyword arguments with their defaults (None defaults
+    become typed placeholders when annotated `int | None` or `float | None`)."""
+    hparams = ml_collections.ConfigDict()
+    for param in inspect.signature(factory).parameters.values():
+        if param.default is inspect.Parameter.empty:
+            continue
+        if param.default is None:
+            kind = float if "float" in str(param.annotation) else int
+            hparams[param.name] = config_dict.placeholder(kind)
+        else:
+            hparams[param.name] = param.default
+    return hparams
+
+
+def make_repair(
+    repairs: Mapping[str, Callable], name: str, hparams: Mapping[str, Any] | None, **overrides
+):
+    """Builds repair `name` from its configured hyper-parameters.
+
+    Args:
+        repairs: the registry (`jaxbd.defenses.REPAIRS`).
+        name: a key of it.
+        hparams: keyword arguments (a ConfigDict section or dict; lists become tuples, unset
+            placeholders take the factory's default).
+        **overrides: further keyword arguments that win (e.g. `steps`), ignored when None.
+
+    Raises:
+        ValueError: for an unknown name or hyper-parameters the factory rejects.
+    """
+    if name not in repairs:
+        raise ValueError(f"unknown defense {name!r}; registered: {sorted(repairs)}")
+    items = {} if hparams is None else dict(_as_dict(hparams))
+    items.update({k: v for k, v in overrides.items() if v is not None})
+    kwargs = {k: _tuplify(v) for k, v in items.items() if v is not None}
+    return repairs[name](**kwargs)
+
+
+def _as_dict(section) -> dict:
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def _tuplify(value):
+    if isinstance(value, list | tuple):
+        return tuple(_tuplify(v) for v in value)
+    return value

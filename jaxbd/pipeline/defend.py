@@ -1,0 +1,363 @@
+"""The defense pipeline: repair a finished training run's model with the defender's data.
+
+`run(config, workdir)` is what `scripts/defend.py` calls (`configs/defend.py`):
+
+1. the source run (`config.source`, a finished `scripts/train.py` directory) is read: its
+   `config.json` rebuilds the same experiment settings, so the setup stage
+   (`jaxbd.pipeline.setup`) rebuilds the same poisoned training set and triggered test set
+   from the same streams; its final dense (or pruned) checkpoint is restored. The source
+   directory is only read, never written (the defense's own directory may live inside it,
+   `<source>/defenses/<name>` by default);
+2. the defender's data: a small clean subset of the training images (`jaxbd.defenses.
+   defender_data`, the "defender" stream of `config.seed`), split into tuning and held-out
+   validation parts;
+3. the repair plans (`repair.plan`: its own work, e.g. pruning channels on validation
+   accuracy, training a teacher, reverse-engineering triggers), then tunes through the shared
+   loop (`jaxbd.defenses.tune`): a curve row at step 0 and every `defense.eval_every` steps
+   (`curve.jsonl`), the Δ budget on validation accuracy, checkpoints under
+   `checkpoints/defense` so an interrupted defense resumes (the plan is recomputed: it is
+   deterministic);
+4. `summary.json`: the undefended (`before`) and returned (`after`) models' test metrics,
+   DER and RIR, `oracle_asr_at_delta` (chosen on the test set, hence the name), the method's
+   decisions, and `curve.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxbd import defenses, metrics, rng, runs
+from jaxbd.defenses import tuning
+from jaxbd.defenses.base import RepairContext, Variables, jsonable
+from jaxbd.defenses.registry import make_repair
+from jaxbd.pipeline import engine, setup
+from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.evaluate import make_evaluate_fn
+from jaxbd.runs.checkpoint import Checkpointer
+from jaxbd.runs.rundir import CONFIG_FILE, SUMMARY_FILE
+from jaxbd.settings import ConfigError, from_config
+from jaxbd.train import CosineSchedule
+
+ARMS = {"dense": "dense", "pruned": "pruned"}
+"""`config.source_arm` -> the source run's checkpointed phase holding that model."""
+
+CURVE_FILE = "curve.jsonl"
+CURVE_PLOT = "curve.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class DefendSettings:
+    """A defense run's settings (validated; see `jaxbd.configs.defend_config`)."""
+
+    source: str
+    source_arm: str
+    seed: int
+    defender: defenses.DefenderDataSettings
+    name: str
+    repair: Any
+    eval_every: int
+    delta: float
+    experiment: ExperimentSettings  # the source run's, with this run's runtime settings
+
+
+def validate(config: ml_collections.ConfigDict) -> DefendSettings:
+    """Checks the defense config and the source run before anything is written.
+
+    Raises:
+        ConfigError: for a missing, unfinished or foreign source run, an unknown defense or
+            arm, bad hyper-parameters or defender settings.
+    """
+    source = config.get("source")
+    if not source:
+        raise ConfigError("config.source: the finished scripts/train.py run to defend is required")
+    source = os.path.abspath(source)
+    for name, what in ((CONFIG_FILE, "a jaxbd run directory"), (SUMMARY_FILE, "finished")):
+        if not os.path.exists(os.path.join(source, name)):
+            raise ConfigError(
+                f"config.source: {source} is not {what} (no {name}); defend a finished "
+                "scripts/train.py run"
+            )
+    arm = config.source_arm
+    if arm not in ARMS:
+        raise ConfigError(f"config.source_arm: must be one of {sorted(ARMS)}, got {arm!r}")
+    if not os.path.isdir(os.path.join(source, "checkpoints", ARMS[arm])):
+        raise ConfigError(
+            f"config.source_arm={arm}: {source} has no {ARMS[arm]!r} checkpoint (a run without "
+            "a pruned arm has only the dense model)"
+        )
+    d = config.defense
+    if d.name not in defenses.REPAIRS:
+        raise ConfigError(
+            f"config.defense.name: must be one of {sorted(defenses.REPAIRS)}, got {d.name!r}"
+        )
+    if d.steps is not None and (not isinstance(d.steps, int) or d.steps < 0):
+        raise ConfigError(f"config.defense.steps: must be None or >= 0, got {d.steps!r}")
+    if not isinstance(d.eval_every, int) or d.eval_every < 1:
+        raise ConfigError(f"config.defense.eval_every: must be >= 1, got {d.eval_every!r}")
+    if not 0 <= d.delta <= 1:
+        raise ConfigError(f"config.defense.delta: must be in [0, 1], got {d.delta!r}")
+    try:
+        repair = make_repair(defenses.REPAIRS, d.name, d.get(d.name), steps=d.steps)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.defense.{d.name}: {e}") from None
+    with open(os.path.join(source, CONFIG_FILE)) as f:
+        source_config = ml_collections.ConfigDict(json.load(f))
+    source_config.runtime.update(config.runtime.to_dict())
+    return DefendSettings(
+        source=source,
+        source_arm=arm,
+        seed=config.seed,
+        defender=from_config(defenses.DefenderDataSettings, config.defender, "config.defender"),
+        name=d.name,
+        repair=repair,
+        eval_every=d.eval_every,
+        delta=float(d.delta),
+        experiment=ExperimentSettings.from_config(source_config),
+    )
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+    """`<source>/defenses/<defense>` (`_pruned` appended for the pruned arm)."""
+    suffix = "" if config.source_arm == "dense" else f"_{config.source_arm}"
+    return os.path.join(config.source, "defenses", f"{config.defense.name}{suffix}")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
+    """Runs (or resumes) one defense of a finished run and returns its summary.
+
+    Args:
+        config: a defense configuration (see `jaxbd.configs.defend_config`).
+        workdir: where the defense writes (default `default_workdir(config)`); created if
+            missing, resumed if it holds an unfinished defense of the same configuration,
+            refused if finished or different.
+
+    Returns:
+        The summary also written to `workdir/summary.json`.
+    """
+    started = time.perf_counter()
+    s = validate(config)
+    workdir = workdir or default_workdir(config)
+    rundir = runs.RunDir(workdir)
+    rundir.check_not_finished()
+    exp = s.experiment
+    splits = setup.load_data(exp)
+    source_trainer = engine.make_trainer(exp, splits.train.num_classes)
+    attack = setup.check(exp, source_trainer, splits)
+    repair = s.repair
+    repair_trainer = engine.make_trainer(
+        dataclasses.replace(
+            exp,
+            train=dataclasses.replace(
+                exp.train,
+                batch_size=repair.batch_size,
+                momentum=repair.momentum,
+                weight_decay=repair.weight_decay,
+            ),
+        ),
+        splits.train.num_classes,
+    )
+    def claim() -> bool:
+        resumed = rundir.open(config.to_dict())
+        rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
+        return resumed
+
+    # The source run's data, rebuilt from its streams. Only an attack that needs a trained
+    # surrogate writes (its phase, into this run's directory), so otherwise everything,
+    # the defender's draw included, is checked before the directory is claimed.
+    resumed = claim() if attack is None else None
+    stage = setup.build(exp, source_trainer, splits, rundir, attack)
+    try:
+        defender = defenses.defender_data(
+            rng.stream(s.seed, "defender"), splits.train, stage.poisoned.is_poison, s.defender
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.defender: {e}") from None
+    if resumed is None:
+        resumed = claim()
+    undefended = _restore(s, source_trainer, splits.train.image_shape)
+    logging.info(
+        "defender: %d tuning + %d validation clean images", len(defender.tune), len(defender.val)
+    )
+    ctx = RepairContext(
+        trainer=repair_trainer,
+        defender=defender,
+        tune_data=repair_trainer.put(defender.tune.images, defender.tune.labels),
+        key=rng.stream(s.seed, f"defense/{s.name}"),
+        validate=_validator(repair_trainer, defender.val),
+        num_classes=splits.train.num_classes,
+    )
+    evaluate_fn = make_evaluate_fn(repair_trainer, splits.test, stage.triggered)
+
+    plan = repair.plan(ctx, undefended)
+    checkpointer = Checkpointer(os.path.join(rundir.path, "checkpoints", "defense"))
+    try:
+        resume = _resume(checkpointer, ctx, plan, rundir)
+
+        def on_eval(progress: tuning.TuneProgress) -> None:
+            _write_curve(rundir, progress.rows)
+            checkpointer.save(
+                progress.step,
+                {"state": progress.state, "best": progress.best[1]},
+                {
+                    "step": progress.step,
+                    "best_step": progress.best[0],
+                    "rows": progress.rows,
+                    "base_val_accuracy": progress.base_val_accuracy,
+                    "stopped": progress.stopped,
+                },
+            )
+            logging.info("defense %s: %s", s.name, _row_text(progress.rows[-1]))
+
+        result = tuning.tune(
+            ctx,
+            plan,
+            eval_every=s.eval_every,
+            delta=s.delta,
+            evaluate_fn=evaluate_fn,
+            base=undefended,
+            on_eval=on_eval,
+            resume=resume,
+            desc=s.name,
+        )
+    finally:
+        checkpointer.close()
+    summary = _summary(s, plan, result, evaluate_fn, undefended, defender, started, resumed)
+    _plot(rundir, s.name, result.rows)
+    rundir.log({"event": "end", **{f"after_{k}": v for k, v in summary["after"].items()}})
+    rundir.write_summary(summary)
+    return summary
+
+
+def _restore(s: DefendSettings, trainer, image_shape) -> Variables:
+    """The source run's final model of the chosen arm (its checkpoint is only read)."""
+    template = trainer.init_state(
+        jax.random.key(0), image_shape, CosineSchedule.create(1.0, 1), rng=jax.random.key(0)
+    )
+    folder = os.path.join(s.source, "checkpoints", ARMS[s.source_arm])
+    checkpointer = Checkpointer(folder)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is None:
+            raise ConfigError(f"config.source: {folder} holds no checkpoint")
+        restored, _ = checkpointer.restore(latest, {"state": template})
+    finally:
+        checkpointer.close()
+    state = restored["state"]
+    return Variables(params=state.params, batch_stats=state.batch_stats, mask=state.mask)
+
+
+def _validator(trainer, val):
+    """`validate(params, batch_stats) -> accuracy` on the defender's held-out images."""
+    images = trainer.replicate(val.images)
+
+    def validate(params, batch_stats) -> float:
+        logits, _ = trainer.predict_variables(params, batch_stats, images)
+        predictions = np.asarray(jax.device_get(logits.argmax(-1)))
+        return float(np.mean(predictions == val.labels))
+
+    return validate
+
+
+def _resume(checkpointer, ctx, plan, rundir) -> tuning.TuneProgress | None:
+    """The saved progress of an interrupted defense, or None."""
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return None
+    template = {"state": tuning.start_state(ctx, plan), "best": plan.variables}
+    restored, meta = checkpointer.restore(latest, template)
+    rundir.log({"event": "resume", "phase": "defense", "step": int(meta["step"])})
+    logging.info("defense: resuming after step %d", meta["step"])
+    return tuning.TuneProgress(
+        step=int(meta["step"]),
+        state=restored["state"],
+        best=(int(meta["best_step"]), restored["best"]),
+        rows=list(meta["rows"]),
+        base_val_accuracy=float(meta["base_val_accuracy"]),
+        stopped=bool(meta["stopped"]),
+    )
+
+
+def _write_curve(rundir, rows) -> None:
+    """`curve.jsonl`, rewritten atomically (a reader never sees a torn file)."""
+    path = rundir.file(CURVE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(jsonable(row), sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _row_text(row) -> str:
+    parts = [f"step {row['step']}", f"val acc {row['val_accuracy']:.4f}"]
+    if "test_clean_accuracy" in row:
+        parts.append(f"test acc {row['test_clean_accuracy']:.4f}")
+        parts.append(f"ASR {row['test_attack_success_rate']:.4f}")
+    return ", ".join(parts)
+
+
+def _summary(s, plan, result, evaluate_fn, undefended, defender, started, resumed) -> dict:
+    before = evaluate_fn(undefended)
+    after = evaluate_fn(result.variables)
+    return {
+        "defense": s.name,
+        "hparams": jsonable(dataclasses.asdict(s.repair)),
+        "source": s.source,
+        "source_arm": s.source_arm,
+        "attack": s.experiment.attack.name,
+        "before": before,
+        "after": after,
+        "before_val_accuracy": result.rows[0]["val_accuracy"],
+        "der": float(
+            metrics.defense_effectiveness_rating(
+                before["clean_accuracy"],
+                after["clean_accuracy"],
+                before["attack_success_rate"],
+                after["attack_success_rate"],
+            )
+        ),
+        "rir": robust_improvement_rate(
+            before["clean_accuracy"],
+            after["clean_accuracy"],
+            before["robust_accuracy"],
+            after["robust_accuracy"],
+        ),
+        "repaired": after["attack_success_rate"] <= 0.05,
+        "oracle_asr_at_delta": defenses.oracle_asr_at_delta(result.rows, s.delta),
+        "delta": s.delta,
+        "defender_examples": len(defender),
+        "defender_tune": len(defender.tune),
+        "defender_val": len(defender.val),
+        "steps": result.steps,
+        "step_budget": plan.steps,
+        "returned_step": result.returned_step,
+        "stopped_early": result.stopped_early,
+        "details": jsonable(dict(plan.details)),
+        "resumed": resumed,
+        "tune_seconds_this_invocation": result.seconds,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def robust_improvement_rate(
+    clean_before: float, clean_after: float, robust_before: float, robust_after: float
+) -> float:
+    """RIR (BackdoorBench): [max(0, RA_after − RA_before) − max(0, clean drop) + 1] / 2."""
+    gain = max(0.0, robust_after - robust_before)
+    drop = max(0.0, clean_before - clean_after)
+    return (gain - drop + 1.0) / 2.0
+
+
+def _plot(rundir, name, rows) -> None:
+    try:
+        defenses.plot_curves({name: rows}, rundir.file(CURVE_PLOT))
+    except ImportError:  # matplotlib is the `plot` extra
+        logging.warning("matplotlib is not installed: no %s", CURVE_PLOT)

@@ -1,0 +1,94 @@
+"""The shared tuning loop: the step-0 row, the Δ budget, resuming in pieces."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jaxbd import defenses
+from jaxbd.data import make_synthetic
+from jaxbd.defenses import RepairContext, TuningPlan, Variables
+from jaxbd.models import tiny_cnn
+from jaxbd.train import CosineSchedule, Trainer, make_mesh
+
+SPLITS = make_synthetic(num_train=128, num_test=32, image_size=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ctx_and_model():
+    trainer = Trainer(
+        tiny_cnn(num_classes=10, width=4),
+        make_mesh(1),
+        batch_size=16,
+        eval_batch_size=32,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        progress=False,
+    )
+    state = trainer.init_state(
+        jax.random.key(0), (8, 8, 3), CosineSchedule.create(0.1, 10), rng=jax.random.key(1)
+    )
+    data = defenses.defender_data(
+        jax.random.key(2),
+        SPLITS.train,
+        np.zeros(128, bool),
+        defenses.DefenderDataSettings(fraction=0.5, val_fraction=0.25),
+    )
+    ctx = RepairContext(
+        trainer=trainer,
+        defender=data,
+        tune_data=trainer.put(data.tune.images, data.tune.labels),
+        key=jax.random.key(3),
+        validate=lambda params, batch_stats: 0.5,
+        num_classes=10,
+    )
+    return ctx, Variables(state.params, state.batch_stats, state.mask)
+
+
+def _with_validate(ctx, values):
+    """A context whose validation accuracies are `values`, in call order."""
+    calls = iter(values)
+    return RepairContext(**{**ctx.__dict__, "validate": lambda p, b: next(calls)})
+
+
+def test_delta_stop_returns_the_last_checkpoint_within_the_budget(ctx_and_model):
+    ctx, model = ctx_and_model
+    plan = TuningPlan(variables=model, data=ctx.tune_data, steps=50, lr=0.01)
+    # step 0: 0.80 (base); 10: 0.79; 20: 0.785 (within 0.02); 30: 0.75 -> stop.
+    result = defenses.tune(
+        _with_validate(ctx, [0.80, 0.79, 0.785, 0.75, 0.9, 0.9]), plan, eval_every=10
+    )
+    assert [r["step"] for r in result.rows] == [0, 10, 20, 30]
+    assert result.stopped_early and result.returned_step == 20 and result.steps == 30
+
+
+def test_step_zero_row_evaluates_the_undefended_model(ctx_and_model):
+    ctx, model = ctx_and_model
+    seen = []
+
+    def evaluate_fn(state):
+        seen.append(jax.device_get(state.params))
+        return {"clean_accuracy": 0.3, "attack_success_rate": 0.9}
+
+    plan = TuningPlan(variables=model, data=ctx.tune_data, steps=4, lr=0.01)
+    result = defenses.tune(ctx, plan, eval_every=4, evaluate_fn=evaluate_fn)
+    chex.assert_trees_all_equal(seen[0], jax.device_get(model.params))
+    assert result.rows[0]["test_clean_accuracy"] == 0.3 and result.rows[0]["step"] == 0
+    assert result.returned_step == 4 and not result.stopped_early
+
+
+def test_tuning_in_pieces_equals_tuning_in_one_go(ctx_and_model):
+    ctx, model = ctx_and_model
+    plan = TuningPlan(variables=model, data=ctx.tune_data, steps=12, lr=0.05)
+    one = defenses.tune(ctx, plan, eval_every=12)
+    pieces = defenses.tune(ctx, plan, eval_every=4)
+    chex.assert_trees_all_close(one.variables.params, pieces.variables.params, atol=1e-6)
+    assert len(pieces.rows) == 4 and len(one.rows) == 2
+
+
+def test_zero_steps_returns_the_plan_model(ctx_and_model):
+    ctx, model = ctx_and_model
+    plan = TuningPlan(variables=model, data=ctx.tune_data, steps=0, lr=0.01)
+    result = defenses.tune(ctx, plan, eval_every=5)
+    assert result.steps == 0 and result.returned_step == 0 and len(result.rows) == 1
+    chex.assert_trees_all_equal(result.variables.params, model.params)
