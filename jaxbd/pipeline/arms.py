@@ -126,7 +126,7 @@ def train_pruned(cells: Sequence[Cell]) -> None:
         train_phases=_phases(cells),
         evaluate_fns=[cell.evaluate_fn for cell in cells],
         eval_every=c0.settings.train.eval_every_epochs,
-        log=lambda m, row: cells[m].rundir.log(row),
+        log=lambda m, row: cells[m].rundir.log_once(row, key=("event", "round")),
     )
     seconds = time.perf_counter() - started
     for cell, imp in zip(cells, results, strict=True):

@@ -165,6 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         ),
         splits.train.num_classes,
     )
+
     def claim() -> bool:
         resumed = rundir.open(config.to_dict())
         rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
@@ -232,8 +233,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         checkpointer.close()
     summary = _summary(s, plan, result, evaluate_fn, undefended, defender, started, resumed)
     _plot(rundir, s.name, result.rows)
-    rundir.log({"event": "end", **{f"after_{k}": v for k, v in summary["after"].items()}})
+    end = {f"after_{k}": v for k, v in summary["after"].items()}
+    rundir.log_once({"event": "end", **end}, key=("event",))
     rundir.write_summary(summary)
+    rundir.close()
     return summary
 
 

@@ -7,7 +7,11 @@ model) reuse one instead of compiling the same steps again.
 
 from __future__ import annotations
 
+import jax
+from jax.sharding import Mesh
+
 from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.settings import ConfigError
 from jaxbd.train import Trainer, make_mesh
 
 _TRAINERS: dict[tuple, Trainer] = {}
@@ -18,11 +22,13 @@ def make_trainer(settings: ExperimentSettings, num_classes: int) -> Trainer:
     reused (only the progress-bar flag is updated per run).
 
     Raises:
-        ValueError: if a batch size is not a multiple of the device count, or more devices
-            are asked for than exist.
+        ConfigError: naming the field, if a batch size is not a multiple of the device
+            count, or more devices are asked for than exist.
     """
     s, t, r = settings, settings.train, settings.runtime
-    mesh = make_mesh(r.num_devices)
+    mesh = _mesh(r.num_devices)
+    _check_batch_size(mesh, "config.train.batch_size", t.batch_size)
+    _check_batch_size(mesh, "config.runtime.eval_batch_size", r.eval_batch_size)
     key = (
         s.model,
         num_classes,
@@ -54,3 +60,27 @@ def make_trainer(settings: ExperimentSettings, num_classes: int) -> Trainer:
     trainer = _TRAINERS[key]
     trainer.progress = r.progress
     return trainer
+
+
+def _mesh(num_devices: int | None) -> Mesh:
+    """The data-parallel mesh, or a `ConfigError` naming `config.runtime.num_devices`."""
+    available = jax.devices()
+    if num_devices is not None and num_devices > len(available):
+        raise ConfigError(
+            f"config.runtime.num_devices: {num_devices} requested but only {len(available)} "
+            f"{available[0].platform} device(s) are available; use "
+            f"--config.runtime.num_devices={len(available)} or leave it None (every device)"
+        )
+    return make_mesh(num_devices)
+
+
+def _check_batch_size(mesh: Mesh, field: str, batch_size: int) -> None:
+    """A batch splits evenly over the mesh, or a `ConfigError` naming `field`."""
+    n = mesh.devices.size
+    if batch_size % n:
+        suggestion = max(n, batch_size // n * n)
+        raise ConfigError(
+            f"{field}: must be a multiple of the number of devices ({n}) for data-parallel "
+            f"training, got {batch_size}; use e.g. --{field}={suggestion}, or "
+            "--config.runtime.num_devices to train on fewer devices"
+        )

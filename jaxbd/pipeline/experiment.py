@@ -97,17 +97,23 @@ def run_group(
         _check_groupable(settings, workdirs)
         for workdir in workdirs:  # before any directory is claimed
             runs.RunDir(workdir).check_not_finished()
-    cells = [_prepare(s, workdir) for s, workdir in zip(settings, workdirs, strict=True)]
-    sizes = {len(cell.selection) for cell in cells}
-    # Subsets of one fraction have one size; anything else trains one at a time.
-    groups = [cells] if len(sizes) == 1 else [[cell] for cell in cells]
-    if len(groups) > 1:
-        logging.warning("selections of different sizes %s: training one at a time", sizes)
-    for group in groups:
-        arms.train_dense(group)
-        if settings[0].prune is not None:
-            arms.train_pruned(group)
-    return [write_summary(cell, len(cells) // len(groups)) for cell in cells]
+    cells: list[arms.Cell] = []
+    try:
+        for s, workdir in zip(settings, workdirs, strict=True):
+            cells.append(_prepare(s, workdir))
+        sizes = {len(cell.selection) for cell in cells}
+        # Subsets of one fraction have one size; anything else trains one at a time.
+        groups = [cells] if len(sizes) == 1 else [[cell] for cell in cells]
+        if len(groups) > 1:
+            logging.warning("selections of different sizes %s: training one at a time", sizes)
+        for group in groups:
+            arms.train_dense(group)
+            if settings[0].prune is not None:
+                arms.train_pruned(group)
+        return [write_summary(cell, len(cells) // len(groups)) for cell in cells]
+    finally:
+        for cell in cells:  # each run directory is locked from its claim until here
+            cell.rundir.close()
 
 
 def _check_groupable(settings: Sequence[ExperimentSettings], workdirs) -> None:

@@ -68,7 +68,10 @@ def check(settings: ExperimentSettings, trainer: Trainer, splits: DataSplits) ->
 
     Raises:
         ConfigError: naming the field, for a target outside the classes, hyper-parameters
-            the attack rejects, or a training batch larger than the (selected) set.
+            the attack rejects (when built, or only when its transforms are traced on images
+            of the data's shape, e.g. a BadNets patch larger than the images), a clean-label
+            attack asked for more poisons than the target class has, or a training batch
+            larger than the (selected) set.
     """
     s, train_set = settings, splits.train
     if not 0 <= s.attack.target < train_set.num_classes:
@@ -80,6 +83,7 @@ def check(settings: ExperimentSettings, trainer: Trainer, splits: DataSplits) ->
         attack = _make_attack(s, trainer, train_set, logits_fn=_stand_in_surrogate)
     except ValueError as e:
         raise ConfigError(f"config.attack.{s.attack.name}: {e}") from None
+    _check_attack_runs(s, attack, train_set, surrogate=needs.surrogate)
     if trainer.steps_per_epoch(len(train_set)) == 0:
         raise ConfigError(
             f"config.train.batch_size={s.train.batch_size} exceeds the {len(train_set)} "
@@ -205,6 +209,49 @@ def _make_attack(settings, trainer, train_set, *, logits_fn):
         params=params,
         key=key,
     )
+
+
+def _check_attack_runs(settings, attack, train_set, *, surrogate: bool) -> None:
+    """Traces the attack's transforms on two images of the data's shape (abstractly: nothing
+    is computed), and checks the poison count a clean-label attack asks for, so that what
+    would fail at poisoning time fails before the run directory is claimed.
+
+    The training transform of an attack that needs a surrogate is not traced: the surrogate
+    is only a stand-in here.
+    """
+    name = settings.attack.name
+    shape = (2, *train_set.image_shape)
+    images = jax.ShapeDtypeStruct(shape, jnp.uint8)
+    labels = jnp.asarray([attack.target, (attack.target + 1) % train_set.num_classes], jnp.int32)
+    transforms = [("test_fn", attack.test_fn)]
+    if not surrogate:
+        transforms.insert(0, ("train_fn", attack.train_fn))
+    for what, fn in transforms:
+        try:
+            out_images, _ = jax.eval_shape(fn, jax.random.key(0), images, labels)
+        except (ValueError, TypeError, IndexError) as e:
+            raise ConfigError(f"config.attack.{name}: {e}") from None
+        if out_images.shape != shape or out_images.dtype != jnp.uint8:
+            raise ConfigError(
+                f"config.attack.{name}: its {what} returns images of dtype {out_images.dtype} "
+                f"and shape {out_images.shape} for uint8 images of shape {shape}"
+            )
+    if getattr(attack, "clean_label", False) and not attacks.recipe(name).trains:
+        if settings.attack.exclude_target:
+            raise ConfigError(
+                f"config.attack.exclude_target: must be False for {name}, a clean-label attack "
+                "(it only poisons target-class images)"
+            )
+        n = len(train_set)
+        num_poison = round(settings.attack.fraction * n)
+        available = int(np.sum(train_set.labels == attack.target))
+        if num_poison > available:
+            raise ConfigError(
+                f"config.attack.fraction: {name} is a clean-label attack; fraction="
+                f"{settings.attack.fraction} of {n} examples asks for {num_poison} poisons, but "
+                f"class {attack.target} has only {available} images (at most "
+                f"fraction={available / n:.4g})"
+            )
 
 
 def _stand_in_surrogate(images):

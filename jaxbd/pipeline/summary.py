@@ -66,6 +66,7 @@ def write_summary(cell: Cell, trained_together: int) -> dict[str, Any]:
     if pruned is not None:
         summary["pruned"] = pruned
     pruned_metrics = {f"pruned_{k}": pruned[k] for k in result if pruned and k in pruned}
-    cell.rundir.log({"event": "end", **result, **pruned_metrics})
+    # Logged once even if a kill lands between this row and summary.json.
+    cell.rundir.log_once({"event": "end", **result, **pruned_metrics}, key=("event",))
     cell.rundir.write_summary(summary)
     return summary

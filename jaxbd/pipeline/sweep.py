@@ -104,11 +104,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
         experiment.validate_config(cell_config(config, method, seeds[0], "unused"))
 
 
-def _claim(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Records the grid's configuration, or refuses a workdir holding another grid."""
+def _claim(workdir: str, config: ml_collections.ConfigDict) -> runs.DirectoryLock:
+    """Records the grid's configuration, or refuses a workdir holding another grid.
+
+    Returns:
+        The lock on the grid's directory (held while the grid runs: a second sweep on the
+        same directory is refused, naming this process).
+    """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, SWEEP_FILE)
     new = config.to_dict()
+    if not os.path.exists(path) and set(os.listdir(workdir)) - {runs.LOCK_FILE}:
+        raise runs.RunDirError(
+            f"{workdir} is not empty and holds no {SWEEP_FILE}: it is not a jaxbd sweep "
+            f"directory, and jaxbd will not write into it. Choose another --workdir."
+        )
+    lock = runs.lock_directory(workdir, what="sweep workdir")
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
@@ -119,12 +130,8 @@ def _claim(workdir: str, config: ml_collections.ConfigDict) -> None:
                 + "\n  ".join(diff)
                 + "\nUse the same configuration to continue it, or choose another --workdir."
             )
-    elif os.listdir(workdir):
-        raise runs.RunDirError(
-            f"{workdir} is not empty and holds no {SWEEP_FILE}: it is not a jaxbd sweep "
-            f"directory, and jaxbd will not write into it. Choose another --workdir."
-        )
     runs.write_json_atomic(path, new)
+    return lock
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -139,7 +146,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     """
     validate(config)
     workdir = os.path.abspath(workdir)
-    _claim(workdir, config)
+    lock = _claim(workdir, config)
+    try:
+        return _run_cells(config, workdir)
+    finally:
+        lock.release()
+
+
+def _run_cells(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Every cell of the grid, then the report (the directory is claimed and locked)."""
     pretrain_dir = os.path.join(workdir, "pretrain")
     methods, seeds = list(config.sweep.methods), list(config.sweep.seeds)
     together = seeds_together(config)
