@@ -22,6 +22,8 @@ name, recursively. Tuples stay tuples (a command-line override gives lists).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -45,16 +47,39 @@ class InvalidSettingError(ValueError):
 def require(condition: bool, field: str, message: str, value: Any = dataclasses.MISSING):
     """Raises `InvalidSettingError(field, message)` unless `condition` holds.
 
+    A numeric `value` that is not finite (inf, -inf, nan) fails whatever `condition` says:
+    comparisons such as `lr > 0` or `weight_decay >= 0` accept `inf`, and no setting means
+    anything at infinity.
+
     Args:
         condition: what must be true.
         field: the field's name within its settings class (dotted for nested fields).
         message: what is allowed, e.g. "must be >= 1".
         value: the offending value, appended as ", got <value>" when given.
     """
+    if value is not dataclasses.MISSING and is_number(value) and not math.isfinite(value):
+        raise InvalidSettingError(field, f"{message} and finite, got {value!r}")
     if not condition:
         if value is not dataclasses.MISSING:
             message = f"{message}, got {value!r}"
         raise InvalidSettingError(field, message)
+
+
+def require_finite(value: Any, field: str, message: str = "must be a finite number") -> None:
+    """Raises `InvalidSettingError` unless `value` is a finite int or float (not a bool).
+
+    Args:
+        value: the setting's value.
+        field: the field's name within its settings class.
+        message: what is allowed.
+    """
+    if not (is_number(value) and math.isfinite(value)):
+        raise InvalidSettingError(field, f"{message}, got {value!r}")
+
+
+def is_number(value: Any) -> bool:
+    """True for an int or float (NumPy scalars included), False for a bool or anything else."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def from_config(cls: type[T], section: Mapping | None, prefix: str) -> T:

@@ -12,7 +12,7 @@ Re-running the same command skips finished cells and resumes an interrupted one.
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxbd import cli
@@ -26,11 +26,12 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.INFO)
+    cli.configure_logging()
     workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
     cli.run_or_exit(
         lambda: sweep.run(_CONFIG.value, workdir),
         on_interrupt=f"re-run the same command to continue the grid in {workdir}",
+        workdir=workdir,
     )
     with open(os.path.join(workdir, "table.md")) as f:
         print(f.read())
@@ -38,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -10,7 +10,7 @@ command resumes an interrupted run; a finished run directory is never overwritte
 import json
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxbd import cli
@@ -24,15 +24,16 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.INFO)
+    cli.configure_logging()
     workdir = _WORKDIR.value or cli.default_workdir(flags.FLAGS["config"].config_filename)
     summary = cli.run_or_exit(
         lambda: experiment.run(_CONFIG.value, workdir),
         on_interrupt=f"re-run the same command to resume {workdir} from its last finished epoch",
+        workdir=workdir,
     )
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {os.path.join(workdir, 'summary.json')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

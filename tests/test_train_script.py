@@ -1,4 +1,5 @@
-"""The main command: end to end at toy scale, and its errors (exit status 2, clear message)."""
+"""The main command: end to end at toy scale, its log, and its errors (exit status 2, clear
+message; `tests/test_errors.py` has the rest)."""
 
 import json
 import os
@@ -41,6 +42,9 @@ def test_smoke_config_end_to_end_then_refuses_to_overwrite(tmp_path):
     # The pruned arm through this command is the CI smoke run's (.ci/run); here it is off.
     first = train(workdir, "--config.prune.rounds=0")
     assert first.returncode == 0, first.stderr[-3000:]
+    # A log a person can read: jaxbd's own messages, none of orbax's internals.
+    assert orbax_lines(first.stderr) == 0, first.stderr[-3000:]
+    assert "dense epoch 1/1" in first.stderr
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["num_train"] == 256 and summary["data_source"].startswith("synthetic")
     assert (workdir / "config.json").exists() and (workdir / "metrics.jsonl").exists()
@@ -49,6 +53,17 @@ def test_smoke_config_end_to_end_then_refuses_to_overwrite(tmp_path):
     assert second.returncode == 2
     assert "finished run" in second.stderr and "never overwritten" in second.stderr
     assert json.loads((workdir / "summary.json").read_text()) == summary
+
+
+def orbax_lines(stderr):
+    return sum("orbax" in line for line in stderr.splitlines())
+
+
+def test_verbosity_brings_library_logs_back(tmp_path):
+    result = train(tmp_path / "run", "--config.prune.rounds=0", "--verbosity=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert orbax_lines(result.stderr) > 0
+    assert "dense epoch 1/1" in result.stderr
 
 
 @pytest.mark.parametrize(

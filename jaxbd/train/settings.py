@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxbd.settings import require
+from jaxbd.settings import require, require_finite
 from jaxbd.train.schedule import CosineSchedule
 
 
@@ -38,6 +38,8 @@ class TrainSettings:
     eval_every_epochs: int = 10
 
     def __post_init__(self):
+        for field in ("lr", "end_lr", "momentum", "weight_decay"):
+            require_finite(getattr(self, field), field)
         require(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
         require(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         require(self.lr > 0, "lr", "must be > 0", self.lr)
