@@ -18,10 +18,10 @@ that can never differ between student and teacher (BackdoorBench's third tap on 
 They are chosen from the shapes at plan time and reported in `details["taps"]`.
 
 Defaults: Pick your Poison's CIFAR-10 values (Lukas & Kerschbaum 2023): 2000 student steps,
-lr 0.01, 1000 teacher steps; λ_at = 1000 and p = 2 (NAD's β for the deeper taps); momentum
-0.9 and weight decay 1e-4 from BackdoorBench's NAD configuration
-(https://github.com/SCLBD/BackdoorBench, config/defense/nad/cifar10.yaml, which follows the
-NAD paper's 1e-4); batch 128.
+lr 0.01, 1000 teacher steps; λ_at = 1000 on every tap and p = 2 (BackdoorBench's β and p for
+its deeper taps); momentum 0.9 and weight decay 1e-4 from BackdoorBench's NAD configuration
+(https://github.com/SCLBD/BackdoorBench, config/defense/nad/cifar10.yaml); batch 128. The
+teacher trains with the same optimizer (the trainer's momentum and weight decay).
 """
 
 from __future__ import annotations
