@@ -17,6 +17,7 @@ from jaxbd.data.cifar10 import load_cifar10
 from jaxbd.data.dataset import DataError, Dataset, DataSplits
 from jaxbd.data.load import DATASETS, load_dataset
 from jaxbd.data.settings import DataSettings
+from jaxbd.data.stratify import stratified_prefix
 from jaxbd.data.synthetic import make_synthetic
 
 if TYPE_CHECKING:
@@ -66,4 +67,5 @@ __all__ = [
     "normalize",
     "random_crop",
     "random_flip",
+    "stratified_prefix",
 ]

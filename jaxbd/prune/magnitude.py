@@ -80,6 +80,11 @@ def magnitude_masks(
 ) -> PyTree:
     """Prunes `rate` of the remaining prunable weights with the smallest magnitudes.
 
+    A host function, not jittable: it reads the weights and the mask back to the host and
+    ranks them there (exact counts, ties broken by index), so calling it under `jax.jit`
+    fails with a concretization error. Masks are computed between training phases, outside
+    the jitted step; the step then takes the mask as data (no recompilation).
+
     Args:
         params: the parameters whose magnitudes decide (e.g. after a round of training).
         rate: fraction in [0, 1] of the *remaining* prunable weights to prune.

@@ -43,6 +43,11 @@ def _errors(logits, labels):
 def gradient_proxy(logits, labels, features=None, *, kind: str = "error"):
     """CRAIG's per-example gradient proxy from inference-mode model outputs.
 
+    A host function, not jittable: it checks the labels' range on concrete values (reading
+    them back from the device) and returns an `OuterProduct` for "outer", so calling it
+    under `jax.jit` fails. Call it outside `jit` on the model's outputs; its arithmetic
+    (softmax − onehot) runs jitted inside.
+
     Args:
         logits: float[N, C] model outputs.
         labels: int[N] observed (possibly poisoned) labels in [0, C).
@@ -99,6 +104,7 @@ def craig(
     lazy_batch: int | None = None,
     max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
     blocks_per_call: int | None = None,
+    normalize: bool = False,
 ) -> Selection:
     """CRAIG coreset: per-class greedy facility location, weighted by cluster sizes.
 
@@ -108,6 +114,14 @@ def craig(
     weight γ_j = |{i ∈ V_c : j = argmax_{s∈S} s_is}| (ties to the earliest pick), so each
     class's weights sum to |V_c|. Classes with budget 0 are skipped. All classes' similarity
     computations and greedy loops run on the device, several classes per jitted call.
+
+    The weights are raw cluster sizes by default: integers ≥ 1 (a medoid is in its own
+    cluster) summing to the number of examples in the classes with a nonzero budget (N when
+    every class gets one), i.e. a mean of about 1 / fraction. Used as per-example loss
+    weights they scale the loss, and so the effective learning rate, by that mean unless
+    normalized; jaxbd's `Trainer` normalizes a selection's weights to mean 1 itself.
+    `normalize=True` returns them already rescaled to sum to the number selected (mean 1,
+    the convention of an unweighted subset), keeping their ratios.
 
     Args:
         features: gradient proxies from `gradient_proxy`: float[N, d] or an `OuterProduct`.
@@ -120,15 +134,24 @@ def craig(
         num_classes: C; defaults to max(labels) + 1.
         block_size, lazy_batch, max_matrix_bytes, blocks_per_call: device tiling and memory, see
             `jaxbd.select.facility_location.facility_location_groups`.
+        normalize: rescale the weights to sum to the number selected (mean 1) instead of
+            returning raw cluster sizes.
 
     Returns:
-        A `Selection` of canonical indices with cluster-size weights.
+        A `Selection` of canonical indices with float32 weights: cluster sizes, or with
+        `normalize` cluster sizes × k / N' (k selected, N' the examples of the selected
+        classes), which sum to k up to float32 rounding.
 
     Raises:
-        ValueError: for mismatched shapes, bad labels or settings, or a missing key for
-            stochastic greedy.
+        ValueError: for mismatched shapes, labels that are not integers or not in [0, C),
+            bad settings, or a missing key for stochastic greedy.
     """
     labels = np.asarray(labels).reshape(-1)
+    if not np.issubdtype(labels.dtype, np.integer):
+        # Checked here: NumPy's own error (from bincount) names a cast rule, not the labels.
+        raise ValueError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be a bool, got {normalize!r}")
     shape = np.shape(features.left if isinstance(features, OuterProduct) else features)
     if len(shape) != 2:
         raise ValueError(f"gradient proxies must have shape [N, d], got {shape}")
@@ -152,4 +175,8 @@ def craig(
     )
     indices = np.concatenate([r.order for r in results]) if results else np.zeros(0, np.int64)
     weights = np.concatenate([r.weights for r in results]) if results else np.zeros(0)
+    if normalize and weights.size:
+        # In float64 from the integer sizes, so the rescaled weights round once, at the end.
+        sizes = np.asarray(weights, np.float64)
+        weights = sizes * (sizes.size / sizes.sum())
     return make_selection(indices, weights)

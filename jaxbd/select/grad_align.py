@@ -70,6 +70,10 @@ def _scores(logits, labels, features, valid, *, num_classes, chunk):
 def grad_align_scores(logits, labels, features, *, num_classes: int | None = None) -> np.ndarray:
     """cosine(g_i, T_{y_i}) of every example (0 for zero gradients or a zero direction).
 
+    A host function, not jittable (like `craig.gradient_proxy`): it checks the inputs on
+    concrete values and returns NumPy scores, so it fails under `jax.jit`; the scoring itself
+    runs jitted inside, in fixed-size chunks.
+
     Args:
         logits: float[N, C] inference-mode model outputs.
         labels: int[N] observed labels in [0, C).
@@ -133,7 +137,8 @@ def grad_align(
     """The earlier study's gradient-alignment ranking: per-class top-k by cosine to T_c.
 
     A modular objective (per-class top-k), not CRAIG's facility location; kept as a named
-    reproduction method (see the module docstring).
+    reproduction method (see the module docstring). A host function, not jittable: it ranks
+    on the host and returns NumPy arrays.
 
     Args:
         logits: float[N, C] inference-mode model outputs.

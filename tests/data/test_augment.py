@@ -126,3 +126,45 @@ def test_normalize_matches_numpy(dtype):
     want = (images.astype(np.float64) / 255 - np.array(mean)) / np.array(std)
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
+
+
+def test_legacy_raw_keys_are_accepted_and_equal_typed_keys():
+    # One key convention everywhere: the attacks take raw jax.random.PRNGKey arrays too.
+    images = _images()
+    typed, raw = jax.random.key(3), jax.random.PRNGKey(3)
+    expected = augment.augment(typed, images)
+    np.testing.assert_array_equal(augment.augment(raw, images), expected)
+    np.testing.assert_array_equal(jax.jit(augment.augment)(raw, images), expected)
+    np.testing.assert_array_equal(
+        augment.random_crop(raw, images), augment.random_crop(typed, images)
+    )
+    np.testing.assert_array_equal(
+        augment.random_flip(raw, images), augment.random_flip(typed, images)
+    )
+    per_example = jax.random.split(raw, B)  # raw uint32[B, 2]
+    np.testing.assert_array_equal(
+        augment.random_flip(per_example, images),
+        augment.random_flip(jax.random.wrap_key_data(per_example), images),
+    )
+    from jaxbd.data import augment_batch
+
+    np.testing.assert_array_equal(augment_batch(raw, images), expected)
+
+
+def test_a_non_key_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected a PRNG key"):
+        augment.augment(np.zeros(2, np.float32), _images())
+    with pytest.raises(ValueError, match="expected a PRNG key"):
+        augment.random_flip(0, _images())
+
+
+def test_the_class_stratified_subset_helper_is_public():
+    # Lives beside augmentation in jaxbd.data; importing it must not need JAX either.
+    import jaxbd.data
+    from jaxbd.data import stratify
+
+    assert jaxbd.data.stratified_prefix is stratify.stratified_prefix
+    labels = np.repeat(np.arange(3), [6, 3, 3])  # stored class by class
+    picked = jaxbd.data.stratified_prefix(labels, 6)
+    np.testing.assert_array_equal(np.bincount(labels[picked], minlength=3), [3, 2, 1])
+    assert np.all(np.diff(picked) > 0)

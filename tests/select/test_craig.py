@@ -132,3 +132,35 @@ def test_errors():
         craig(proxy, labels, 0.0)
     with pytest.raises(ValueError, match="greedy must be one of"):
         craig(proxy, labels, 0.5, greedy="naive")
+
+
+def test_weights_are_raw_cluster_sizes_or_normalized_to_mean_one():
+    logits, labels, _ = model_outputs(7)
+    proxy = gradient_proxy(logits, labels)
+    raw = craig(proxy, labels, 0.3, greedy="lazy", **FAST)
+    # Raw: integer cluster sizes ≥ 1 summing to N (every class has a budget here).
+    assert np.all(raw.weights >= 1) and np.all(raw.weights == np.round(raw.weights))
+    assert raw.weights.sum() == labels.size
+    assert "raw cluster sizes" in craig.__doc__
+    normalized = craig(proxy, labels, 0.3, greedy="lazy", normalize=True, **FAST)
+    np.testing.assert_array_equal(normalized.indices, raw.indices)
+    assert normalized.weights.dtype == np.float32
+    np.testing.assert_allclose(normalized.weights.sum(), len(normalized), rtol=1e-6)
+    np.testing.assert_allclose(normalized.weights, raw.weights * len(raw) / labels.size, rtol=1e-6)
+    with pytest.raises(ValueError, match="normalize must be a bool"):
+        craig(proxy, labels, 0.3, normalize="yes")
+
+
+def test_float_labels_are_a_clear_error():
+    logits, labels, _ = model_outputs(8)
+    proxy = gradient_proxy(logits, labels)
+    with pytest.raises(ValueError, match=r"labels must be integers .* float"):
+        craig(proxy, labels.astype(np.float32), 0.5)
+
+
+def test_gradient_proxy_is_a_host_function_and_says_so():
+    logits, labels, _ = model_outputs(9)
+    assert "not jittable" in gradient_proxy.__doc__
+    host_only = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError)
+    with pytest.raises(host_only):
+        jax.jit(gradient_proxy)(logits, labels)
