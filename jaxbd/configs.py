@@ -154,3 +154,24 @@ def defend_config() -> ml_collections.ConfigDict:
     c.runtime.eval_batch_size = 512
     c.runtime.progress = True
     return c
+
+
+def evaluate_config() -> ml_collections.ConfigDict:
+    """Defaults of `scripts/evaluate.py`: which model, which trigger."""
+    c = ml_collections.ConfigDict()
+    c.source = config_dict.placeholder(str)  # a finished training run or defense directory
+    c.source_arm = "dense"  # a training run's "dense" or "pruned" model
+    c.output = config_dict.placeholder(str)  # optional JSON file for the metrics
+    # The trigger: None keeps the source run's attack; a name evaluates another attack's
+    # trigger, with hyper-parameters from attack.<name> (factory defaults otherwise).
+    c.attack = ml_collections.ConfigDict()
+    c.attack.name = config_dict.placeholder(str)
+    c.attack.target = config_dict.placeholder(int)  # None: the source run's target
+    for name in attacks.ATTACKS:
+        c.attack[name] = attacks.hparams_config(name)
+    c.runtime = ml_collections.ConfigDict()
+    c.runtime.num_devices = config_dict.placeholder(int)
+    c.runtime.steps_per_call = config_dict.placeholder(int)
+    c.runtime.eval_batch_size = 512
+    c.runtime.progress = False
+    return c

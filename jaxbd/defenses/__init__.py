@@ -32,32 +32,42 @@ from jaxbd.defenses.fine_pruning import (
     prune_channels_mask,
 )
 from jaxbd.defenses.finetune import FineTune, finetune
+from jaxbd.defenses.nad import NAD, attention_map, nad
+from jaxbd.defenses.pivotal_tuning import PivotalTuning, pivotal_tuning, slol_loss
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
 
 REPAIRS = {
     "finetune": finetune,
     "fine_pruning": fine_pruning,
+    "nad": nad,
+    "pivotal_tuning": pivotal_tuning,
 }
 
 __all__ = [
+    "NAD",
     "REPAIRS",
     "DefenderData",
     "DefenderDataSettings",
     "FinePruning",
     "FineTune",
+    "PivotalTuning",
     "Repair",
     "RepairContext",
     "TuneProgress",
     "TuneResult",
     "TuningPlan",
     "Variables",
+    "attention_map",
     "channel_activations",
     "defender_data",
     "fine_pruning",
     "finetune",
+    "nad",
     "oracle_asr_at_delta",
+    "pivotal_tuning",
     "plot_curves",
     "prune_channels_mask",
+    "slol_loss",
     "tune",
     "within_budget",
 ]

@@ -50,6 +50,9 @@ from jaxbd.train import CosineSchedule
 ARMS = {"dense": "dense", "pruned": "pruned"}
 """`config.source_arm` -> the source run's checkpointed phase holding that model."""
 
+DEFENDED = "defended"
+"""The checkpoint folder (under `checkpoints/`) holding the model a defense returned."""
+
 CURVE_FILE = "curve.jsonl"
 CURVE_PLOT = "curve.png"
 
@@ -231,6 +234,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         )
     finally:
         checkpointer.close()
+    # The returned model on its own, for `scripts/evaluate.py` and later pipelines.
+    with Checkpointer(os.path.join(rundir.path, "checkpoints", DEFENDED)) as saved:
+        if saved.latest_step() is None:
+            saved.save(0, {"model": result.variables}, {"returned_step": result.returned_step})
     summary = _summary(s, plan, result, evaluate_fn, undefended, defender, started, resumed)
     _plot(rundir, s.name, result.rows)
     end = {f"after_{k}": v for k, v in summary["after"].items()}

@@ -80,7 +80,7 @@ def check(settings: ExperimentSettings, trainer: Trainer, splits: DataSplits) ->
         )
     needs = attacks.recipe(s.attack.name)
     try:
-        attack = _make_attack(s, trainer, train_set, logits_fn=_stand_in_surrogate)
+        attack = make_attack(s, trainer, train_set, logits_fn=stand_in_surrogate)
     except ValueError as e:
         raise ConfigError(f"config.attack.{s.attack.name}: {e}") from None
     _check_attack_runs(s, attack, train_set, surrogate=needs.surrogate)
@@ -121,7 +121,7 @@ def build(
     needs = attacks.recipe(s.attack.name)
     if attack is None:
         logits_fn = train_surrogate(s, trainer, train_set, rundir) if needs.surrogate else None
-        attack = _make_attack(s, trainer, train_set, logits_fn=logits_fn)
+        attack = make_attack(s, trainer, train_set, logits_fn=logits_fn)
     epoch_fn = None
     if needs.trains:
         # A training-time attack: the training set stays clean; the attack's epochs poison.
@@ -191,7 +191,9 @@ def train_surrogate(settings: ExperimentSettings, trainer: Trainer, train_set, r
     )
 
 
-def _make_attack(settings, trainer, train_set, *, logits_fn):
+def make_attack(settings, trainer, train_set, *, logits_fn):
+    """Builds the configured attack with what its recipe needs (the victim's parameter
+    shapes and key; `logits_fn` for a surrogate attack)."""
     needs = attacks.recipe(settings.attack.name)
     params = key = None
     if needs.victim:
@@ -254,5 +256,5 @@ def _check_attack_runs(settings, attack, train_set, *, surrogate: bool) -> None:
             )
 
 
-def _stand_in_surrogate(images):
+def stand_in_surrogate(images):
     raise AssertionError("stands in for the surrogate while checking settings; never called")

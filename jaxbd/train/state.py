@@ -84,7 +84,9 @@ def create_train_state(
     mask = (
         dense_mask(params)
         if mask is None
-        else jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mask)
+        # A copy: the state's buffers are donated by the train step, and the caller's mask
+        # must survive that (e.g. a rewind point or a defense's returned model).
+        else jax.tree.map(lambda m: jnp.array(m, jnp.float32, copy=True), mask)
     )
     params = jax.tree.map(lambda p, m: p * m, params, mask)
     return TrainState(

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from jaxbd import runs
-from jaxbd.configs import defend_config
+from jaxbd import defenses, runs
+from jaxbd.configs import defend_config, evaluate_config
 from jaxbd.data import DataSplits
-from jaxbd.pipeline import defend, experiment, setup
+from jaxbd.pipeline import defend, evaluation, experiment, setup
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.settings import ConfigError
 
@@ -174,3 +174,43 @@ def test_the_source_must_be_a_finished_run(tmp_path):
     with pytest.raises(ConfigError, match="is not a jaxbd run directory"):
         defend.run(defense_config(str(tmp_path / "nothing")), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("name", sorted(defenses.REPAIRS))
+def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path, name):
+    source_dir, trained = source
+    c = defense_config(source_dir, **{"defense.name": name, "defense.steps": 4})
+    c.defense[name].batch_size = 16
+    for field, value in SMALL.get(name, {}).items():
+        c.defense[name][field] = value
+    summary = defend.run(c, str(tmp_path / name))
+    rows = read_jsonl(str(tmp_path / name / "curve.jsonl"))
+    for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
+        assert rows[0][f"test_{key}"] == trained[key] == summary["before"][key]
+    assert summary["defense"] == name and rows[-1]["step"] == summary["steps"]
+
+
+# Each repair's own work at toy size (teacher fine-tuning, trigger reverse-engineering).
+SMALL = {"nad": {"teacher_steps": 4}, "neural_cleanse": {"reverse_steps": 8}}
+
+
+def test_evaluate_a_trained_and_a_defended_model(source, finetuned, tmp_path):
+    source_dir, trained = source
+    summary, defended_dir = finetuned
+    c = evaluate_config()
+    c.source = source_dir
+    c.runtime.num_devices = 1
+    result = evaluation.run(c)
+    for key in ("clean_accuracy", "attack_success_rate", "asr_all_images", "robust_accuracy"):
+        assert result[key] == trained[key]
+    c.source = defended_dir
+    c.output = str(tmp_path / "defended.json")
+    result = evaluation.run(c)
+    assert result["model"] == "defended"
+    assert result["attack_success_rate"] == summary["after"]["attack_success_rate"]
+    assert json.loads((tmp_path / "defended.json").read_text())["source"] == defended_dir
+    c.attack.name = "blended"  # the same model against another trigger
+    assert evaluation.run(c)["attack"] == "blended"
+    c.source = str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="is not a jaxbd run directory"):
+        evaluation.run(c)
