@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The README's repair table at CPU scale: a BadNets model trained by scripts/train.py on a
+# class-stratified 10,000 of a CIFAR-10 copy's training images (2% BadNets, ResNet-18 at
+# width 8, fp32, 12 epochs: the selection table's "full" run), then every repair at
+# r = 1% and r = 5% of the training set (100 / 500 clean defender images, 10% held out),
+# with each repair's default step budget and a curve row every 100 steps.
+#
+#   export DATA=/path/to/cifar10
+#   bash scripts/cpu_defenses.sh            # train (or reuse) the source, run every repair
+#   python scripts/summarize_defenses.py runs/cpu_defenses   # the table and the figure
+#
+# Runs go to runs/cpu_defenses/{source,<repair>_r<percent>}; re-running resumes or skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
+OUT=${OUT:-runs/cpu_defenses}
+REPAIRS=${REPAIRS:-finetune fine_pruning nad neural_cleanse pivotal_tuning}
+RATES=${RATES:-0.01 0.05}
+
+if [[ ! -f $OUT/source/summary.json ]]; then
+  python scripts/train.py --config configs/full.py --workdir "$OUT/source" \
+    --config.data.path="$DATA" --config.data.train_limit=10000 \
+    --config.model.width=8 --config.model.dtype=float32 --config.train.epochs=12 \
+    --config.train.eval_every_epochs=0 --config.prune.rounds=0 --config.runtime.progress=false
+fi
+for rate in $RATES; do
+  percent=$(python -c "print(round($rate * 100))")
+  for repair in $REPAIRS; do
+    workdir=$OUT/${repair}_r$percent
+    if [[ -f $workdir/summary.json ]]; then echo "done: $workdir"; continue; fi
+    python scripts/defend.py --config configs/defend.py --workdir "$workdir" \
+      --config.source="$OUT/source" --config.defense.name="$repair" \
+      --config.defender.fraction="$rate" --config.defense.eval_every=100 \
+      --config.runtime.progress=false
+  done
+done
