@@ -55,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.5)
     p.add_argument(
         "--dims",
-        default="10,5120",
+        default=None,
         help="proxy widths: `classes` = softmax errors, classes·F = outer product with F-d "
-        "features",
+        "features (default: classes and classes·512, i.e. 10,5120 for 10 classes)",
     )
     p.add_argument("--greedy", default="exact,lazy,stochastic")
     p.add_argument("--epsilon", type=float, default=0.1, help="stochastic greedy's ε")
@@ -69,7 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score_width", type=int, default=64, help="scores section: ResNet width")
     p.add_argument("--score_chunk", type=int, default=128, help="scores section: batch")
     p.add_argument("--score_dtype", default="float32", choices=("float32", "bfloat16"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.dims is None:  # follows --classes, so `--classes 4` alone is a valid command
+        args.dims = f"{args.classes},{args.classes * 512}"
+    return args
 
 
 def _csv(text: str) -> list[str]:

@@ -3,9 +3,15 @@
 Usage:
     python scripts/summarize.py runs/sel_* [--columns selection,poison_kept,...]
 
-Each argument is a run directory; unfinished runs are listed as such. The default columns
-are the selection report and the dense metrics; `--columns` picks others (any summary key;
-dotted keys reach into objects, e.g. `pruned.clean_accuracy,pruned.sparsity.total`).
+Each argument is a run directory; unfinished runs are listed as such. A run is labelled by
+its folder name, and a sweep's cell (`<sweep>/cells/<method>/seed<k>`) by `<method>/seed<k>`,
+so cells of different methods stay apart:
+
+    python scripts/summarize.py runs/paper/cells/*/*
+
+The default columns are the selection report and the dense metrics; `--columns` picks others
+(any summary key; dotted keys reach into objects, e.g.
+`pruned.clean_accuracy,pruned.sparsity.total`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 
 DEFAULT_COLUMNS = (
     "selection",
@@ -21,6 +28,7 @@ DEFAULT_COLUMNS = (
     "poison_total",
     "poison_kept",
     "poison_retention",
+    "backdoor_retention",
     "removed_precision",
     "removed_recall",
     "clean_accuracy",
@@ -45,23 +53,35 @@ def _get(summary: dict, column: str):
     return value
 
 
-def main() -> None:
+def run_label(run: str) -> str:
+    """The table's name for a run directory: its folder name, or `<method>/seed<k>` for a
+    sweep cell, whose folder name alone (`seed0`) would not say which method it is."""
+    path = os.path.normpath(run)
+    name = os.path.basename(path)
+    if re.fullmatch(r"seed\d+", name):
+        method = os.path.basename(os.path.dirname(path))
+        if method:
+            return f"{method}/{name}"
+    return name
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--columns", default=",".join(DEFAULT_COLUMNS))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     columns = args.columns.split(",")
     print("| run | " + " | ".join(columns) + " |")
     print("|" + "---|" * (len(columns) + 1))
     for run in args.runs:
         path = os.path.join(run, "summary.json")
         if not os.path.exists(path):
-            print(f"| {os.path.basename(run)} | (unfinished) |")
+            print(f"| {run_label(run)} | (unfinished) |")
             continue
         with open(path) as f:
             summary = json.load(f)
         cells = [_format(_get(summary, c)) for c in columns]
-        print(f"| {os.path.basename(os.path.normpath(run))} | " + " | ".join(cells) + " |")
+        print(f"| {run_label(run)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
