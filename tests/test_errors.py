@@ -24,6 +24,13 @@ from jaxbd.train.settings import TrainSettings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def overrides_id(value):
+    """A test id naming the overrides (`train.lr=inf`), for docs/reliability.md to cite."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return "message"
+
+
 def run_cli(config, workdir, capsys):
     """Runs the experiment as `scripts/train.py` does; returns (exit status, stderr)."""
     with pytest.raises(SystemExit) as info:
@@ -74,10 +81,15 @@ def assert_one_line(err, *fragments):
             ["config.attack.fraction: sig is a clean-label attack", "at most fraction="],
         ),
         (
+            {"select.name": "craig", "select.fraction": 0.01},
+            ["config.select.fraction: selects 3 of 256 examples, fewer than one batch"],
+        ),
+        (
             {"attack.name": "cl_badnets", "attack.exclude_target": True},
             ["config.attack.exclude_target: must be False for cl_badnets"],
         ),
     ],
+    ids=overrides_id,
 )
 def test_config_errors_are_one_line_and_write_nothing(tmp_path, capsys, overrides, fragments):
     workdir = tmp_path / "run"
@@ -163,6 +175,7 @@ def parse(capsys, monkeypatch, *args):
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values)
     flags.DEFINE_string("workdir", None, "workdir", flag_values=flag_values)
+    flags.mark_flags_as_required(["config"], flag_values=flag_values)
     with pytest.raises(SystemExit) as info:
         cli.parse_flags(["train.py", *args], flag_values)
     return info.value.code, capsys.readouterr().err
@@ -174,16 +187,51 @@ SMOKE = os.path.join(REPO, "configs", "smoke.py")
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (
+        pytest.param(
             ["--config", SMOKE, "--config.train.epoch=3"],
             ["--config.train.epoch=3: config.train has no field 'epoch'", 'did you mean "epochs"'],
+            id="train.epoch",
         ),
-        (["--config", SMOKE, "--config.trian.epochs=3"], ["config has no field 'trian'"]),
-        (["--config", SMOKE, "--config.train.epochs=abc"], ["--config.train.epochs=abc"]),
-        (["--config", SMOKE, "--config.train.epochs=2.5"], ["--config.train.epochs=2.5"]),
-        (["--config", SMOKE, "--workdirr=x"], ["Unknown command line flag 'workdirr'"]),
-        (["--config", "configs/nope.py"], ["--config: config file configs/nope.py does not exist"]),
-        (["--config=configs/nope.py"], ["config file configs/nope.py does not exist"]),
+        pytest.param(
+            ["--config", SMOKE, "--config.trian.epochs=3"],
+            ["config has no field 'trian'"],
+            id="trian.epochs",
+        ),
+        pytest.param(
+            ["--config", SMOKE, "--config.train.epochs=abc"],
+            ["--config.train.epochs=abc"],
+            id="epochs=abc",
+        ),
+        pytest.param(
+            ["--config", SMOKE, "--config.train.epochs=2.5"],
+            ["--config.train.epochs=2.5"],
+            id="epochs=2.5",
+        ),
+        pytest.param(
+            ["--config", SMOKE, "--workdirr=x"],
+            ["Unknown command line flag 'workdirr'"],
+            id="unknown-flag",
+        ),
+        pytest.param(
+            ["--config", SMOKE, "--config.attack.badnets.sizee=3"],
+            ["config.attack.badnets has no field 'sizee'", 'did you mean "size"'],
+            id="badnets.sizee",
+        ),
+        pytest.param(
+            ["--workdir=x"],
+            ["Flag --config must have a value other than None"],
+            id="no-config-flag",
+        ),
+        pytest.param(
+            ["--config", "configs/nope.py"],
+            ["--config: config file configs/nope.py does not exist"],
+            id="missing-config-file",
+        ),
+        pytest.param(
+            ["--config=configs/nope.py"],
+            ["config file configs/nope.py does not exist"],
+            id="missing-config-file-equals",
+        ),
     ],
 )
 def test_flag_errors_are_one_line(capsys, monkeypatch, args, fragments):

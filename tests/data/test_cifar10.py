@@ -666,3 +666,12 @@ def test_corrupt_official_archive_names_the_file(tmp_path, cache):
     _flip(archive, (100,))
     with pytest.raises(DataError, match=r"cifar-10-python.tar.gz is corrupt \(gzip CRC"):
         load_cifar10(tmp_path / "copy", cache_dir=cache)
+
+
+@pytest.mark.parametrize("content", [b"hello" * 100, b"\x1f\x8b" + b"\x00" * 200])
+def test_unreadable_archive_is_one_line(tmp_path, cache, content):
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "cifar-10-python.tar.gz").write_bytes(content)
+    with pytest.raises(DataError, match="cannot read archive") as info:
+        load_cifar10(tmp_path / "copy", cache_dir=cache)
+    assert "\n" not in str(info.value) and "re-download or restore it" in str(info.value)

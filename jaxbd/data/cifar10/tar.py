@@ -62,9 +62,19 @@ def _archive_error(archive: Path, e: BaseException) -> DataError:
             f"{archive} is corrupt (gzip CRC/length check failed); re-download or restore it"
         )
     return DataError(
-        f"cannot read archive {archive}: {type(e).__name__}: {e}; the file is corrupt or "
-        "truncated (expected a complete .tar.gz); re-download or restore it"
+        f"cannot read archive {archive}: {type(e).__name__}: {_reason(e)}; the file is corrupt "
+        "or truncated (expected a complete .tar.gz); re-download or restore it"
     )
+
+
+def _reason(e: BaseException) -> str:
+    """The error's message on one line: for a tar file no method could open, the gzip
+    method's reason (a `.tar.gz` is what every layout expects)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    gz = [line.removeprefix("- method gz:").strip() for line in lines if "method gz:" in line]
+    if gz:
+        return f"{lines[0].rstrip(':')} as gzip: {gz[0]}"
+    return " ".join(lines)
 
 
 def member_parts(name: str) -> list[str]:
