@@ -90,3 +90,25 @@ def test_bench_select_docstring_example_runs(capsys):
     bench_select.main(smallest[0][2:])
     out = capsys.readouterr().out
     assert "jaxbd" in out and "lazy" in out
+
+
+def test_readme_own_code_example_separates_training_poisons_from_test_triggers(capsys):
+    # The first snippet of "Using jaxbd in your own JAX code": it must trigger test images
+    # with triggered_test_set / test_fn (never the training transform `attack(...)`), on
+    # images not all of the target class, and run as written.
+    import re
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Using jaxbd in your own JAX code") :]
+    snippet = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    assert "attack.train_fn" in section and "attack.test_fn" in section
+    assert "triggered_test_set(" in snippet and "wanet.test_fn" in snippet
+    assert "jax.jit(attack)(" not in snippet
+    namespace = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    test = namespace["test"]
+    assert len(set(test.true_labels[:8].tolist())) > 1  # images of mixed classes
+    assert np.all(test.labels == 0)  # the test transform gives every image the target
+    train_labels, y = np.asarray(namespace["train_labels"]), np.asarray(namespace["y"])
+    assert np.any(train_labels != 0) and np.any(y != 0)  # training poisons: some keep y
