@@ -12,7 +12,7 @@ finished one is never overwritten.
 import json
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxbd import cli
@@ -26,16 +26,17 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.INFO)
+    cli.configure_logging()
     config = _CONFIG.value
     workdir = _WORKDIR.value or (defend.default_workdir(config) if config.source else None)
     summary = cli.run_or_exit(
         lambda: defend.run(config, workdir),
         on_interrupt="re-run the same command to resume the defense",
+        workdir=workdir,
     )
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {os.path.join(workdir, 'summary.json')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

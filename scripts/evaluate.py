@@ -9,7 +9,7 @@ Reads the run; writes nothing unless `--config.output=FILE.json`.
 
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxbd import cli
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    cli.configure_logging()
     result = cli.run_or_exit(
         lambda: evaluation.run(_CONFIG.value), on_interrupt="nothing was written"
     )
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
