@@ -185,6 +185,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         )
     except ValueError as e:
         raise ConfigError(f"config.defender: {e}") from None
+    if len(defender.tune) < repair.batch_size:
+        raise ConfigError(
+            f"config.defense.{s.name}.batch_size={repair.batch_size} exceeds the defender's "
+            f"{len(defender.tune)} tuning images: lower it, or raise config.defender.fraction"
+        )
     if resumed is None:
         resumed = claim()
     undefended = _restore(s, source_trainer, splits.train.image_shape)

@@ -154,6 +154,7 @@ def test_an_interrupted_defense_resumes_to_the_same_result(
         ({"source_arm": "pruned"}, "has no 'pruned' checkpoint"),
         ({"defense.eval_every": 0}, "config.defense.eval_every"),
         ({"defense.finetune.lr": -1.0}, "config.defense.finetune: lr"),
+        ({"defense.finetune.batch_size": 64}, "exceeds the defender's 54 tuning images"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(source, tmp_path, overrides, message):
