@@ -519,9 +519,7 @@ class NeuralCleanse:
         require(
             is_int(self.patience) and self.patience >= 1, "patience", "must be >= 1", self.patience
         )
-        require(
-            self.cost_multiplier > 1, "cost_multiplier", "must be > 1", self.cost_multiplier
-        )
+        require(self.cost_multiplier > 1, "cost_multiplier", "must be > 1", self.cost_multiplier)
         require(
             0 < self.early_stop_threshold <= 1,
             "early_stop_threshold",
@@ -553,7 +551,7 @@ class NeuralCleanse:
         mean, std = _normalization(trainer)
         params = jax.tree.map(jnp.multiply, variables.params, variables.mask)
         return reverse_engineer(
-            _inference_fn(trainer.model),
+            logits_fn(trainer.model),
             {"params": params, "batch_stats": variables.batch_stats},
             ctx.tune_data.images,
             ctx.num_classes,
@@ -692,20 +690,24 @@ def neural_cleanse(
     )
 
 
-def _inference_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:
-    """`apply_fn(variables, x) -> logits` of a flax model in inference mode, one per model
-    (a static argument of the compiled program: the same model reuses it)."""
-    fn = _INFERENCE_FNS.get(model)
+def logits_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:
+    """The `apply_fn` for `reverse_engineer` of a flax model returning `(logits, ...)`.
+
+    `apply_fn(variables, x float32[B, H, W, 3] normalized) -> logits float32[B, C]`, in
+    inference mode. One function per model (flax modules compare by their fields), so the
+    compiled reverse-engineering program of a model is reused by every later call.
+    """
+    fn = _LOGITS_FNS.get(model)
     if fn is None:
 
         def fn(variables, x):
             return _logits(model.apply(variables, x, train=False))
 
-        _INFERENCE_FNS[model] = fn
+        _LOGITS_FNS[model] = fn
     return fn
 
 
-_INFERENCE_FNS: dict[Any, Callable] = {}
+_LOGITS_FNS: dict[Any, Callable] = {}
 
 
 def _normalization(trainer) -> tuple[tuple[float, ...], tuple[float, ...]]:

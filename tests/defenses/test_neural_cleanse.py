@@ -1,0 +1,266 @@
+"""Neural Cleanse: the anomaly index, trigger reverse-engineering for all labels in one
+program, and the repair's plan (flagged: unlearning data; nothing flagged: 0 steps).
+
+The planted-trigger tests train a small CNN here, on 16×16 synthetic images (data seed 0,
+noise 0.1, 10 classes, 768 training images) with a 3×3 yellow BadNets patch in the
+bottom-right corner on 20% of them (target 3), without crop or flip so that the patch stays
+where it was planted; the defender has 22 clean images per class to reverse-engineer on.
+The network is defined here rather than `jaxbd.models.tiny_cnn`: the tiny CNN pools
+globally, so it learns "a yellow patch anywhere" and its reversed mask lands anywhere (on
+16×16 images its target's mask was flagged but had 0.2% of its mass on the patch); this one
+flattens its last feature map, so the trigger it learns has a place.
+
+Margins, measured on a 2-core CPU over training seeds 0-6 (the tests use seed 0): clean
+accuracy ≥ 0.99 and ASR ≥ 0.97; the target's mask is always the smallest (norm 3.6-7.5
+against a median of 15-20 of the 256 pixels), always flagged, anomaly index 3.2-7.6
+(seed 0: 3.6), 60-99% of its mass on the 9 patch pixels (seed 0: 0.79). The clean model
+is the fragile side, as Neural Cleanse is on small models with unequal classes: over those
+seeds, 3 of 7 clean models had a label of naturally small norm flagged (index 2.1-3.2);
+seed 0's largest below-median index is 1.6.
+"""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbd.attacks import badnets
+from jaxbd.attacks.poison import poison_dataset
+from jaxbd.data import make_synthetic
+from jaxbd.defenses.base import RepairContext, Variables
+from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
+from jaxbd.defenses.neural_cleanse import (
+    NeuralCleanse,
+    anomaly_index,
+    flag_labels,
+    logits_fn,
+    neural_cleanse,
+    reverse_engineer,
+    stamp_uint8,
+)
+from jaxbd.settings import InvalidSettingError
+from jaxbd.train import CosineSchedule, Trainer, dense_mask, make_mesh
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+SIZE, CLASSES, TARGET, PATCH = 16, 10, 3, 3
+# Reverse-engineering budget of these tests: 60 epochs of 3 batches of 64 tuning images.
+REVERSE = dict(epochs=60, reverse_batch_size=64)
+
+
+class PatchNet(nn.Module):
+    """Two strided 3×3 convs and a dense head on the flattened map (position-aware)."""
+
+    num_classes: int = CLASSES
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
+        x = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
+        features = x.reshape(x.shape[0], -1)
+        return nn.Dense(self.num_classes)(features), features
+
+
+ATTACK = badnets(target=TARGET, size=PATCH, color=(255, 255, 0), location="bottom_right")
+
+
+def trained(poisoned: bool, seed: int = 0):
+    """A model trained on the synthetic set (poisoned or not) and its repair context (every
+    random choice offset by `seed`, to check that the margins are not one seed's luck)."""
+    splits = make_synthetic(
+        num_train=768, num_test=256, num_classes=CLASSES, image_size=SIZE, seed=0, noise=0.1
+    )
+    clean = splits.train
+    train, is_poison = clean, np.zeros(len(clean), bool)
+    if poisoned:
+        poisoned_set = poison_dataset(jax.random.key(seed + 1), clean, ATTACK, fraction=0.2)
+        train, is_poison = poisoned_set.dataset, poisoned_set.is_poison
+    trainer = Trainer(
+        PatchNet(),
+        make_mesh(1),
+        batch_size=64,
+        eval_batch_size=256,
+        mean=MEAN,
+        std=STD,
+        crop_padding=0,
+        flip=False,
+        steps_per_call=4,
+        progress=False,
+    )
+    data = trainer.put(train.images, train.labels)
+    epochs = 8
+    state = trainer.init_state(
+        jax.random.key(seed),
+        (SIZE, SIZE, 3),
+        CosineSchedule.create(0.05, epochs * trainer.steps_per_epoch(len(train))),
+        rng=jax.random.key(seed + 2),
+    )
+    for epoch in range(epochs):
+        state, _, _ = trainer.train_epoch(state, data, jax.random.key(seed + 10 + epoch))
+    test = splits.test
+    accuracy = float(np.mean(trainer.predict_labels(state, test.images) == test.labels))
+    triggered, _ = ATTACK.apply_test(jax.random.key(0), test.images, test.labels)
+    others = test.labels != TARGET
+    asr = float(np.mean(trainer.predict_labels(state, np.asarray(triggered))[others] == TARGET))
+    # The defender's images are clean training images, 22 per class to tune on.
+    defender = defender_data(
+        jax.random.key(seed + 3), clean, is_poison, DefenderDataSettings(per_class=24)
+    )
+
+    def validate(params, batch_stats):
+        logits, _ = trainer.predict_variables(params, batch_stats, defender.val.images)
+        return float(np.mean(np.argmax(np.asarray(logits), -1) == defender.val.labels))
+
+    ctx = RepairContext(
+        trainer=trainer,
+        defender=defender,
+        tune_data=trainer.put(defender.tune.images, defender.tune.labels),
+        key=jax.random.key(seed + 4),
+        validate=validate,
+        num_classes=CLASSES,
+    )
+    variables = Variables(state.params, state.batch_stats, dense_mask(state.params))
+    return ctx, variables, accuracy, asr
+
+
+@pytest.fixture(scope="module")
+def backdoored():
+    ctx, variables, accuracy, asr = trained(poisoned=True)
+    assert accuracy > 0.9 and asr > 0.95, (accuracy, asr)
+    triggers = jax.device_get(neural_cleanse(**REVERSE).reverse(ctx, variables))
+    return ctx, variables, triggers
+
+
+@pytest.fixture(scope="module")
+def clean_model():
+    ctx, variables, accuracy, asr = trained(poisoned=False)
+    assert accuracy > 0.9 and asr < 0.1, (accuracy, asr)
+    return ctx, variables
+
+
+def test_anomaly_index_on_hand_made_norms():
+    norms = jnp.array([10.0, 11.0, 9.0, 10.5, 9.5, 10.2, 2.0, 9.8, 10.1, 10.4])
+    index = np.asarray(anomaly_index(norms))
+    median = np.median(np.asarray(norms))
+    mad = 1.4826 * np.median(np.abs(np.asarray(norms) - median))
+    np.testing.assert_allclose(index, np.abs(np.asarray(norms) - median) / mad, rtol=1e-5)
+    assert index[6] > 2 and np.all(np.delete(index, 6) < 2)
+    assert np.flatnonzero(flag_labels(norms)).tolist() == [6]
+    # A large outlier is anomalous too, but only a small trigger betrays a backdoor.
+    high = jnp.array([10.0, 12.0, 8.0, 11.0, 9.0, 10.0, 30.0, 11.0, 9.0, 10.0])
+    assert anomaly_index(high)[6] > 2 and np.all(np.delete(anomaly_index(high), 6) < 2)
+    assert not np.any(flag_labels(high))
+    # All norms equal: MAD = 0, no NaN, nothing flagged.
+    same = anomaly_index(jnp.full(10, 7.0))
+    assert np.all(np.isfinite(same)) and np.all(np.asarray(same) == 0)
+    assert not np.any(flag_labels(jnp.full(10, 7.0)))
+
+
+def test_reverse_engineering_recovers_the_planted_patch(backdoored):
+    _, _, triggers = backdoored
+    norms = np.asarray(triggers.norms)
+    index = np.asarray(anomaly_index(norms))
+    print("norms", np.round(norms, 2), "anomaly index", np.round(index, 2))
+    assert triggers.masks.shape == (CLASSES, SIZE, SIZE)
+    assert triggers.patterns.shape == (CLASSES, SIZE, SIZE, 3)
+    assert np.all((triggers.masks >= 0) & (triggers.masks <= 1))
+    assert np.argmin(norms) == TARGET
+    assert index[TARGET] > 2
+    assert TARGET in np.flatnonzero(flag_labels(norms))
+    assert triggers.reached[TARGET] and triggers.attack_success[TARGET] > 0.9
+    # The mask sits on the patch: its 9 pixels are 6% of the image but hold a large share.
+    mask = np.asarray(triggers.masks[TARGET])
+    on_patch = mask[-PATCH:, -PATCH:].sum() / mask.sum()
+    print("share of the target mask on the patch", round(float(on_patch), 3))
+    assert on_patch > 0.25
+    # ... and where it does, the pattern is the patch's yellow.
+    pattern = np.asarray(triggers.patterns[TARGET])[-PATCH:, -PATCH:]
+    weights = mask[-PATCH:, -PATCH:]
+    colour = (pattern * weights[..., None]).sum((0, 1)) / weights.sum()
+    assert colour[0] > 0.7 and colour[1] > 0.7 and colour[2] < 0.3, colour
+
+
+def test_plan_unlearns_the_flagged_trigger(backdoored):
+    ctx, variables, _ = backdoored
+    repair = neural_cleanse(**REVERSE)
+    plan = repair.plan(ctx, variables)
+    details = plan.details
+    assert TARGET in details["flagged_labels"]
+    assert plan.steps == 1000 and plan.lr == 1e-3 and plan.variables is variables
+    tune = ctx.defender.tune
+    count = round(0.2 * len(tune.labels))
+    assert details["unlearning_images"] == count
+    images = np.asarray(plan.data.images)
+    changed = np.any(images != tune.images, axis=(1, 2, 3))
+    # Stamped images only (a stamp may leave an image unchanged after rounding), true labels.
+    assert 0 < changed.sum() <= count
+    np.testing.assert_array_equal(np.asarray(plan.data.labels), tune.labels)
+    assert set(details) >= {"norms", "anomaly_index", "attack_success", "flagged_labels"}
+    assert len(details["norms"]) == CLASSES
+    json.dumps(details)  # the summary's method details
+
+
+def test_clean_model_flags_nothing_and_plans_no_steps(clean_model):
+    ctx, variables = clean_model
+    plan = neural_cleanse(**REVERSE).plan(ctx, variables)
+    index = np.asarray(plan.details["anomaly_index"])
+    norms = np.asarray(plan.details["norms"])
+    print("norms", np.round(norms, 2), "anomaly index", np.round(index, 2))
+    assert plan.details["flagged_labels"] == []
+    assert plan.steps == 0 and plan.variables is variables
+    assert plan.data is ctx.tune_data and plan.details["unlearning_images"] == 0
+    assert "no label flagged" in plan.details["note"]
+    json.dumps(plan.details)
+
+
+def test_all_labels_run_in_one_compiled_program():
+    traces = []
+    weights = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 5)) * 0.1
+
+    def apply_fn(variables, x):
+        traces.append(x.shape)  # runs once per trace, never per label or step
+        return x.reshape(x.shape[0], -1) @ variables
+
+    images = np.asarray(jax.random.randint(jax.random.key(1), (40, 8, 8, 3), 0, 256), np.uint8)
+    run = lambda key, variables, **kw: reverse_engineer(  # noqa: E731
+        apply_fn, variables, images, 5, key=key, mean=MEAN, std=STD, epochs=3, batch_size=16, **kw
+    )
+    out = run(jax.random.key(2), weights)
+    all_labels = len(traces)
+    assert all_labels < 5  # a trace per label would be a Python loop over the labels
+    assert out.masks.shape == (5, 8, 8) and out.norms.shape == (5,)
+    np.testing.assert_array_equal(out.labels, np.arange(5))
+    # Another key and other variables: the same program, no new trace.
+    run(jax.random.key(3), weights * 2)
+    assert len(traces) == all_labels
+    # One label alone traces exactly as often: labels are vmapped, not a Python loop.
+    one = run(jax.random.key(2), weights, labels=[4])
+    assert len(traces) == 2 * all_labels
+    assert one.masks.shape == (1, 8, 8)
+    # Each label's search is its own: label 4 alone finds what it found among all five.
+    np.testing.assert_allclose(one.masks[0], out.masks[4], atol=1e-4)
+
+
+def test_stamp_and_settings():
+    images = np.full((2, 4, 4, 3), 100, np.uint8)
+    mask = np.zeros((4, 4), np.float32)
+    mask[0, 0], mask[1, 1] = 1.0, 0.5
+    pattern = np.ones((4, 4, 3), np.float32)
+    out = stamp_uint8(images, mask, pattern)
+    assert out.dtype == np.uint8
+    assert out[0, 0, 0, 0] == 255 and out[0, 1, 1, 0] == round(0.5 * 100 + 0.5 * 255)
+    assert out[0, 2, 2, 0] == 100
+    assert isinstance(neural_cleanse(), NeuralCleanse)
+    assert neural_cleanse().weight_decay == 5e-4 and neural_cleanse().name == "neural_cleanse"
+    for bad in (
+        {"unlearn_fraction": 0.0},
+        {"epochs": 0},
+        {"cost_multiplier": 1.0},
+        {"lr": 0.0},
+        {"attack_threshold": 1.5},
+    ):
+        with pytest.raises(InvalidSettingError):
+            neural_cleanse(**bad)
+    assert logits_fn(PatchNet()) is logits_fn(PatchNet())
