@@ -33,6 +33,13 @@ from jaxbd.defenses.fine_pruning import (
 )
 from jaxbd.defenses.finetune import FineTune, finetune
 from jaxbd.defenses.nad import NAD, attention_map, nad
+from jaxbd.defenses.neural_cleanse import (
+    NeuralCleanse,
+    ReversedTriggers,
+    anomaly_index,
+    neural_cleanse,
+    reverse_engineer,
+)
 from jaxbd.defenses.pivotal_tuning import PivotalTuning, pivotal_tuning, slol_loss
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
 
@@ -40,6 +47,7 @@ REPAIRS = {
     "finetune": finetune,
     "fine_pruning": fine_pruning,
     "nad": nad,
+    "neural_cleanse": neural_cleanse,
     "pivotal_tuning": pivotal_tuning,
 }
 
@@ -50,23 +58,28 @@ __all__ = [
     "DefenderDataSettings",
     "FinePruning",
     "FineTune",
+    "NeuralCleanse",
     "PivotalTuning",
     "Repair",
     "RepairContext",
+    "ReversedTriggers",
     "TuneProgress",
     "TuneResult",
     "TuningPlan",
     "Variables",
+    "anomaly_index",
     "attention_map",
     "channel_activations",
     "defender_data",
     "fine_pruning",
     "finetune",
     "nad",
+    "neural_cleanse",
     "oracle_asr_at_delta",
     "pivotal_tuning",
     "plot_curves",
     "prune_channels_mask",
+    "reverse_engineer",
     "slol_loss",
     "tune",
     "within_budget",

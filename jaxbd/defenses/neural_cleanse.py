@@ -548,7 +548,7 @@ class NeuralCleanse:
     def reverse(self, ctx: RepairContext, variables: Variables) -> ReversedTriggers:
         """Reverse-engineers every label's trigger on the defender's tuning images."""
         trainer = ctx.trainer
-        mean, std = _normalization(trainer)
+        mean, std = trainer.mean, trainer.std
         params = jax.tree.map(jnp.multiply, variables.params, variables.mask)
         return reverse_engineer(
             logits_fn(trainer.model),
@@ -708,13 +708,3 @@ def logits_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:
 
 
 _LOGITS_FNS: dict[Any, Callable] = {}
-
-
-def _normalization(trainer) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The trainer's normalization mean and std (pixel units in [0, 1])."""
-    mean, std = getattr(trainer, "mean", None), getattr(trainer, "std", None)
-    if mean is None or std is None:
-        # The Trainer keeps them only in its step factory's arguments.
-        keywords = trainer._make_train_step.keywords
-        mean, std = keywords["mean"], keywords["std"]
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -146,6 +146,7 @@ class Trainer:
             raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         self.model = model
         self.mesh = mesh
+        self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.steps_per_call = steps_per_call

@@ -192,7 +192,7 @@ def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path,
 
 
 # Each repair's own work at toy size (teacher fine-tuning, trigger reverse-engineering).
-SMALL = {"nad": {"teacher_steps": 4}, "neural_cleanse": {"reverse_steps": 8}}
+SMALL = {"nad": {"teacher_steps": 4}, "neural_cleanse": {"epochs": 2, "reverse_batch_size": 16}}
 
 
 def test_evaluate_a_trained_and_a_defended_model(source, finetuned, tmp_path):
