@@ -37,21 +37,16 @@ from absl import logging
 
 from jaxbd import defenses, metrics, rng, runs
 from jaxbd.defenses import tuning
-from jaxbd.defenses.base import RepairContext, Variables, jsonable
+from jaxbd.defenses.base import RepairContext, jsonable
 from jaxbd.defenses.registry import make_repair
 from jaxbd.pipeline import engine, setup
+from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.pipeline.evaluate import make_evaluate_fn
 from jaxbd.runs.checkpoint import Checkpointer
-from jaxbd.runs.rundir import CONFIG_FILE, SUMMARY_FILE
 from jaxbd.settings import ConfigError, from_config
-from jaxbd.train import CosineSchedule
 
-ARMS = {"dense": "dense", "pruned": "pruned"}
-"""`config.source_arm` -> the source run's checkpointed phase holding that model."""
-
-DEFENDED = "defended"
-"""The checkpoint folder (under `checkpoints/`) holding the model a defense returned."""
+ARMS, DEFENDED = source_lib.ARMS, source_lib.DEFENDED
 
 CURVE_FILE = "curve.jsonl"
 CURVE_PLOT = "curve.png"
@@ -70,6 +65,7 @@ class DefendSettings:
     eval_every: int
     delta: float
     experiment: ExperimentSettings  # the source run's, with this run's runtime settings
+    checkpoint: str  # the source model's checkpoint folder (only read)
 
 
 def validate(config: ml_collections.ConfigDict) -> DefendSettings:
@@ -79,24 +75,12 @@ def validate(config: ml_collections.ConfigDict) -> DefendSettings:
         ConfigError: for a missing, unfinished or foreign source run, an unknown defense or
             arm, bad hyper-parameters or defender settings.
     """
-    source = config.get("source")
-    if not source:
-        raise ConfigError("config.source: the finished scripts/train.py run to defend is required")
-    source = os.path.abspath(source)
-    for name, what in ((CONFIG_FILE, "a jaxbd run directory"), (SUMMARY_FILE, "finished")):
-        if not os.path.exists(os.path.join(source, name)):
-            raise ConfigError(
-                f"config.source: {source} is not {what} (no {name}); defend a finished "
-                "scripts/train.py run"
-            )
-    arm = config.source_arm
-    if arm not in ARMS:
-        raise ConfigError(f"config.source_arm: must be one of {sorted(ARMS)}, got {arm!r}")
-    if not os.path.isdir(os.path.join(source, "checkpoints", ARMS[arm])):
-        raise ConfigError(
-            f"config.source_arm={arm}: {source} has no {ARMS[arm]!r} checkpoint (a run without "
-            "a pruned arm has only the dense model)"
-        )
+    src = source_lib.open_source(
+        config.get("source"),
+        arm=config.source_arm,
+        runtime=config.runtime,
+        allow_defended=False,
+    )
     d = config.defense
     if d.name not in defenses.REPAIRS:
         raise ConfigError(
@@ -112,19 +96,17 @@ def validate(config: ml_collections.ConfigDict) -> DefendSettings:
         repair = make_repair(defenses.REPAIRS, d.name, d.get(d.name), steps=d.steps)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config.defense.{d.name}: {e}") from None
-    with open(os.path.join(source, CONFIG_FILE)) as f:
-        source_config = ml_collections.ConfigDict(json.load(f))
-    source_config.runtime.update(config.runtime.to_dict())
     return DefendSettings(
-        source=source,
-        source_arm=arm,
+        source=src.path,
+        source_arm=src.model,
         seed=config.seed,
         defender=from_config(defenses.DefenderDataSettings, config.defender, "config.defender"),
         name=d.name,
         repair=repair,
         eval_every=d.eval_every,
         delta=float(d.delta),
-        experiment=ExperimentSettings.from_config(source_config),
+        experiment=src.experiment,
+        checkpoint=src.checkpoint,
     )
 
 
@@ -192,7 +174,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         )
     if resumed is None:
         resumed = claim()
-    undefended = _restore(s, source_trainer, splits.train.image_shape)
+    undefended = source_lib.restore_model(
+        source_lib.Source(s.source, s.source, s.source_arm, s.checkpoint, exp),
+        source_trainer,
+        splits.train.image_shape,
+    )
     logging.info(
         "defender: %d tuning + %d validation clean images", len(defender.tune), len(defender.val)
     )
@@ -250,24 +236,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
     rundir.write_summary(summary)
     rundir.close()
     return summary
-
-
-def _restore(s: DefendSettings, trainer, image_shape) -> Variables:
-    """The source run's final model of the chosen arm (its checkpoint is only read)."""
-    template = trainer.init_state(
-        jax.random.key(0), image_shape, CosineSchedule.create(1.0, 1), rng=jax.random.key(0)
-    )
-    folder = os.path.join(s.source, "checkpoints", ARMS[s.source_arm])
-    checkpointer = Checkpointer(folder)
-    try:
-        latest = checkpointer.latest_step()
-        if latest is None:
-            raise ConfigError(f"config.source: {folder} holds no checkpoint")
-        restored, _ = checkpointer.restore(latest, {"state": template})
-    finally:
-        checkpointer.close()
-    state = restored["state"]
-    return Variables(params=state.params, batch_stats=state.batch_stats, mask=state.mask)
 
 
 def _validator(trainer, val):

@@ -165,7 +165,7 @@ def test_bad_input_is_refused_before_anything_is_written(source, tmp_path, overr
 
 
 def test_the_source_must_be_a_finished_run(tmp_path):
-    with pytest.raises(ConfigError, match=r"config\.source: the finished"):
+    with pytest.raises(ConfigError, match=r"config\.source: a finished run directory is required"):
         defend.run(defense_config(None), str(tmp_path / "w"))
     os.makedirs(tmp_path / "unfinished")
     with open(tmp_path / "unfinished" / "config.json", "w") as f:
