@@ -1,22 +1,27 @@
 """Evaluates a finished run's model — trained or defended — on its own trigger or another.
 
-    python scripts/evaluate.py --config configs/evaluate.py --config.source=runs/smoke
-    python scripts/evaluate.py --config configs/evaluate.py \
-        --config.source=runs/smoke/defenses/finetune --config.attack.name=blended
+    python scripts/evaluate.py --config.source=runs/smoke
+    python scripts/evaluate.py --config.source=runs/smoke/defenses/finetune \
+        --config.attack.name=blended
+
+`--config` defaults to configs/evaluate.py.
 
 Reads the run; writes nothing unless `--config.output=FILE.json`.
 """
 
 import json
+import os
 
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
 from jaxbd import cli
 from jaxbd.pipeline import evaluation
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.")
-flags.mark_flags_as_required(["config"])
+_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_DEFAULT, "evaluate.py"), "Evaluation config file."
+)
 
 
 def main(argv):
