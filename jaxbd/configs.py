@@ -143,6 +143,8 @@ def defend_config() -> ml_collections.ConfigDict:
     c.defense.steps = config_dict.placeholder(int)  # the step budget; None: the repair's own
     c.defense.eval_every = 50  # a trade-off-curve row every this many steps (and at step 0)
     c.defense.delta = 0.02  # budget: stop when validation accuracy drops more than this
+    # ... for this many curve rows in a row (the last model within the budget is returned)
+    c.defense.patience = 3
     # One sub-dict per repair with its factory's defaults (Pick your Poison, r = 1%).
     for name, factory in defenses.REPAIRS.items():
         c.defense[name] = hparams_config(factory)

@@ -36,7 +36,8 @@ class TuneProgress:
         best: the variables of the last row within the budget, and its step.
         rows: the curve rows so far.
         base_val_accuracy: the step-0 validation accuracy.
-        stopped: whether the budget was exceeded (no more steps will run).
+        stopped: whether the budget was exceeded `patience` times in a row (no more steps
+            will run).
     """
 
     step: int
@@ -74,6 +75,7 @@ def tune(
     *,
     eval_every: int = 50,
     delta: float = 0.02,
+    patience: int = 1,
     evaluate_fn: EvaluateFn | None = None,
     base: Variables | None = None,
     on_eval: Callable[[TuneProgress], None] | None = None,
@@ -92,6 +94,10 @@ def tune(
         plan: what to tune.
         eval_every: steps between curve rows (>= 1).
         delta: the budget on validation accuracy, absolute (e.g. 0.02).
+        patience: stop after this many consecutive rows out of the budget (1: at the first).
+            A few hundred validation images measure accuracy in steps of a fraction of a
+            percent, so one row below the budget can be noise; the returned model is the last
+            one within the budget either way.
         evaluate_fn: optional test metrics of a state, recorded on the curve as `test_*`.
         base: the undefended model (default: `plan.variables`).
         on_eval: called after every row (e.g. to checkpoint and log it).
@@ -103,6 +109,8 @@ def tune(
     """
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
     trainer = ctx.trainer
     started = time.perf_counter()
     stream = jax.random.fold_in(ctx.key, 1)
@@ -156,7 +164,9 @@ def tune(
         if within_budget(row["val_accuracy"], progress.base_val_accuracy, delta):
             progress.best = (step, _variables(state))
         else:
-            progress.stopped = True
+            # Consecutive rows out of the budget (the rows since the returned one).
+            out = sum(1 for r in progress.rows if r["step"] > progress.best[0])
+            progress.stopped = out >= patience
         if on_eval is not None:
             on_eval(progress)
     best_step, best = progress.best

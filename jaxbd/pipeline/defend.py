@@ -64,6 +64,7 @@ class DefendSettings:
     repair: Any
     eval_every: int
     delta: float
+    patience: int
     experiment: ExperimentSettings  # the source run's, with this run's runtime settings
     checkpoint: str  # the source model's checkpoint folder (only read)
 
@@ -92,6 +93,8 @@ def validate(config: ml_collections.ConfigDict) -> DefendSettings:
         raise ConfigError(f"config.defense.eval_every: must be >= 1, got {d.eval_every!r}")
     if not 0 <= d.delta <= 1:
         raise ConfigError(f"config.defense.delta: must be in [0, 1], got {d.delta!r}")
+    if not isinstance(d.patience, int) or d.patience < 1:
+        raise ConfigError(f"config.defense.patience: must be >= 1, got {d.patience!r}")
     try:
         repair = make_repair(defenses.REPAIRS, d.name, d.get(d.name), steps=d.steps)
     except (ValueError, TypeError) as e:
@@ -105,6 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> DefendSettings:
         repair=repair,
         eval_every=d.eval_every,
         delta=float(d.delta),
+        patience=d.patience,
         experiment=src.experiment,
         checkpoint=src.checkpoint,
     )
@@ -217,6 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
             plan,
             eval_every=s.eval_every,
             delta=s.delta,
+            patience=s.patience,
             evaluate_fn=evaluate_fn,
             base=undefended,
             on_eval=on_eval,
@@ -316,6 +321,7 @@ def _summary(s, plan, result, evaluate_fn, undefended, defender, started, resume
         "repaired": after["attack_success_rate"] <= 0.05,
         "oracle_asr_at_delta": defenses.oracle_asr_at_delta(result.rows, s.delta),
         "delta": s.delta,
+        "patience": s.patience,
         "defender_examples": len(defender),
         "defender_tune": len(defender.tune),
         "defender_val": len(defender.val),

@@ -2,8 +2,8 @@
 
 Selection is per class by default (by the *observed*, possibly poisoned, label): class c with
 n_c members gets a budget k_c proportional to n_c, and the budgets sum exactly to the requested
-total k (docs/methods.md, "Common rules"). Indices are canonical example indices, so they line up with poison flags,
-scores and forgetting counts.
+total k (docs/methods.md, "Common rules"). Indices are canonical example indices, so they line
+up with poison flags, scores and forgetting counts.
 """
 
 from __future__ import annotations

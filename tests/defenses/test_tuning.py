@@ -92,3 +92,15 @@ def test_zero_steps_returns_the_plan_model(ctx_and_model):
     result = defenses.tune(ctx, plan, eval_every=5)
     assert result.steps == 0 and result.returned_step == 0 and len(result.rows) == 1
     chex.assert_trees_all_equal(result.variables.params, model.params)
+
+
+def test_patience_tolerates_noisy_rows_and_still_returns_the_last_in_budget(ctx_and_model):
+    ctx, model = ctx_and_model
+    plan = TuningPlan(variables=model, data=ctx.tune_data, steps=60, lr=0.01)
+    # base 0.80; 10: 0.75 (out); 20: 0.79 (in); 30: 0.70, 40: 0.70 (out twice) -> stop.
+    values = [0.80, 0.75, 0.79, 0.70, 0.70, 0.9, 0.9]
+    result = defenses.tune(_with_validate(ctx, values), plan, eval_every=10, patience=2)
+    assert [r["step"] for r in result.rows] == [0, 10, 20, 30, 40]
+    assert result.stopped_early and result.returned_step == 20
+    with pytest.raises(ValueError, match="patience"):
+        defenses.tune(ctx, plan, patience=0)
