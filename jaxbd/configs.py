@@ -177,3 +177,43 @@ def evaluate_config() -> ml_collections.ConfigDict:
     c.runtime.eval_batch_size = 512
     c.runtime.progress = False
     return c
+
+
+def detect_config() -> ml_collections.ConfigDict:
+    """Defaults of `scripts/detect.py`: which model to examine, the defender's data, the
+    detector (`jaxbd.pipeline.detect.DETECTORS`).
+
+    Every field is documented here once; `configs/detect.py` starts from it. A detector's
+    section, `detector.<name>`, holds its settings dataclass's defaults (STRIP:
+    `jaxbd.defenses.strip.StripSettings`), so a newly registered detector needs no edit here.
+    """
+    from jaxbd.pipeline import detect
+
+    c = ml_collections.ConfigDict()
+    c.source = config_dict.placeholder(str)  # a finished training run or defense directory
+    c.source_arm = "dense"  # a training run's "dense" | "pruned" model (a defense: its own)
+    c.seed = 0  # the defender's own streams (its data draw, the detector's randomness)
+
+    # The defender's clean data, drawn from the source run's unpoisoned training images
+    # exactly as scripts/defend.py draws it (same seed, same images).
+    c.defender = ml_collections.ConfigDict()
+    c.defender.fraction = 0.01  # r: images as a fraction of the training set
+    c.defender.per_class = config_dict.placeholder(int)  # images per class (overrides r)
+    c.defender.val_fraction = 0.1  # held out per class: every threshold is set on these
+
+    c.detector = ml_collections.ConfigDict()
+    c.detector.name = "strip"  # a key of jaxbd.pipeline.detect.DETECTORS
+    # STRIP: overlays (N, drawn from the defender's tuning images), blend ("sum": clip(x +
+    # x_o), the paper's; "half": the 0.5/0.5 blend), frr (the target false-rejection rate on
+    # held-out clean images, which sets the threshold), batch_size (superimposed images per
+    # forward pass).
+    for name, detector in detect.DETECTORS.items():
+        c.detector[name] = detect.settings_config(detector.settings)
+
+    # How the run executes, not what it computes: may change when resuming.
+    c.runtime = ml_collections.ConfigDict()
+    c.runtime.num_devices = config_dict.placeholder(int)
+    c.runtime.steps_per_call = config_dict.placeholder(int)
+    c.runtime.eval_batch_size = 512
+    c.runtime.progress = False
+    return c

@@ -1,0 +1,453 @@
+"""The detection pipeline: run a detector on a finished run's model with the defender's data.
+
+`run(config, workdir)` is what `scripts/detect.py` calls (`configs/detect.py`):
+
+1. the source (`config.source`: a finished `scripts/train.py` run — its dense or pruned
+   model — or a finished `scripts/defend.py` run — the model it returned) is read back with
+   `jaxbd.pipeline.source`; its training run's configuration rebuilds, through the setup
+   stage (`jaxbd.pipeline.setup`), the same poisoned training set and triggered test set
+   from the same streams. The source directory is only read, never written (the detection's
+   own directory may live inside it, `<source>/detections/<name>` by default);
+2. the defender's data: the small clean subset of the training images that the defense
+   pipeline draws too (`jaxbd.defenses.defender_data`, the "defender" stream of
+   `config.seed`), split into tuning and held-out parts;
+3. the detector named by `config.detector.name` (a key of `DETECTORS`) runs on a
+   `DetectContext` and returns a `Detection`: summary fields, optional arrays
+   (`scores.npz`) and optional figures (PNG);
+4. `summary.json` (which marks the detection finished), `config.json`, `metrics.jsonl`.
+
+Every decision a detector makes (a threshold, a flagged class) reads the defender's data
+only; the test set is for reporting.
+
+## Adding a detector
+
+Register a `Detector` in `DETECTORS`:
+
+    DETECTORS["my_detector"] = Detector(
+        settings=MySettings,  # a frozen, self-validating dataclass (`jaxbd.settings.require`)
+        detect=my_detect,     # (ctx: DetectContext, settings: MySettings) -> Detection
+        check=my_check,       # optional (settings, defender: DefenderData) -> None
+    )
+
+`settings` is built by `jaxbd.settings.from_config` from `config.detector.my_detector`,
+whose defaults `jaxbd.configs.detect_config` takes from the dataclass (`settings_config`),
+so nothing else is edited to make `--config.detector.name=my_detector` work. `check` runs
+before the workdir is claimed (raise `ConfigError` naming the field, e.g. more overlays than
+tuning images). `detect` may use `ctx.logits_fn` (jittable, uint8 images -> logits),
+`ctx.trainer` and `ctx.model` (e.g. `trainer.predict_variables`, or the module for
+features and gradients), `ctx.defender`, `ctx.stage` (test set, triggered test set,
+poisoned training set) and `ctx.key` (the detector's own stream, "detect/<name>"). Its
+`Detection.summary` must be JSON-able and must not reuse the pipeline's own summary keys
+(`PIPELINE_KEYS`); a model-level detector reports e.g. `{"score": ..., "flagged": ...}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from ml_collections import config_dict
+
+from jaxbd import defenses, metrics, rng, runs
+from jaxbd.data import augment
+from jaxbd.defenses import strip as strip_lib
+from jaxbd.defenses.base import Variables, jsonable
+from jaxbd.pipeline import engine, setup
+from jaxbd.pipeline import source as source_lib
+from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.settings import ConfigError, from_config
+from jaxbd.train import Trainer
+
+SCORES_FILE = "scores.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectContext:
+    """What a detector may use.
+
+    Attributes:
+        model: the source's model (parameters — pruned weights already zero —, BatchNorm
+            statistics, mask), replicated on the trainer's devices.
+        logits_fn: `images uint8[B, H, W, 3] -> logits float32[B, C]` of `model` in
+            inference mode, normalization included; a `jax.tree_util.Partial`, so jitted
+            callers (`jaxbd.defenses.strip.strip_scores`) trace the variables as inputs and
+            compile once.
+        trainer: the source's engine (its model, normalization, inference batch size).
+        defender: the defender's clean images (tuning part and held-out part).
+        stage: the source run's data rebuilt by the setup stage (`splits.test`,
+            `triggered`, `poisoned`, `attack`).
+        key: the detector's own PRNG stream ("detect/<name>" of `config.seed`).
+        num_classes: C.
+    """
+
+    model: Variables
+    logits_fn: jax.tree_util.Partial
+    trainer: Trainer
+    defender: defenses.DefenderData
+    stage: setup.Setup
+    key: jax.Array
+    num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """A detector's result.
+
+    Attributes:
+        summary: JSON-able fields merged into `summary.json`.
+        arrays: arrays written to `scores.npz` (e.g. per-input scores); none: no file.
+        plots: file name (e.g. "entropy.png") -> `draw(path)` writing that figure; needs
+            matplotlib (skipped with a warning when it is missing).
+    """
+
+    summary: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    plots: Mapping[str, Callable[[str], None]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """A registered detector (see the module docstring).
+
+    Attributes:
+        settings: a frozen settings dataclass, built from `config.detector.<name>`.
+        detect: `(ctx: DetectContext, settings) -> Detection`.
+        check: optional `(settings, defender: DefenderData) -> None`, raising `ConfigError`
+            before the workdir is claimed.
+        paper: the method's reference, for `--help`-like listings.
+    """
+
+    settings: type
+    detect: Callable[[DetectContext, Any], Detection]
+    check: Callable[[Any, defenses.DefenderData], None] | None = None
+    paper: str = ""
+
+
+# -- STRIP ---------------------------------------------------------------------------------
+
+
+def _check_strip(settings: strip_lib.StripSettings, defender: defenses.DefenderData) -> None:
+    if settings.overlays > len(defender.tune):
+        raise ConfigError(
+            f"config.detector.strip.overlays={settings.overlays} exceeds the defender's "
+            f"{len(defender.tune)} tuning images: lower it, or raise config.defender.fraction"
+        )
+
+
+def _strip(ctx: DetectContext, settings: strip_lib.StripSettings) -> Detection:
+    """STRIP (Gao et al. 2019): overlays from the defender's tuning images, the threshold
+    from its held-out images, FRR/FAR/ROC AUC on the test set."""
+    d, stage = ctx.defender, ctx.stage
+    # Overlays are drawn without replacement, as the paper draws N distinct clean images.
+    chosen = jax.random.choice(ctx.key, len(d.tune), (settings.overlays,), replace=False)
+    overlay_indices = np.sort(np.asarray(chosen))
+    overlays = d.tune.images[overlay_indices]
+    score = functools.partial(
+        strip_lib.strip_scores,
+        ctx.logits_fn,
+        overlays=overlays,
+        blend=settings.blend,
+        batch_size=settings.batch_size,
+    )
+    # The threshold is fixed from held-out clean images before any judged input is scored.
+    val_scores = np.asarray(score(d.val.images))
+    threshold = strip_lib.frr_threshold(val_scores, settings.frr)
+    triggered = stage.triggered
+    clean_scores = np.asarray(score(stage.splits.test.images))
+    triggered_scores = np.asarray(score(triggered.images[triggered.eligible]))
+    clean_flagged = strip_lib.flag_triggered(clean_scores, threshold)
+    triggered_flagged = strip_lib.flag_triggered(triggered_scores, threshold)
+    judged = np.concatenate([clean_scores, triggered_scores])
+    is_triggered = np.concatenate(
+        [np.zeros(len(clean_scores), bool), np.ones(len(triggered_scores), bool)]
+    )
+    # roc_auc ranks "higher = more likely positive"; low entropy means triggered.
+    auc = float(metrics.roc_auc(-judged, is_triggered))
+    summary = {
+        "threshold": threshold,
+        "overlays": settings.overlays,
+        "blend": settings.blend,
+        "target_frr": settings.frr,
+        "frr": _mean(clean_flagged),
+        "far": _mean(~triggered_flagged),
+        "roc_auc": auc,
+        "val_frr": _mean(strip_lib.flag_triggered(val_scores, threshold)),
+        "num_val": len(val_scores),
+        "num_clean": len(clean_scores),
+        "num_triggered": len(triggered_scores),
+        "mean_entropy_val": _mean(val_scores),
+        "mean_entropy_clean": _mean(clean_scores),
+        "mean_entropy_triggered": _mean(triggered_scores),
+    }
+    logging.info(
+        "strip: threshold %.4f bits (%d overlays); FRR %.4f, FAR %.4f, ROC AUC %.4f",
+        threshold,
+        settings.overlays,
+        summary["frr"],
+        summary["far"],
+        auc,
+    )
+    return Detection(
+        summary=summary,
+        arrays={
+            "val": val_scores,
+            "clean": clean_scores,
+            "triggered": triggered_scores,
+            "overlay_indices": d.tune_indices[overlay_indices],
+        },
+        plots={
+            "entropy.png": functools.partial(
+                plot_entropy, clean_scores, triggered_scores, threshold
+            )
+        },
+    )
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def plot_entropy(clean: np.ndarray, triggered: np.ndarray, threshold: float, path: str) -> None:
+    """Histogram of STRIP scores, clean vs triggered test inputs, the threshold marked.
+
+    Args:
+        clean: float[M] scores of clean test inputs.
+        triggered: float[T] scores of triggered (non-target) test inputs.
+        threshold: inputs below it are flagged.
+        path: where the PNG goes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    both = np.concatenate([clean, triggered, [threshold]])
+    bins = np.linspace(float(both.min()), float(both.max()) + 1e-6, 41)
+    ax.hist(clean, bins=bins, alpha=0.6, density=True, label=f"clean ({len(clean)})")
+    ax.hist(triggered, bins=bins, alpha=0.6, density=True, label=f"triggered ({len(triggered)})")
+    ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel("mean prediction entropy over overlays (bits)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title("STRIP entropy (flagged: left of the threshold)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+DETECTORS: dict[str, Detector] = {
+    "strip": Detector(
+        settings=strip_lib.StripSettings,
+        detect=_strip,
+        check=_check_strip,
+        paper="Gao et al. 2019, STRIP: A Defence Against Trojan Attacks on Deep Neural Networks",
+    ),
+}
+"""Detector name -> `Detector`; `config.detector.name` picks one."""
+
+PIPELINE_KEYS = (
+    "detector",
+    "hparams",
+    "source",
+    "source_model",
+    "attack",
+    "target",
+    "defender_examples",
+    "defender_tune",
+    "defender_val",
+    "resumed",
+    "wall_seconds",
+)
+"""Summary keys the pipeline writes itself; a detector's summary may not use them."""
+
+
+# -- the pipeline --------------------------------------------------------------------------
+
+
+def settings_config(cls: type) -> ml_collections.ConfigDict:
+    """A ConfigDict of a settings dataclass's defaults (a None default becomes a typed
+    placeholder, int or float after its annotation), for `config.detector.<name>`."""
+    section = ml_collections.ConfigDict()
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        if default is None:
+            kind = float if "float" in str(field.type) else int
+            section[field.name] = config_dict.placeholder(kind)
+        elif default is not dataclasses.MISSING:
+            section[field.name] = default
+    return section
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectSettings:
+    """A detection run's settings (validated; see `jaxbd.configs.detect_config`)."""
+
+    source: source_lib.Source
+    seed: int
+    defender: defenses.DefenderDataSettings
+    name: str
+    detector: Detector
+    hparams: Any
+    experiment: ExperimentSettings  # the source's training run's, with this run's runtime
+
+
+def validate(config: ml_collections.ConfigDict) -> DetectSettings:
+    """Checks the detection config and the source before anything is written.
+
+    Raises:
+        ConfigError: for a missing or unfinished source, an unknown detector or arm, bad
+            hyper-parameters or defender settings.
+    """
+    src = source_lib.open_source(
+        config.get("source"), arm=config.source_arm, runtime=config.runtime
+    )
+    name = config.detector.name
+    if name not in DETECTORS:
+        raise ConfigError(f"config.detector.name: must be one of {sorted(DETECTORS)}, got {name!r}")
+    detector = DETECTORS[name]
+    return DetectSettings(
+        source=src,
+        seed=config.seed,
+        defender=from_config(defenses.DefenderDataSettings, config.defender, "config.defender"),
+        name=name,
+        detector=detector,
+        hparams=from_config(
+            detector.settings, config.detector.get(name), f"config.detector.{name}"
+        ),
+        experiment=src.experiment,
+    )
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+    """`<source>/detections/<detector>` (`_pruned` appended for a training run's pruned arm)."""
+    suffix = "" if config.source_arm == "dense" else f"_{config.source_arm}"
+    return os.path.join(config.source, "detections", f"{config.detector.name}{suffix}")
+
+
+def model_logits_fn(trainer: Trainer, variables: Variables) -> jax.tree_util.Partial:
+    """`images uint8[B, H, W, 3] -> logits float32[B, C]` of a model in inference mode, as a
+    `jax.tree_util.Partial` whose leaves are the variables (traced, not compiled in)."""
+    apply = functools.partial(_apply_logits, trainer.model, trainer.mean, trainer.std)
+    return jax.tree_util.Partial(apply, variables.params, variables.batch_stats)
+
+
+def _apply_logits(model, mean, std, params, batch_stats, images):
+    x = augment.normalize(images, mean, std)
+    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+    return logits.astype(jnp.float32)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
+    """Runs one detector on a finished run's model and returns its summary.
+
+    Args:
+        config: a detection configuration (see `jaxbd.configs.detect_config`).
+        workdir: where the detection writes (default `default_workdir(config)`); created if
+            missing; an unfinished detection of the same configuration is redone (detectors
+            are fast; `summary.json` marks a finished one), a finished or different one is
+            refused.
+
+    Returns:
+        The summary also written to `workdir/summary.json`.
+
+    Raises:
+        ConfigError: bad input, before anything is written.
+        RunDirError: the workdir holds a finished detection or another run.
+    """
+    started = time.perf_counter()
+    s = validate(config)
+    workdir = workdir or default_workdir(config)
+    rundir = runs.RunDir(workdir)
+    rundir.check_not_finished()
+    exp = s.experiment
+    splits = setup.load_data(exp)
+    trainer = engine.make_trainer(exp, splits.train.num_classes)
+    attack = setup.check(exp, trainer, splits)
+
+    def claim() -> bool:
+        resumed = rundir.open(config.to_dict())
+        rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
+        return resumed
+
+    try:
+        # Only an attack that needs a trained surrogate writes while the data are rebuilt
+        # (its phase, into this directory), so otherwise the defender's draw and the
+        # detector's own checks come before the directory is claimed.
+        resumed = claim() if attack is None else None
+        stage = setup.build(exp, trainer, splits, rundir, attack)
+        try:
+            defender = defenses.defender_data(
+                rng.stream(s.seed, "defender"), splits.train, stage.poisoned.is_poison, s.defender
+            )
+        except ValueError as e:
+            raise ConfigError(f"config.defender: {e}") from None
+        if s.detector.check is not None:
+            s.detector.check(s.hparams, defender)
+        if resumed is None:
+            resumed = claim()
+        variables = source_lib.restore_model(s.source, trainer, splits.train.image_shape)
+        logging.info(
+            "defender: %d tuning + %d held-out clean images", len(defender.tune), len(defender.val)
+        )
+        ctx = DetectContext(
+            model=variables,
+            logits_fn=model_logits_fn(trainer, variables),
+            trainer=trainer,
+            defender=defender,
+            stage=stage,
+            key=rng.stream(s.seed, f"detect/{s.name}"),
+            num_classes=splits.train.num_classes,
+        )
+        detection = s.detector.detect(ctx, s.hparams)
+        clash = sorted(set(detection.summary) & set(PIPELINE_KEYS))
+        if clash:
+            raise ValueError(f"detector {s.name!r} reuses the pipeline's summary keys {clash}")
+        if detection.arrays:
+            _write_npz(rundir.file(SCORES_FILE), detection.arrays)
+        _plot(rundir, detection.plots)
+        summary = {
+            "detector": s.name,
+            "hparams": jsonable(dataclasses.asdict(s.hparams)),
+            "source": s.source.path,
+            "source_model": s.source.model,
+            "attack": exp.attack.name,
+            "target": stage.attack.target,
+            **jsonable(dict(detection.summary)),
+            "defender_examples": len(defender),
+            "defender_tune": len(defender.tune),
+            "defender_val": len(defender.val),
+            "resumed": resumed,
+            "wall_seconds": time.perf_counter() - started,
+        }
+        rundir.log_once({"event": "end", **jsonable(dict(detection.summary))}, key=("event",))
+        rundir.write_summary(summary)
+    finally:
+        rundir.close()
+    return summary
+
+
+def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """`np.savez` to a temporary file renamed into place (a reader never sees a torn file)."""
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
+def _plot(rundir: runs.RunDir, plots: Mapping[str, Callable[[str], None]]) -> None:
+    for name, draw in plots.items():
+        try:
+            draw(rundir.file(name))
+        except ImportError:  # matplotlib is the `plot` extra
+            logging.warning("matplotlib is not installed: no %s", name)
