@@ -17,6 +17,10 @@ finished training run.
 | `neural_cleanse` | Wang et al. 2019        | reverse-engineer triggers, flag, unlearn       |
 | `pivotal_tuning` | Lukas & Kerschbaum 2023 | fine-tune near a frozen pivot with SLOL        |
 
+Detectors: `strip_scores` (STRIP, Gao et al. 2019: mean prediction entropy over
+superimposed clean images, thresholded at a false-rejection rate on held-out clean images);
+`scripts/detect.py` (`jaxbd.pipeline.detect`) runs a registered detector on a finished run.
+
 The defender's data (`defender_data`) is a small clean subset of the training images with a
 held-out validation part; every decision reads validation data only, and any number chosen
 on the test set is reported as `oracle_*`.
@@ -41,6 +45,7 @@ from jaxbd.defenses.neural_cleanse import (
     reverse_engineer,
 )
 from jaxbd.defenses.pivotal_tuning import PivotalTuning, pivotal_tuning, slol_loss
+from jaxbd.defenses.strip import entropy_bits, frr_threshold, strip_scores
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
 
 REPAIRS = {
@@ -71,8 +76,10 @@ __all__ = [
     "attention_map",
     "channel_activations",
     "defender_data",
+    "entropy_bits",
     "fine_pruning",
     "finetune",
+    "frr_threshold",
     "nad",
     "neural_cleanse",
     "oracle_asr_at_delta",
@@ -81,6 +88,7 @@ __all__ = [
     "prune_channels_mask",
     "reverse_engineer",
     "slol_loss",
+    "strip_scores",
     "tune",
     "within_budget",
 ]
