@@ -1,0 +1,150 @@
+"""CIFAR PreActResNet-18 (He, Zhang, Ren, Sun 2016, "Identity mappings in deep residual
+networks") in flax.linen, as BackdoorBench trains it (Wu et al. 2022, "BackdoorBench: A
+Comprehensive Benchmark of Backdoor Learning", `models/preact_resnet.py`).
+
+Pre-activation basic block, for input x:
+
+    a = relu(bn1(x))
+    shortcut = shortcut_conv(a)   (1×1, stride s, NO BatchNorm) if the shape changes, else x
+    y = conv2(relu(bn2(conv1(a)))) + shortcut
+
+so the projection shortcut reads the pre-activated input `a`, not `x`, and a block's output
+is a plain residual sum: it is normalized by the NEXT block's `bn1`. The stem is a 3×3
+stride-1 conv (w channels) with no BatchNorm after it (the first block's `bn1` normalizes
+it); four stages of two blocks (w, 2w, 4w, 8w channels; stride 2 at the start of stages
+2–4); and, as in BackdoorBench (unlike He et al.'s final BN–ReLU), the last block's sum is
+average-pooled straight into the dense head. With w = 64 and 10 classes it has 11,171,146
+parameters, BackdoorBench's count.
+
+Which BatchNorm normalizes which conv's output differs from the post-activation ResNet, so
+channel pruning must follow the structure (`jaxbd.prune.channels.conv_bn_pairs`): the stem
+→ `stage1_block1/bn1`, each `conv1` → its block's `bn2`, and each `conv2` and
+`shortcut_conv` → none of its own (their outputs are summed before any BatchNorm).
+
+It follows jaxbd's ResNet conventions (`jaxbd.models.resnet`): the same constructor
+keywords (`num_classes`, `width`, `dtype`) and call signature `__call__(x, train) ->
+(logits float32[B, C], features float32[B, 8w])`; float32 parameters and BatchNorm
+statistics whatever the compute `dtype`; PyTorch-like initialization (Kaiming-normal fan-out
+convs, PyTorch's nn.Linear default for the head) and BatchNorm momentum/eps; each stage's
+output (the last block's residual sum) sown as `"intermediates"/"stage<i>"`, i = 1..4 —
+a no-op unless the caller makes the collection mutable. On a 32×32 input the stages have
+shapes [B, 32, 32, w], [B, 16, 16, 2w], [B, 8, 8, 4w], [B, 4, 4, 8w]. Note that these
+stage outputs are pre-activation sums (they can be negative), unlike the ResNet's post-ReLU
+ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxbd.models.resnet import BN_EPSILON, BN_MOMENTUM, conv_init, torch_linear_init
+
+
+class PreActBlock(nn.Module):
+    """A pre-activation basic block (see the module docstring).
+
+    Attributes:
+        features: output channels.
+        strides: stride of the first conv (and of the projection shortcut).
+        dtype: compute dtype.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+        )
+        a = nn.relu(norm(name="bn1")(x))
+        if self.strides != 1 or x.shape[-1] != self.features:
+            # BackdoorBench's shortcut: a bare 1×1 conv of the pre-activated input.
+            shortcut = conv(self.features, (1, 1), self.strides, padding=0, name="shortcut_conv")(a)
+        else:
+            shortcut = x
+        y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(a)
+        y = nn.relu(norm(name="bn2")(y))
+        y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        return y + shortcut
+
+
+class PreActResNet(nn.Module):
+    """CIFAR-style pre-activation ResNet (BackdoorBench's; see the module docstring).
+
+    Attributes:
+        num_classes: C, size of the dense head.
+        width: channels of the stem and first stage (64 for the standard PreActResNet-18).
+        stage_sizes: blocks per stage ((2, 2, 2, 2) for PreActResNet-18).
+        dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+    """
+
+    num_classes: int = 10
+    width: int = 64
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Classifies a batch.
+
+        Args:
+            x: float[B, H, W, 3] normalized images.
+            train: batch statistics (and running-average updates) if True, running
+                averages otherwise.
+
+        Returns:
+            (logits float32[B, C], features float32[B, 8·width]) where features are the
+            globally pooled last residual sum (no final BN–ReLU, as in BackdoorBench).
+        """
+        x = x.astype(self.dtype)
+        x = nn.Conv(
+            self.width,
+            (3, 3),
+            1,
+            padding=1,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name="stem_conv",
+        )(x)
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = PreActBlock(
+                    self.width * 2**stage,
+                    strides,
+                    self.dtype,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(x, train)
+            # A no-op unless the caller makes "intermediates" mutable (see the module docstring).
+            self.sow("intermediates", f"stage{stage + 1}", x)
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        head_init = torch_linear_init(features.shape[-1])
+        logits = nn.Dense(
+            self.num_classes,
+            dtype=jnp.float32,
+            kernel_init=head_init,
+            bias_init=head_init,
+            name="head",
+        )(features)
+        return logits, features
+
+
+def preact_resnet18(
+    num_classes: int = 10, width: int = 64, dtype: jnp.dtype = jnp.float32
+) -> PreActResNet:
+    """BackdoorBench's PreActResNet-18 (width 64 → 11,171,146 parameters for 10 classes;
+    registered as "preact_resnet18"); see the module docstring."""
+    return PreActResNet(num_classes=num_classes, width=width, stage_sizes=(2, 2, 2, 2), dtype=dtype)
