@@ -16,6 +16,8 @@ finished training run.
 | `nad`            | Li et al. 2021          | distil attention maps of a fine-tuned teacher  |
 | `neural_cleanse` | Wang et al. 2019        | reverse-engineer triggers, flag, unlearn       |
 | `pivotal_tuning` | Lukas & Kerschbaum 2023 | fine-tune near a frozen pivot with SLOL        |
+| `anp`            | Wu & Wang 2021          | prune BN channels sensitive to noise           |
+| `clp`            | Zheng et al. 2022       | data-free: prune high-Lipschitz channels       |
 
 Detectors: `strip_scores` (STRIP, Gao et al. 2019: mean prediction entropy over
 superimposed clean images, thresholded at a false-rejection rate on held-out clean images);
@@ -26,7 +28,9 @@ held-out validation part; every decision reads validation data only, and any num
 on the test set is reported as `oracle_*`.
 """
 
+from jaxbd.defenses.anp import ANP, anp
 from jaxbd.defenses.base import Repair, RepairContext, TuningPlan, Variables
+from jaxbd.defenses.clp import CLP, clp
 from jaxbd.defenses.curve import oracle_asr_at_delta, plot_curves, within_budget
 from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, defender_data
 from jaxbd.defenses.fine_pruning import (
@@ -49,6 +53,8 @@ from jaxbd.defenses.strip import entropy_bits, frr_threshold, strip_scores
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
 
 REPAIRS = {
+    "anp": anp,
+    "clp": clp,
     "finetune": finetune,
     "fine_pruning": fine_pruning,
     "nad": nad,
@@ -57,6 +63,8 @@ REPAIRS = {
 }
 
 __all__ = [
+    "ANP",
+    "CLP",
     "NAD",
     "REPAIRS",
     "DefenderData",
@@ -73,8 +81,10 @@ __all__ = [
     "TuningPlan",
     "Variables",
     "anomaly_index",
+    "anp",
     "attention_map",
     "channel_activations",
+    "clp",
     "defender_data",
     "entropy_bits",
     "fine_pruning",

@@ -48,18 +48,19 @@ class RepairContext:
         trainer: the engine, built with the repair's optimizer (momentum, weight decay) and
             batch size; its model returns `(logits, features)` and sows "intermediates".
         defender: the defender's images (host).
-        tune_data: `defender.tune` on the devices.
+        tune_data: `defender.tune` on the devices (None when the defender has no images:
+            a data-free repair).
         key: the repair's PRNG stream (split it for its own random choices).
         validate: `validate(params, batch_stats) -> float`, accuracy on the defender's
-            held-out images (the only data a decision may read).
+            held-out images (the only data a decision may read); None without images.
         num_classes: C.
     """
 
     trainer: Trainer
     defender: DefenderData
-    tune_data: DeviceData
+    tune_data: DeviceData | None
     key: jax.Array
-    validate: Callable[[PyTree, PyTree], float]
+    validate: Callable[[PyTree, PyTree], float] | None
     num_classes: int
 
     def features(self, params, batch_stats, images) -> tuple[jax.Array, jax.Array]:
@@ -99,6 +100,8 @@ class Repair(Protocol):
     momentum: float
     weight_decay: float
     batch_size: int
+    # Optional class attribute: `data_free = True` for a repair that needs no images (then
+    # the defender may have none, `fraction = 0`, and its plan must have steps = 0).
 
     def plan(self, ctx: RepairContext, variables: Variables) -> TuningPlan:
         """Does the method's own work and says what to tune."""

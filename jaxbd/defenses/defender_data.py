@@ -27,7 +27,7 @@ class DefenderDataSettings:
 
     Attributes:
         fraction: r, the defender's images as a fraction of the training-set size, in
-            (0, 1]; used when `per_class` is None.
+            [0, 1]; used when `per_class` is None. 0: no data, for data-free repairs only.
         per_class: images per class (overrides `fraction`); None: use `fraction`.
         val_fraction: the held-out part, per class, in (0, 1) (at least one image).
     """
@@ -37,7 +37,7 @@ class DefenderDataSettings:
     val_fraction: float = 0.1
 
     def __post_init__(self):
-        require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
+        require(0 <= self.fraction <= 1, "fraction", "must be in [0, 1]", self.fraction)
         require(
             self.per_class is None or (isinstance(self.per_class, int) and self.per_class >= 2),
             "per_class",
@@ -66,6 +66,11 @@ class DefenderData:
     def __len__(self) -> int:
         return len(self.tune_indices) + len(self.val_indices)
 
+    @property
+    def empty(self) -> bool:
+        """No images (a data-free repair's defender)."""
+        return len(self) == 0
+
 
 def defender_data(
     key: jax.Array,
@@ -90,6 +95,14 @@ def defender_data(
     """
     n, c = len(train), train.num_classes
     clean = ~np.asarray(is_poison, bool)
+    if settings.per_class is None and settings.fraction == 0:
+        none = np.zeros(0, np.int32)
+        return DefenderData(
+            tune=_subset(train, none, "defender tuning"),
+            val=_subset(train, none, "defender validation"),
+            tune_indices=none,
+            val_indices=none,
+        )
     if settings.per_class is not None:
         budgets = np.full(c, settings.per_class, np.int64)
     else:

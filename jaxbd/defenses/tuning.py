@@ -115,9 +115,13 @@ def tune(
     started = time.perf_counter()
     stream = jax.random.fold_in(ctx.key, 1)
 
+    if ctx.validate is None and plan.steps > 0:
+        raise ValueError("tuning needs the defender's validation images (ctx.validate)")
+
     def row_for(step, state, stats=None):
         # `state` may be a TrainState or Variables: both have params and batch_stats.
-        val = ctx.validate(state.params, state.batch_stats)
+        # No validation images (a data-free repair): nothing to budget, None on the curve.
+        val = None if ctx.validate is None else ctx.validate(state.params, state.batch_stats)
         row = {"step": step, "val_accuracy": val}
         if stats is not None:
             row.update(loss=stats.loss, train_accuracy=stats.accuracy, lr=stats.lr, **stats.extra)
@@ -130,8 +134,11 @@ def tune(
         row = row_for(0, undefended)
         state = start_state(ctx, plan)
         best = undefended
-        if undefended is not plan.variables and within_budget(
-            ctx.validate(state.params, state.batch_stats), row["val_accuracy"], delta
+        if undefended is not plan.variables and (
+            ctx.validate is None
+            or within_budget(
+                ctx.validate(state.params, state.batch_stats), row["val_accuracy"], delta
+            )
         ):
             best = plan.variables
         progress = TuneProgress(

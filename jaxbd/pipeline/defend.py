@@ -171,7 +171,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         )
     except ValueError as e:
         raise ConfigError(f"config.defender: {e}") from None
-    if len(defender.tune) < repair.batch_size:
+    data_free = getattr(repair, "data_free", False)
+    if defender.empty and not data_free:
+        raise ConfigError(
+            f"config.defender.fraction=0: {s.name} needs the defender's images (only a "
+            "data-free repair, e.g. clp, runs without)"
+        )
+    if not defender.empty and len(defender.tune) < repair.batch_size and not data_free:
         raise ConfigError(
             f"config.defense.{s.name}.batch_size={repair.batch_size} exceeds the defender's "
             f"{len(defender.tune)} tuning images: lower it, or raise config.defender.fraction"
@@ -189,9 +195,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
     ctx = RepairContext(
         trainer=repair_trainer,
         defender=defender,
-        tune_data=repair_trainer.put(defender.tune.images, defender.tune.labels),
+        tune_data=None
+        if defender.empty
+        else repair_trainer.put(defender.tune.images, defender.tune.labels),
         key=rng.stream(s.seed, f"defense/{s.name}"),
-        validate=_validator(repair_trainer, defender.val),
+        validate=None if defender.empty else _validator(repair_trainer, defender.val),
         num_classes=splits.train.num_classes,
     )
     evaluate_fn = make_evaluate_fn(repair_trainer, splits.test, stage.triggered)
@@ -285,7 +293,9 @@ def _write_curve(rundir, rows) -> None:
 
 
 def _row_text(row) -> str:
-    parts = [f"step {row['step']}", f"val acc {row['val_accuracy']:.4f}"]
+    parts = [f"step {row['step']}"]
+    if row["val_accuracy"] is not None:
+        parts.append(f"val acc {row['val_accuracy']:.4f}")
     if "test_clean_accuracy" in row:
         parts.append(f"test acc {row['test_clean_accuracy']:.4f}")
         parts.append(f"ASR {row['test_attack_success_rate']:.4f}")

@@ -180,7 +180,8 @@ def test_the_source_must_be_a_finished_run(tmp_path):
 @pytest.mark.parametrize("name", sorted(defenses.REPAIRS))
 def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path, name):
     source_dir, trained = source
-    c = defense_config(source_dir, **{"defense.name": name, "defense.steps": 4})
+    data_free = getattr(defenses.REPAIRS[name](), "data_free", False)
+    c = defense_config(source_dir, **{"defense.name": name, "defense.steps": 0 if data_free else 4})
     c.defense[name].batch_size = 16
     for field, value in SMALL.get(name, {}).items():
         c.defense[name][field] = value
@@ -192,7 +193,26 @@ def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path,
 
 
 # Each repair's own work at toy size (teacher fine-tuning, trigger reverse-engineering).
-SMALL = {"nad": {"teacher_steps": 4}, "neural_cleanse": {"epochs": 2, "reverse_batch_size": 16}}
+SMALL = {
+    "nad": {"teacher_steps": 4},
+    "neural_cleanse": {"epochs": 2, "reverse_batch_size": 16},
+    "anp": {"iterations": 8},
+}
+
+
+def test_a_data_free_repair_runs_without_defender_images(source, tmp_path):
+    source_dir, trained = source
+    c = defense_config(source_dir, **{"defense.name": "clp", "defense.steps": None})
+    c.defender.fraction = 0.0
+    summary = defend.run(c, str(tmp_path / "clp"))
+    assert summary["defender_examples"] == 0 and summary["steps"] == 0
+    assert summary["before"]["clean_accuracy"] == trained["clean_accuracy"]
+    assert summary["details"]["num_channels"] > 0
+    c = defense_config(source_dir, **{"defense.name": "finetune"})
+    c.defender.fraction = 0.0
+    with pytest.raises(ConfigError, match="needs the defender's images"):
+        defend.run(c, str(tmp_path / "finetune"))
+    assert not os.path.exists(tmp_path / "finetune")
 
 
 def test_evaluate_a_trained_and_a_defended_model(source, finetuned, tmp_path):
