@@ -79,6 +79,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.select.craig.proxy = "error"  # "error" (p - onehot) | "concat" | "outer" (last layer)
     c.select.craig.greedy = "lazy"  # "exact" | "lazy" (same result, faster) | "stochastic"
     c.select.craig.epsilon = 0.1  # stochastic greedy's ε
+    # Spectral Signatures keeps all but ⌈1.5·ε·n_c⌉ per class (select.fraction ignored).
+    c.select.spectral = ml_collections.ConfigDict()
+    c.select.spectral.poison_rate = 0.05  # ε, the expected poison rate: set to the study's
+    # Activation Clustering keeps what it does not flag (select.fraction ignored).
+    c.select.activation_clustering = ml_collections.ConfigDict()
+    c.select.activation_clustering.dims = 10  # features reduced to this many dimensions
+    c.select.activation_clustering.reduction = "ica"  # "ica" (FastICA) | "pca"
+    c.select.activation_clustering.min_cluster = 0.35  # flag the smaller cluster below this
 
     # The pruned arm (docs/methods.md): IMP with rewinding on the same data (the selection),
     # from the dense arm's initialization, then the final sparse network trained with its
@@ -137,6 +145,9 @@ def defend_config() -> ml_collections.ConfigDict:
     c.defender.fraction = 0.01  # r: images as a fraction of the training set
     c.defender.per_class = config_dict.placeholder(int)  # images per class (overrides r)
     c.defender.val_fraction = 0.1  # held out per class for every decision (>= 1 image)
+    # Whether the defender knows the trigger (triggered copies of its own images, true
+    # labels): only repairs that assume it (grad_prune) use it, and only when this is True.
+    c.defender.trigger_knowledge = False
 
     c.defense = ml_collections.ConfigDict()
     c.defense.name = "pivotal_tuning"  # a key of jaxbd.defenses.REPAIRS
@@ -216,4 +227,55 @@ def detect_config() -> ml_collections.ConfigDict:
     c.runtime.steps_per_call = config_dict.placeholder(int)
     c.runtime.eval_batch_size = 512
     c.runtime.progress = False
+    return c
+
+
+def zoo_config() -> ml_collections.ConfigDict:
+    """Defaults of `scripts/zoo.py` (`jaxbd.pipeline.zoo`): a smoke-scale recipe, the zoo's
+    models, the defender's data and the model-level detectors.
+
+    Every model is this experiment config with `seed` = its index, `attack.name` = its
+    attack (backdoored) or `attack.fraction` = 0 (clean). `zoo.detector.<name>` holds each
+    detector's settings (`jaxbd.pipeline.detect.DETECTORS`), with budgets cut to the
+    smoke-scale models.
+    """
+    from jaxbd.pipeline import detect
+
+    c = base_config()
+    # The recipe: configs/smoke.py without its pruned arm, 10% poisons (WaNet needs more
+    # than BadNets' 5% to be learned in 4 epochs).
+    c.data.name = "synthetic"
+    c.data.num_train = 2048
+    c.data.num_test = 512
+    c.attack.fraction = 0.1
+    c.model.width = 8
+    c.model.dtype = "float32"
+    c.train.epochs = 4
+    c.train.batch_size = 64
+    c.train.lr = 0.05
+    c.train.eval_every_epochs = 0
+    c.prune.rounds = 0
+    c.runtime.eval_batch_size = 256
+    c.runtime.progress = False
+
+    c.zoo = ml_collections.ConfigDict()
+    c.zoo.attacks = ("badnets", "blended", "wanet")  # backdoored model k: attacks[k % len]
+    c.zoo.backdoored = 8  # backdoored models, seeds 0..backdoored-1
+    c.zoo.clean = 8  # clean models (attack.fraction = 0), seeds 0..clean-1
+    c.zoo.detectors = ("neural_cleanse", "cti")  # keys of jaxbd.pipeline.detect.DETECTORS
+    c.zoo.bootstrap = 1000  # resamples of the models for the AUC's interval
+    c.zoo.bootstrap_seed = 0
+    c.zoo.detect_seed = 0  # the defender's streams (its data draw, the detectors' keys)
+    # The defender's clean images per model: 10% of the 2,048 (≈ 164 tuning, 41 held out).
+    c.zoo.defender = ml_collections.ConfigDict()
+    c.zoo.defender.fraction = 0.1
+    c.zoo.defender.per_class = config_dict.placeholder(int)
+    c.zoo.defender.val_fraction = 0.2
+    c.zoo.detector = ml_collections.ConfigDict()
+    for name, detector in detect.DETECTORS.items():
+        c.zoo.detector[name] = detect.settings_config(detector.settings)
+    c.zoo.detector.neural_cleanse.epochs = 20
+    c.zoo.detector.neural_cleanse.batch_size = 64
+    c.zoo.detector.cti.repair_steps = 200
+    c.zoo.detector.cti.repair_batch_size = 64
     return c

@@ -54,6 +54,10 @@ class RepairContext:
         validate: `validate(params, batch_stats) -> float`, accuracy on the defender's
             held-out images (the only data a decision may read); None without images.
         num_classes: C.
+        trigger: the attack's test-time transform `(key, images, labels) -> (images,
+            labels)`, given only to a repair that declares trigger knowledge
+            (`needs_trigger = True`) and only when the configuration grants it; None
+            otherwise. A repair keeps the true labels of what it triggers.
     """
 
     trainer: Trainer
@@ -62,6 +66,7 @@ class RepairContext:
     key: jax.Array
     validate: Callable[[PyTree, PyTree], float] | None
     num_classes: int
+    trigger: Callable | None = None
 
     def features(self, params, batch_stats, images) -> tuple[jax.Array, jax.Array]:
         """(logits, features) of `images` in inference mode."""
@@ -100,8 +105,9 @@ class Repair(Protocol):
     momentum: float
     weight_decay: float
     batch_size: int
-    # Optional class attribute: `data_free = True` for a repair that needs no images (then
-    # the defender may have none, `fraction = 0`, and its plan must have steps = 0).
+    # Optional class attributes: `data_free = True` for a repair that needs no images (then
+    # the defender may have none, `fraction = 0`, and its plan must have steps = 0);
+    # `needs_trigger = True` for one that assumes the defender knows the trigger.
 
     def plan(self, ctx: RepairContext, variables: Variables) -> TuningPlan:
         """Does the method's own work and says what to tune."""

@@ -60,6 +60,7 @@ class DefendSettings:
     source_arm: str
     seed: int
     defender: defenses.DefenderDataSettings
+    trigger_knowledge: bool
     name: str
     repair: Any
     eval_every: int
@@ -99,11 +100,21 @@ def validate(config: ml_collections.ConfigDict) -> DefendSettings:
         repair = make_repair(defenses.REPAIRS, d.name, d.get(d.name), steps=d.steps)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config.defense.{d.name}: {e}") from None
+    knowledge = config.defender.get("trigger_knowledge", False)
+    if getattr(repair, "needs_trigger", False) and not knowledge:
+        raise ConfigError(
+            f"config.defender.trigger_knowledge: {d.name} assumes the defender knows the "
+            "trigger; set it to True to grant that knowledge"
+        )
+    defender_section = {
+        k: v for k, v in config.defender.to_dict().items() if k != "trigger_knowledge"
+    }
     return DefendSettings(
         source=src.path,
         source_arm=src.model,
         seed=config.seed,
-        defender=from_config(defenses.DefenderDataSettings, config.defender, "config.defender"),
+        defender=from_config(defenses.DefenderDataSettings, defender_section, "config.defender"),
+        trigger_knowledge=bool(knowledge),
         name=d.name,
         repair=repair,
         eval_every=d.eval_every,
@@ -201,6 +212,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         key=rng.stream(s.seed, f"defense/{s.name}"),
         validate=None if defender.empty else _validator(repair_trainer, defender.val),
         num_classes=splits.train.num_classes,
+        trigger=stage.attack.test_fn
+        if s.trigger_knowledge and getattr(repair, "needs_trigger", False)
+        else None,
     )
     evaluate_fn = make_evaluate_fn(repair_trainer, splits.test, stage.triggered)
 
