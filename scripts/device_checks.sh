@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every measurement still owed to an accelerator (BENCHMARKS.md, "GPU (H200) — not yet
-# measured"), as one command of about 8 minutes on one H200, each step under its own time
+# measured"), as one command of about 11 minutes on one H200, each step under its own time
 # limit, logs under $OUT (one file per step, each ending in the step's JSON lines).
 #
 #   1. training throughput, ResNet-18 width 64, batch 128, 50k images: bf16 against the
@@ -8,7 +8,11 @@
 #   2. whether batching replicate seeds with vmap pays (`--members 4`: with `vmap_speedup`
 #      > 1, `config.sweep.seeds_together` should default to all seeds on accelerators; it
 #      is 1 today, what measured faster on the CPU);
-#   3. CRAIG on all of CIFAR-10 (target: under 1 s) and EL2N/GraNd scoring at 50k in bf16.
+#   3. CRAIG on all of CIFAR-10 (target: under 1 s) and EL2N/GraNd scoring at 50k in bf16;
+#   4. every registered repair's plan and tuning steps at CIFAR scale (ResNet-18 width 64,
+#      32×32, 4,500 defender tuning images = r of about 10%, bf16), and Neural Cleanse's
+#      reverse-engineering with all labels in one program against one label at a time and
+#      against the PyTorch loop (scripts/bench_defenses.py, scripts/torch_neural_cleanse.py).
 #
 # Preparation, once, on the machine that sends the working tree (the device has no
 # internet): the wheels its image lacks, into .whl. torch is in the accelerator image
@@ -20,7 +24,7 @@
 # and run it with carry [".whl"]:
 #   bash scripts/device_checks.sh
 # A dry run of the script itself at toy sizes on the CPU:
-#   N=512 WIDTH=4 SELECT_N=2000 bash scripts/device_checks.sh
+#   N=512 WIDTH=4 SELECT_N=2000 DEFENSE_N=256 DEFENSE_STEPS=4 bash scripts/device_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_checks}
@@ -56,3 +60,6 @@ step members 150 $bench --precision bf16 --members 4
 step craig 60 python3 scripts/bench_select.py --n "$SELECT_N"
 step scores 60 python3 scripts/bench_select.py --sections scores --score_n "$SELECT_N" \
   --score_width "$WIDTH" --score_dtype bfloat16
+DEFENSE_N=${DEFENSE_N:-4500} DEFENSE_STEPS=${DEFENSE_STEPS:-200}
+step defenses 180 python3 scripts/bench_defenses.py --width "$WIDTH" --image_size 32 \
+  --n "$DEFENSE_N" --batch 128 --steps "$DEFENSE_STEPS" --nc_epochs 2 --precision bf16 --torch
