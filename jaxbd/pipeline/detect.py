@@ -19,6 +19,11 @@
 Every decision a detector makes (a threshold, a flagged class) reads the defender's data
 only; the test set is for reporting.
 
+Registered: `strip` (input-level, Gao et al. 2019); the model-level `neural_cleanse` (Wang
+et al. 2019: the largest anomaly index below the median of the reversed triggers' norms) and
+`cti` (Calibrated Trigger Inversion, Lukas & Kerschbaum 2023), each reporting one `score` per
+model (`jaxbd.defenses.cti`); `jaxbd.pipeline.zoo` measures their ROC AUC over many models.
+
 ## Adding a detector
 
 Register a `Detector` in `DETECTORS`:
@@ -59,8 +64,11 @@ from ml_collections import config_dict
 
 from jaxbd import defenses, metrics, rng, runs
 from jaxbd.data import augment
+from jaxbd.defenses import cti as cti_lib
 from jaxbd.defenses import strip as strip_lib
 from jaxbd.defenses.base import Variables, jsonable
+from jaxbd.defenses.neural_cleanse import anomaly_index, flag_labels, reverse_engineer
+from jaxbd.defenses.neural_cleanse import logits_fn as nc_logits_fn
 from jaxbd.pipeline import engine, setup
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
@@ -87,6 +95,9 @@ class DetectContext:
             `triggered`, `poisoned`, `attack`).
         key: the detector's own PRNG stream ("detect/<name>" of `config.seed`).
         num_classes: C.
+        experiment: the source's training settings (with this run's runtime), for a
+            detector that builds its own engine (CTI's repair optimizer); None outside the
+            pipeline.
     """
 
     model: Variables
@@ -96,6 +107,7 @@ class DetectContext:
     stage: setup.Setup
     key: jax.Array
     num_classes: int
+    experiment: ExperimentSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,12 +257,146 @@ def plot_entropy(clean: np.ndarray, triggered: np.ndarray, threshold: float, pat
     plt.close(fig)
 
 
+# -- model-level detectors: Neural Cleanse, Calibrated Trigger Inversion --------------------
+
+
+def _neural_cleanse(ctx: DetectContext, settings: cti_lib.NeuralCleanseDetectSettings) -> Detection:
+    """Neural Cleanse (Wang et al. 2019) as a model score: every label's trigger reversed on
+    the defender's tuning images; the largest anomaly index below the median."""
+    trainer, v = ctx.trainer, ctx.model
+    params = jax.tree.map(jnp.multiply, v.params, v.mask)
+    triggers = jax.device_get(
+        reverse_engineer(
+            nc_logits_fn(trainer.model),
+            {"params": params, "batch_stats": v.batch_stats},
+            ctx.defender.tune.images,
+            ctx.num_classes,
+            key=ctx.key,
+            mean=trainer.mean,
+            std=trainer.std,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            init_cost=settings.init_cost,
+            threshold=settings.attack_threshold,
+            patience=settings.patience,
+            cost_multiplier=settings.cost_multiplier,
+            early_stop=settings.early_stop,
+            early_stop_threshold=settings.early_stop_threshold,
+            early_stop_patience=settings.early_stop_patience,
+        )
+    )
+    norms = np.asarray(triggers.norms)
+    index = np.asarray(anomaly_index(norms))
+    flagged = np.flatnonzero(np.asarray(flag_labels(norms, settings.anomaly_threshold)))
+    score = cti_lib.neural_cleanse_score(norms)
+    logging.info("neural_cleanse: score %.3f, flagged labels %s", score, flagged.tolist())
+    return Detection(
+        summary={
+            "score": score,
+            "flagged": bool(len(flagged)),
+            "flagged_labels": flagged.tolist(),
+            "norms": norms.tolist(),
+            "anomaly_index": index.tolist(),
+            "attack_success": np.asarray(triggers.attack_success).tolist(),
+            "reached_threshold": np.asarray(triggers.reached).tolist(),
+        },
+        arrays={"masks": np.asarray(triggers.masks), "patterns": np.asarray(triggers.patterns)},
+    )
+
+
+def _check_cti(settings: cti_lib.CTISettings, defender: defenses.DefenderData) -> None:
+    if settings.repair_batch_size > len(defender.tune):
+        raise ConfigError(
+            f"config.detector.cti.repair_batch_size={settings.repair_batch_size} exceeds the "
+            f"defender's {len(defender.tune)} tuning images: lower it, or raise "
+            "config.defender.fraction"
+        )
+
+
+def _cti(ctx: DetectContext, settings: cti_lib.CTISettings) -> Detection:
+    """Calibrated Trigger Inversion (Lukas & Kerschbaum 2023): a Pivotal-Tuning-repaired
+    reference, one δ per class, scored on the defender's held-out images."""
+    if ctx.experiment is None:
+        raise ValueError("cti needs DetectContext.experiment (the source's settings)")
+    exp = ctx.experiment
+    # The repair's own optimizer and batch size, as scripts/defend.py builds its engine.
+    trainer = engine.make_trainer(
+        dataclasses.replace(
+            exp,
+            train=dataclasses.replace(
+                exp.train,
+                batch_size=settings.repair_batch_size,
+                momentum=settings.repair_momentum,
+                weight_decay=settings.repair_weight_decay,
+            ),
+        ),
+        ctx.num_classes,
+    )
+    d = ctx.defender
+    val_images = trainer.replicate(d.val.images)
+
+    def validate(params, batch_stats) -> float:
+        logits, _ = trainer.predict_variables(params, batch_stats, val_images)
+        return float(np.mean(np.asarray(jax.device_get(logits.argmax(-1))) == d.val.labels))
+
+    repair_ctx = defenses.RepairContext(
+        trainer=trainer,
+        defender=d,
+        tune_data=trainer.put(d.tune.images, d.tune.labels),
+        key=ctx.key,
+        validate=validate,
+        num_classes=ctx.num_classes,
+    )
+    result = cti_lib.calibrated_trigger_inversion(repair_ctx, ctx.model, settings)
+    rows, returned = result.repair.rows, result.repair.returned_step
+    after = next(r["val_accuracy"] for r in rows if r["step"] == returned)
+    logging.info(
+        "cti: score %.3f (class %d); repair val accuracy %.4f -> %.4f at step %d",
+        result.score,
+        result.target,
+        rows[0]["val_accuracy"],
+        after,
+        returned,
+    )
+    sc = result.scores
+    return Detection(
+        summary={
+            "score": result.score,
+            "suspected_target": result.target,
+            "class_scores": np.asarray(sc.scores).tolist(),
+            "poisoned_success": np.asarray(sc.poisoned_success).tolist(),
+            "repaired_success": np.asarray(sc.repaired_success).tolist(),
+            "num_judged": np.asarray(sc.judged).tolist(),
+            "repair_returned_step": returned,
+            "repair_steps_run": result.repair.steps,
+            "repair_val_accuracy_before": rows[0]["val_accuracy"],
+            "repair_val_accuracy_after": after,
+            "final_inversion_loss": result.losses[:, -1].tolist(),
+        },
+        arrays={"deltas": result.deltas, "losses": result.losses},
+    )
+
+
 DETECTORS: dict[str, Detector] = {
     "strip": Detector(
         settings=strip_lib.StripSettings,
         detect=_strip,
         check=_check_strip,
         paper="Gao et al. 2019, STRIP: A Defence Against Trojan Attacks on Deep Neural Networks",
+    ),
+    "neural_cleanse": Detector(
+        settings=cti_lib.NeuralCleanseDetectSettings,
+        detect=_neural_cleanse,
+        paper="Wang et al. 2019, Neural Cleanse: Identifying and Mitigating Backdoor Attacks "
+        "in Neural Networks",
+    ),
+    "cti": Detector(
+        settings=cti_lib.CTISettings,
+        detect=_cti,
+        check=_check_cti,
+        paper="Lukas & Kerschbaum 2023, Pick your Poison: Undetectability versus Robustness "
+        "in Data Poisoning Attacks (Calibrated Trigger Inversion)",
     ),
 }
 """Detector name -> `Detector`; `config.detector.name` picks one."""
@@ -409,6 +555,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
             stage=stage,
             key=rng.stream(s.seed, f"detect/{s.name}"),
             num_classes=splits.train.num_classes,
+            experiment=exp,
         )
         detection = s.detector.detect(ctx, s.hparams)
         clash = sorted(set(detection.summary) & set(PIPELINE_KEYS))
