@@ -24,23 +24,47 @@ def select_config(method, **overrides):
     )
 
 
-@pytest.mark.parametrize("method", ["random", "el2n", "grand", "forgetting", "craig", "grad_align"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "random",
+        "el2n",
+        "grand",
+        "forgetting",
+        "craig",
+        "grad_align",
+        "spectral",
+        "activation_clustering",
+    ],
+)
 def test_method_runs_and_reports(method, tmp_path):
     workdir = str(tmp_path / "w")
     summary = experiment.run(select_config(method), workdir)
     assert summary["selection"] == method
-    assert summary["num_selected"] == 128  # half of 256
-    assert sum(summary["selected_per_class"]) == 128
+    selected = summary["num_selected"]
+    if method == "spectral":
+        # Each of the 10 classes loses ⌈1.5 · 0.05 · n_c⌉, not half of the set:
+        # select.fraction does not apply to the detectors.
+        assert 0.075 * 256 <= 256 - selected < 0.075 * 256 + 10
+    elif method == "activation_clustering":
+        # Each class loses at most its smaller cluster, under 35% of it.
+        assert 0.65 * 256 < selected <= 256
+    else:
+        assert selected == 128  # half of 256
+    assert sum(summary["selected_per_class"]) == selected
     poisons = summary["poison_total"]
     assert poisons == summary["num_poison"] == round(0.1 * 256)
     assert summary["poison_kept"] + summary["poison_removed"] == poisons
     assert summary["poison_retention"] == pytest.approx(summary["poison_kept"] / poisons)
-    assert summary["clean_removed"] == 128 - summary["poison_removed"]
-    assert 0 <= summary["removed_precision"] <= 1
+    assert summary["clean_removed"] == 256 - selected - summary["poison_removed"]
+    if 256 - selected:
+        assert 0 <= summary["removed_precision"] <= 1
     assert summary["selection_seconds"] > 0
     selection = np.load(os.path.join(workdir, pipeline.SELECTION_FILE))
     indices, weights = selection["indices"], selection["weights"]
-    assert np.all(np.diff(indices) > 0) and indices.size == 128
+    assert np.all(np.diff(indices) > 0) and indices.size == selected
+    if method == "spectral":
+        assert selection["scores"].shape == (256,)
     if method == "craig":
         # Cluster sizes: every example is represented once, so they sum to N.
         assert weights.sum() == pytest.approx(256)
@@ -90,6 +114,16 @@ def test_methods_of_one_seed_share_the_pretraining_run(tmp_path):
         np.load(tmp_path / "p" / pipeline.SELECTION_FILE)["indices"],
     )
     assert private["poison_kept"] == read_summary(tmp_path / "f")["poison_kept"]
+
+
+def test_the_detectors_share_the_pretraining_run(tmp_path):
+    shared = {"select.pretrain_dir": str(tmp_path / "pretrain")}
+    experiment.run(select_config("spectral", **shared), str(tmp_path / "s"))
+    experiment.run(select_config("activation_clustering", **shared), str(tmp_path / "a"))
+    rows = read_rows(str(tmp_path / "a"))
+    assert not [r for r in rows if r.get("phase") == "pretrain" and r["event"] == "epoch"]
+    assert [r for r in rows if r["event"] == "resume" and r["phase"] == "pretrain"]
+    assert len(os.listdir(tmp_path / "pretrain")) == 1
 
 
 def read_summary(workdir):

@@ -12,7 +12,10 @@ set (the methods' definitions: docs/methods.md):
    scores at the scoring epochs, and per-presentation forgetting statistics. These
    statistics are checkpointed with the model, so an interrupted pretraining resumes exactly.
 2. Score and select with the library functions of `jaxbd.select` (per class, by observed
-   label, budgets summing to `round(fraction · N)`).
+   label, budgets summing to `round(fraction · N)`). CRAIG, grad_align and the two poison
+   detectors (Spectral Signatures, Activation Clustering) read the logits or penultimate
+   features of member 0's final model on the poisoned training set; the detectors keep
+   what they do not flag, whatever `fraction` says.
 3. Save the selection (`selection.npz` in the run directory): a resumed run reuses it and
    never re-runs pretraining.
 
@@ -37,12 +40,14 @@ from jaxbd import rng
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.runs import RunDir, fingerprint, identity, train_phase, write_json_atomic
 from jaxbd.select import forgetting as forgetting_lib
+from jaxbd.select.activation_clustering import activation_clustering_filter
 from jaxbd.select.base import Selection, make_selection
 from jaxbd.select.craig import craig, gradient_proxy
 from jaxbd.select.grad_align import grad_align
 from jaxbd.select.random import random_subset
 from jaxbd.select.ranking import rank_within_class
 from jaxbd.select.scores import el2n_scores, grand_scores, make_grand_fn
+from jaxbd.select.spectral import remove_highest, spectral_scores
 from jaxbd.train import DeviceData, Trainer
 
 SELECTION_FILE = "selection.npz"
@@ -149,9 +154,25 @@ def run_selection(
                     epsilon=c.epsilon,
                     num_classes=num_classes,
                 )
-            else:
+            elif select.name == "grad_align":
                 selection = grad_align(
                     logits, labels, features, select.fraction, num_classes=num_classes
+                )
+            elif select.name == "spectral":
+                # `spectral_filter` in two steps, so that the scores are saved with the
+                # selection (the cut can be re-drawn without pretraining again).
+                scores = spectral_scores(np.asarray(features), labels, num_classes)
+                selection = remove_highest(scores, labels, poison_rate=select.spectral.poison_rate)
+            else:
+                a = select.activation_clustering
+                selection = activation_clustering_filter(
+                    np.asarray(features),
+                    labels,
+                    key=key,
+                    dims=a.dims,
+                    reduction=a.reduction,
+                    min_cluster=a.min_cluster,
+                    num_classes=num_classes,
                 )
     seconds = time.perf_counter() - started
     info = {"selection_seconds": seconds, "selection_settings": effective}
@@ -277,10 +298,10 @@ def _shared_pretrain_root(experiment: ExperimentSettings) -> str | None:
     With `select.pretrain_dir` set, member 0's pretraining is stored under
     `<pretrain_dir>/<fingerprint>/pretrain`, where the fingerprint is that of the run's
     identity restricted to `PRETRAIN_IDENTITY` (`jaxbd.runs.identity`: data, attack, model,
-    training settings, seed, pretraining length); the el2n, forgetting, craig and
-    grad_align runs of one seed then train it once and reuse it (a sweep's runs are
-    sequential; two runs must not train the same one concurrently). GraNd needs gradients
-    of the epoch-10 model, so it keeps its own run.
+    training settings, seed, pretraining length); the el2n, forgetting, craig, grad_align,
+    spectral and activation_clustering runs of one seed then train it once and reuse it (a
+    sweep's runs are sequential; two runs must not train the same one concurrently). GraNd
+    needs gradients of the epoch-10 model, so it keeps its own run.
     """
     root = experiment.select.pretrain_dir
     if root is None:

@@ -8,7 +8,7 @@ Frozen dataclasses mirroring `config.select` (defaults included); each validates
 
 Choice lists are the libraries' own: method names from `SELECTORS`, keep policies from
 `jaxbd.select.ranking.KEEP`, proxies from `jaxbd.select.craig.PROXIES`, greedy variants from
-`jaxbd.select.greedy.GREEDY`.
+`jaxbd.select.greedy.GREEDY`, reductions from `jaxbd.select.activation_clustering.REDUCTIONS`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxbd.select.activation_clustering import REDUCTIONS
 from jaxbd.select.craig import PROXIES
 from jaxbd.select.greedy import GREEDY
 from jaxbd.select.ranking import KEEP
 from jaxbd.select.registry import METHODS
+from jaxbd.select.spectral import REMOVAL_MARGIN
 from jaxbd.settings import require
 
 VARIANTS = ("standard", "study")
@@ -27,14 +29,19 @@ VARIANTS = ("standard", "study")
 PARALLEL = ("auto", "vmap", "sequential")
 """How an EL2N/GraNd ensemble trains: members in one vmapped step, one after another, or
 "auto" (sequential on the CPU, vmap on accelerators)."""
+DETECTORS = ("spectral", "activation_clustering")
+"""The methods that keep what a poison detector does not flag: `fraction` does not apply."""
 
 __all__ = [
+    "DETECTORS",
     "PARALLEL",
     "VARIANTS",
+    "ActivationClusteringSettings",
     "CraigSettings",
     "ForgettingSettings",
     "ScoreSettings",
     "SelectSettings",
+    "SpectralSettings",
 ]
 
 
@@ -115,12 +122,68 @@ class CraigSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SpectralSettings:
+    """Spectral Signatures (Tran, Li, Madry 2018, "Spectral signatures in backdoor attacks").
+
+    Attributes:
+        poison_rate: ε, the expected fraction of poisons in a class, in (0, 2/3); each class
+            loses its ⌈1.5·ε·n_c⌉ highest scores. Not read from the attack section: a study
+            sets it to its poison rate (the default, 0.05, is a generic guess).
+    """
+
+    poison_rate: float = 0.05
+
+    def __post_init__(self):
+        require(
+            0 < self.poison_rate < 1 / REMOVAL_MARGIN,
+            "poison_rate",
+            f"must be in (0, 2/3) ({REMOVAL_MARGIN}·poison_rate of each class is removed)",
+            self.poison_rate,
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActivationClusteringSettings:
+    """Activation Clustering (Chen et al. 2018, "Detecting backdoor attacks on deep neural
+    networks by activation clustering").
+
+    Attributes:
+        dims: dimensions the centred features of a class are reduced to (the paper: 10), ≥ 1;
+            classes of fewer than dims + 2 examples are not clustered.
+        reduction: "ica" (FastICA, the paper's) or "pca" (`REDUCTIONS`).
+        min_cluster: the smaller k-means cluster is flagged when it holds fewer than this
+            share of its class (the paper: 0.35), in (0, 0.5].
+    """
+
+    dims: int = 10
+    reduction: str = "ica"
+    min_cluster: float = 0.35
+
+    def __post_init__(self):
+        require(
+            isinstance(self.dims, int) and not isinstance(self.dims, bool) and self.dims >= 1,
+            "dims",
+            "must be an integer >= 1",
+            self.dims,
+        )
+        require(
+            self.reduction in REDUCTIONS,
+            "reduction",
+            f"must be one of {list(REDUCTIONS)}",
+            self.reduction,
+        )
+        require(0 < self.min_cluster <= 0.5, "min_cluster", "must be in (0, 0.5]", self.min_cluster)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SelectSettings:
     """Coreset selection before training; `name=None` trains on the full set.
 
     Attributes:
         name: None, or a selection method (`METHODS`, the keys of `SELECTORS`).
-        fraction: subset size round(fraction · N), split over classes; in (0, 1].
+        fraction: subset size round(fraction · N), split over classes; in (0, 1]. Ignored by
+            the detectors (`DETECTORS`: spectral, activation_clustering), which keep what
+            they do not flag, so that one grid can hold coreset methods and detectors.
         variant: "standard", or "study" to reproduce the earlier study (`VARIANTS`; see
             `effective`).
         pretrain_epochs: epochs of the pretraining run on the full poisoned set (≥ 1).
@@ -130,6 +193,8 @@ class SelectSettings:
         score: EL2N/GraNd settings.
         forgetting: forgetting settings.
         craig: CRAIG settings.
+        spectral: Spectral Signatures settings.
+        activation_clustering: Activation Clustering settings.
 
     The sub-settings always validate their own fields; the checks here (and the score
     epochs against `pretrain_epochs`) apply only when a method is named.
@@ -144,6 +209,10 @@ class SelectSettings:
     score: ScoreSettings = dataclasses.field(default_factory=ScoreSettings)
     forgetting: ForgettingSettings = dataclasses.field(default_factory=ForgettingSettings)
     craig: CraigSettings = dataclasses.field(default_factory=CraigSettings)
+    spectral: SpectralSettings = dataclasses.field(default_factory=SpectralSettings)
+    activation_clustering: ActivationClusteringSettings = dataclasses.field(
+        default_factory=ActivationClusteringSettings
+    )
 
     def __post_init__(self):
         require(
@@ -179,12 +248,14 @@ class SelectSettings:
 
         The "study" variant reproduces the earlier study: EL2N/GraNd from one model, averaged
         over epochs 2..pretrain_epochs, keep easy; forgetting checked once per epoch on the
-        un-augmented set, never-learned scored 0, keep easy. Methods without such settings
-        (random, craig, grad_align, or no selection) give {}.
+        un-augmented set, never-learned scored 0, keep easy. The detectors have no study
+        variant: they give their own settings. Methods without such settings (random, craig,
+        grad_align, or no selection) give {}.
 
         Returns:
             For "el2n"/"grand": ensemble_size, score_epochs, keep, offset. For "forgetting":
-            per_epoch, never_learned, keep, offset.
+            per_epoch, never_learned, keep, offset. For "spectral": poison_rate. For
+            "activation_clustering": dims, reduction, min_cluster.
         """
         study = self.variant == "study"
         if self.name in ("el2n", "grand"):
@@ -207,4 +278,8 @@ class SelectSettings:
                 return dict(per_epoch=True, never_learned=0.0, keep="easy", offset=0.0)
             f = self.forgetting
             return dict(per_epoch=False, never_learned=float("inf"), keep=f.keep, offset=f.offset)
+        if self.name == "spectral":
+            return dataclasses.asdict(self.spectral)
+        if self.name == "activation_clustering":
+            return dataclasses.asdict(self.activation_clustering)
         return {}
