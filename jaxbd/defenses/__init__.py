@@ -19,7 +19,9 @@ finished training run.
 | `anp`            | Wu & Wang 2021          | prune BN channels sensitive to noise           |
 | `clp`            | Zheng et al. 2022       | data-free: prune high-Lipschitz channels       |
 
-Detectors: `strip_scores` (STRIP, Gao et al. 2019: mean prediction entropy over
+Training-set detectors are selection methods (`jaxbd.select`: `--config.select.name=spectral`
+or `activation_clustering`), re-exported here as `spectral_scores` and
+`activation_clustering`. Input detectors: `strip_scores` (STRIP, Gao et al. 2019: mean prediction entropy over
 superimposed clean images, thresholded at a false-rejection rate on held-out clean images);
 `scripts/detect.py` (`jaxbd.pipeline.detect`) runs a registered detector on a finished run.
 
@@ -51,6 +53,7 @@ from jaxbd.defenses.neural_cleanse import (
 from jaxbd.defenses.pivotal_tuning import PivotalTuning, pivotal_tuning, slol_loss
 from jaxbd.defenses.strip import entropy_bits, frr_threshold, strip_scores
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
+from jaxbd.select import activation_clustering, spectral_scores  # training-set detectors
 
 REPAIRS = {
     "anp": anp,
@@ -80,6 +83,7 @@ __all__ = [
     "TuneResult",
     "TuningPlan",
     "Variables",
+    "activation_clustering",
     "anomaly_index",
     "anp",
     "attention_map",
@@ -98,6 +102,7 @@ __all__ = [
     "prune_channels_mask",
     "reverse_engineer",
     "slol_loss",
+    "spectral_scores",
     "strip_scores",
     "tune",
     "within_budget",
