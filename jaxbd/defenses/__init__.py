@@ -19,10 +19,11 @@ finished training run.
 | `anp`            | Wu & Wang 2021          | prune BN channels sensitive to noise           |
 | `clp`            | Zheng et al. 2022       | data-free: prune high-Lipschitz channels       |
 
-Training-set detectors are selection methods (`jaxbd.select`: `--config.select.name=spectral`
-or `activation_clustering`), re-exported here as `spectral_scores` and
-`activation_clustering`. Input detectors: `strip_scores` (STRIP, Gao et al. 2019: mean prediction entropy over
-superimposed clean images, thresholded at a false-rejection rate on held-out clean images);
+Training-set detectors are selection methods (`jaxbd.select`:
+`--config.select.name=spectral` or `activation_clustering`), re-exported here as
+`spectral_scores` and `activation_clustering`. Input detectors: `strip_scores` (STRIP, Gao
+et al. 2019: mean prediction entropy over superimposed clean images, thresholded at a
+false-rejection rate on held-out clean images);
 `scripts/detect.py` (`jaxbd.pipeline.detect`) runs a registered detector on a finished run.
 
 The defender's data (`defender_data`) is a small clean subset of the training images with a
