@@ -18,6 +18,7 @@ finished training run.
 | `pivotal_tuning` | Lukas & Kerschbaum 2023 | fine-tune near a frozen pivot with SLOL        |
 | `anp`            | Wu & Wang 2021          | prune BN channels sensitive to noise           |
 | `clp`            | Zheng et al. 2022       | data-free: prune high-Lipschitz channels       |
+| `grad_prune`     | Dunnett et al. 2024     | prune filters the unlearning gradient picks    |
 
 Training-set detectors are selection methods (`jaxbd.select`:
 `--config.select.name=spectral` or `activation_clustering`), re-exported here as
@@ -43,6 +44,7 @@ from jaxbd.defenses.fine_pruning import (
     prune_channels_mask,
 )
 from jaxbd.defenses.finetune import FineTune, finetune
+from jaxbd.defenses.grad_prune import GradPrune, grad_prune
 from jaxbd.defenses.nad import NAD, attention_map, nad
 from jaxbd.defenses.neural_cleanse import (
     NeuralCleanse,
@@ -61,6 +63,7 @@ REPAIRS = {
     "clp": clp,
     "finetune": finetune,
     "fine_pruning": fine_pruning,
+    "grad_prune": grad_prune,
     "nad": nad,
     "neural_cleanse": neural_cleanse,
     "pivotal_tuning": pivotal_tuning,
@@ -75,6 +78,7 @@ __all__ = [
     "DefenderDataSettings",
     "FinePruning",
     "FineTune",
+    "GradPrune",
     "NeuralCleanse",
     "PivotalTuning",
     "Repair",
@@ -95,6 +99,7 @@ __all__ = [
     "fine_pruning",
     "finetune",
     "frr_threshold",
+    "grad_prune",
     "nad",
     "neural_cleanse",
     "oracle_asr_at_delta",

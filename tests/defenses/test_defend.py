@@ -183,6 +183,7 @@ def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path,
     data_free = getattr(defenses.REPAIRS[name](), "data_free", False)
     c = defense_config(source_dir, **{"defense.name": name, "defense.steps": 0 if data_free else 4})
     c.defense[name].batch_size = 16
+    c.defender.trigger_knowledge = bool(getattr(defenses.REPAIRS[name](), "needs_trigger", False))
     for field, value in SMALL.get(name, {}).items():
         c.defense[name][field] = value
     summary = defend.run(c, str(tmp_path / name))
@@ -197,6 +198,7 @@ SMALL = {
     "nad": {"teacher_steps": 4},
     "neural_cleanse": {"epochs": 2, "reverse_batch_size": 16},
     "anp": {"iterations": 8},
+    "grad_prune": {"max_rounds": 2},
 }
 
 
