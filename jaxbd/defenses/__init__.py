@@ -25,7 +25,10 @@ Training-set detectors are selection methods (`jaxbd.select`:
 `spectral_scores` and `activation_clustering`. Input detectors: `strip_scores` (STRIP, Gao
 et al. 2019: mean prediction entropy over superimposed clean images, thresholded at a
 false-rejection rate on held-out clean images);
-`scripts/detect.py` (`jaxbd.pipeline.detect`) runs a registered detector on a finished run.
+model-level detectors: Neural Cleanse's anomaly index (`neural_cleanse_score`) and Calibrated
+Trigger Inversion (`calibrated_trigger_inversion`, Lukas & Kerschbaum 2023). `scripts/detect.py`
+(`jaxbd.pipeline.detect`) runs a registered detector on a finished run; `scripts/zoo.py`
+measures model-level detectors' ROC AUC over a zoo of clean and backdoored models.
 
 The defender's data (`defender_data`) is a small clean subset of the training images with a
 held-out validation part; every decision reads validation data only, and any number chosen
@@ -35,6 +38,12 @@ on the test set is reported as `oracle_*`.
 from jaxbd.defenses.anp import ANP, anp
 from jaxbd.defenses.base import Repair, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.clp import CLP, clp
+from jaxbd.defenses.cti import (
+    calibrated_trigger_inversion,
+    cti_scores,
+    invert_triggers,
+    neural_cleanse_score,
+)
 from jaxbd.defenses.curve import oracle_asr_at_delta, plot_curves, within_budget
 from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, defender_data
 from jaxbd.defenses.fine_pruning import (
@@ -92,16 +101,20 @@ __all__ = [
     "anomaly_index",
     "anp",
     "attention_map",
+    "calibrated_trigger_inversion",
     "channel_activations",
     "clp",
+    "cti_scores",
     "defender_data",
     "entropy_bits",
     "fine_pruning",
     "finetune",
     "frr_threshold",
     "grad_prune",
+    "invert_triggers",
     "nad",
     "neural_cleanse",
+    "neural_cleanse_score",
     "oracle_asr_at_delta",
     "pivotal_tuning",
     "plot_curves",
