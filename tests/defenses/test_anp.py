@@ -12,6 +12,7 @@ synthetic images; ResNets at width 4 for the BatchNorm finder.
 """
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,6 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables
-from jaxbd.defenses import anp as anp_lib
 from jaxbd.defenses.anp import (
     ANP,
     MaskOptimization,
@@ -41,6 +41,9 @@ from jaxbd.models.resnet import ResNet, resnet18
 from jaxbd.prune.masks import apply_mask
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
+
+# The module (the package exports the factory under the same name).
+anp_lib = importlib.import_module("jaxbd.defenses.anp")
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 MODEL = tiny_cnn(width=4)

@@ -44,6 +44,6 @@ def test_errors():
     with pytest.raises(ValueError, match="needs 100 clean images of class"):
         defender_data(jax.random.key(0), TRAIN, no_poison, DefenderDataSettings(per_class=100))
     with pytest.raises(InvalidSettingError, match="fraction"):
-        DefenderDataSettings(fraction=0.0)
+        DefenderDataSettings(fraction=-0.1)
     with pytest.raises(InvalidSettingError, match="per_class"):
         DefenderDataSettings(per_class=1)

@@ -16,7 +16,7 @@ from jaxbd import defenses, runs
 from jaxbd.configs import detect_config
 from jaxbd.data import DataSplits
 from jaxbd.defenses import strip
-from jaxbd.pipeline import detect, experiment, setup
+from jaxbd.pipeline import detect, detectors, experiment, setup
 from jaxbd.settings import ConfigError, require
 
 
@@ -162,7 +162,7 @@ def test_no_matplotlib_no_figure(source, tmp_path, monkeypatch):
     def no_matplotlib(*args):
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(detect, "plot_entropy", no_matplotlib)
+    monkeypatch.setattr(detectors, "plot_entropy", no_matplotlib)
     summary = detect.run(detection_config(source_dir), str(tmp_path / "w"))
     assert os.path.exists(tmp_path / "w" / "summary.json") and "roc_auc" in summary
     assert not os.path.exists(tmp_path / "w" / "entropy.png")

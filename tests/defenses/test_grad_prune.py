@@ -12,6 +12,7 @@ images; PreActResNet-18 at width 4, traced only (abstract shapes), for the param
 """
 
 import dataclasses
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,15 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, tune
-from jaxbd.defenses import grad_prune as gp
 from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
 from jaxbd.defenses.registry import hparams_config
 from jaxbd.models import preact_resnet18, tiny_cnn
 from jaxbd.prune import conv_bn_pairs
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
+
+# The module (the package exports the factory under the same name).
+gp = importlib.import_module("jaxbd.defenses.grad_prune")
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 IMAGE = (8, 8, 3)
