@@ -49,6 +49,10 @@ Defaults: ε = 0.4, α = 0.2, one ascent step, mask lr 0.2 with momentum 0.9, 20
 of batch 128 are the paper's CIFAR-10 settings (and BackdoorBench's); ANP prunes without
 fine-tuning (`steps=0`), and the optional fine-tuning defaults (lr 1e-3, momentum 0.9, weight
 decay 5e-4) are those of jaxbd's other pruning repair.
+
+This module is longer than most: a defense is one file (the perturbation, the jitted mask
+optimization, the vectorized threshold sweep and the repair), so the method reads in one
+place.
 """
 
 from __future__ import annotations

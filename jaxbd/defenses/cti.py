@@ -39,6 +39,10 @@ triggers' mask norms (`jaxbd.defenses.neural_cleanse`); a model's score is the l
 among labels whose norm is below the median (0 if none), since only an unusually *small*
 trigger betrays a backdoor. `NeuralCleanseDetectSettings` holds the reverse-engineering
 budget of the detector.
+
+This module is longer than most: it is the model-level detection of one paper (the
+inversion program, the scoring program and the Neural Cleanse score it is compared with),
+kept together so the method reads in one place.
 """
 
 from __future__ import annotations

@@ -89,6 +89,9 @@ data, so pruning more filters never recompiles. Arrays are replicated over the t
 mesh (the gradient pass is small: spc 100 is 900 images).
 
 Decisions read the defender's validation images only; the plan never sees test data.
+
+This module is longer than most: a defense is one file (the scoring, the rounds, both
+variants and the repair), so the method and its reference quirks read in one place.
 """
 
 from __future__ import annotations

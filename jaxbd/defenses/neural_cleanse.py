@@ -30,6 +30,9 @@ tuning images at r = 1% are 240 batches per label). Unlearning follows the paper
 images) with Pick your Poison's fine-tuning budget (1000 steps, lr 1e-3) and BackdoorBench's
 weight decay 5e-4. BackdoorBench saves the *unrepaired* model after unlearning; here the
 tuned model is returned, through the shared tuning loop and its Δ budget.
+
+This module is longer than most: a defense is one file (its pure pieces, its one vmapped
+program with the cost schedule in `lax`, and the repair), so the method reads in one place.
 """
 
 from __future__ import annotations

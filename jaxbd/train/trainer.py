@@ -19,6 +19,9 @@ gathering a batch, or an update mask. `compiled_steps(variant)` is the compiled 
 function of a variant, built once and reused by every later epoch; an epoch loop of another
 shape (a training-time attack alternating two variants, `jaxbd.attacks.pcb_training`) is
 written from it.
+
+This module is longer than most because it is one class, the engine: its compiled
+functions (an epoch, a step range, ensembles, inference) share one cache and one mesh.
 """
 
 from __future__ import annotations
