@@ -78,12 +78,14 @@ def _figure(panels, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    names = sorted({name for curves in panels.values() for name in curves})
+    colors = {name: f"C{i}" for i, name in enumerate(names)}  # one colour per repair
     for ax, (budget, curves) in zip(axes[0], sorted(panels.items()), strict=True):
         for name, rows in sorted(curves.items()):
             xs = [r["test_clean_accuracy"] for r in rows]
             ys = [r["test_attack_success_rate"] for r in rows]
-            (line,) = ax.plot(xs, ys, marker=".", label=name)
-            ax.plot(xs[:1], ys[:1], marker="o", color=line.get_color(), markersize=8)
+            ax.plot(xs, ys, marker=".", label=name, color=colors[name])
+            ax.plot(xs[:1], ys[:1], marker="o", color=colors[name], markersize=8)
         ax.set_title(f"defender {budget} (circle: undefended)", fontsize=9)
         ax.set_xlabel("test clean accuracy")
         ax.set_ylabel("attack success rate")
