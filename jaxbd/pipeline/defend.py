@@ -317,8 +317,12 @@ def _row_text(row) -> str:
 
 
 def _summary(s, plan, result, evaluate_fn, undefended, defender, started, resumed) -> dict:
-    before = evaluate_fn(undefended)
-    after = evaluate_fn(result.variables)
+    # The curve already evaluated these models: its step-0 row is the undefended one, and a
+    # later row is the model tuned to that step. At step 0 the returned model may be the
+    # plan's start instead (e.g. Fine-Pruning's pruned network), so it is evaluated afresh.
+    before = _test_metrics(result.rows[0]) or evaluate_fn(undefended)
+    returned = [r for r in result.rows if r["step"] == result.returned_step > 0]
+    after = (_test_metrics(returned[-1]) if returned else None) or evaluate_fn(result.variables)
     return {
         "defense": s.name,
         "hparams": jsonable(dataclasses.asdict(s.repair)),
@@ -358,6 +362,11 @@ def _summary(s, plan, result, evaluate_fn, undefended, defender, started, resume
         "tune_seconds_this_invocation": result.seconds,
         "wall_seconds": time.perf_counter() - started,
     }
+
+
+def _test_metrics(row) -> dict:
+    """A curve row's test metrics without their `test_` prefix (empty if it has none)."""
+    return {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
 
 
 def robust_improvement_rate(
