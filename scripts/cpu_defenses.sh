@@ -7,6 +7,10 @@
 # reverse-engineering runs 80 epochs over the 450 tuning images at r = 1% and the same number
 # of batches at r = 5% (16 epochs over 2,250 images): 80 epochs at r = 5% would take hours here.
 #
+# The pruning defenses on the same source: `grad_prune` with the defender knowing the trigger
+# at 10 and 100 clean images per class (its paper's spc; 90% tuned on, 10% validated on,
+# Δ = α = 0.1), `anp` at r = 1% and 5%, and `clp`, which is data-free (r = 0).
+#
 #   export DATA=/path/to/cifar10
 #   bash scripts/cpu_defenses.sh            # train (or reuse) the source, run every repair
 #   python scripts/summarize_defenses.py runs/cpu_defenses   # the table and the figure
@@ -17,6 +21,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_defenses}
 REPAIRS=${REPAIRS:-finetune fine_pruning nad neural_cleanse pivotal_tuning}
+PRUNING=${PRUNING:-grad_prune_spc10 grad_prune_spc100 anp_r1 anp_r5 clp_r0}
 RATES=${RATES:-0.01 0.05}
 
 if [[ ! -f $OUT/source/summary.json ]]; then
@@ -40,4 +45,22 @@ for rate in $RATES; do
       --config.defender.fraction="$rate" --config.defense.eval_every=100 \
       --config.runtime.progress=false "${extra[@]}"
   done
+done
+
+for run in $PRUNING; do
+  workdir=$OUT/$run
+  if [[ -f $workdir/summary.json ]]; then echo "done: $workdir"; continue; fi
+  case $run in
+    grad_prune_spc*)
+      flags=(--config.defense.name=grad_prune --config.defender.per_class="${run#grad_prune_spc}"
+        --config.defender.trigger_knowledge=true --config.defense.delta=0.1) ;;
+    anp_r*)
+      flags=(--config.defense.name=anp
+        --config.defender.fraction="$(python -c "print(${run#anp_r} / 100)")") ;;
+    clp_r0) flags=(--config.defense.name=clp --config.defender.fraction=0) ;;
+    *) echo "unknown pruning run: $run" >&2; exit 2 ;;
+  esac
+  python scripts/defend.py --config configs/defend.py --workdir "$workdir" \
+    --config.source="$OUT/source" "${flags[@]}" --config.defense.eval_every=100 \
+    --config.runtime.progress=false
 done
