@@ -9,7 +9,7 @@
 #
 # The pruning defenses on the same source: `grad_prune` with the defender knowing the trigger
 # at 10 and 100 clean images per class (its paper's spc; 90% tuned on, 10% validated on,
-# Δ = α = 0.1), `anp` at r = 1% and 5%, and `clp`, which is data-free (r = 0).
+# Δ = α = 0.1; batches of 64 at spc 10, whose 90 tuning images are fewer than the default 128), `anp` at r = 1% and 5%, and `clp`, which is data-free (r = 0).
 #
 #   export DATA=/path/to/cifar10
 #   bash scripts/cpu_defenses.sh            # train (or reuse) the source, run every repair
@@ -53,7 +53,8 @@ for run in $PRUNING; do
   case $run in
     grad_prune_spc*)
       flags=(--config.defense.name=grad_prune --config.defender.per_class="${run#grad_prune_spc}"
-        --config.defender.trigger_knowledge=true --config.defense.delta=0.1) ;;
+        --config.defender.trigger_knowledge=true --config.defense.delta=0.1)
+      if [[ $run == grad_prune_spc10 ]]; then flags+=(--config.defense.grad_prune.batch_size=64); fi ;;
     anp_r*)
       flags=(--config.defense.name=anp
         --config.defender.fraction="$(python -c "print(${run#anp_r} / 100)")") ;;
