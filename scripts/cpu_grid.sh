@@ -14,6 +14,7 @@
 #                                      # jaxbd.data.load_cifar10 reads)
 #   bash scripts/cpu_grid.sh            # writes runs/cpu_grid/{results.csv,table.md,*.png}
 #
+# Arguments after the script's name are passed on to scripts/sweep.py (more overrides).
 # Re-running continues the grid (finished cells are skipped); more SEEDS run only the new
 # cells. Set OUT, SEEDS (default "(0,1,2,3,4)"), METHODS (default: the config's) and
 # SEEDS_TOGETHER (default 1) to override; e.g. the seed-batching measurement in BENCHMARKS.md:
@@ -47,4 +48,5 @@ python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.prune.rounds=2 \
   --config.prune.round_epochs=2 \
   --config.prune.rewind_epoch=1 \
-  --config.runtime.progress=false
+  --config.runtime.progress=false \
+  "$@"
