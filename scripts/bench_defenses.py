@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbd import defenses
+from jaxbd.attacks import badnets
 from jaxbd.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, make_synthetic
 from jaxbd.defenses import DefenderData, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.neural_cleanse import logits_fn
@@ -65,6 +66,7 @@ from jaxbd.train.epoch_order import largest_divisor_at_most
 
 TORCH_NC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_neural_cleanse.py")
 NUM_CLASSES = 10
+BENCH_TRIGGER = badnets(target=0, size=3, color=(255, 255, 255), location="bottom_right")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -194,7 +196,12 @@ def make_trainer(args, repair) -> Trainer:
     )
 
 
-def make_context(args, trainer: Trainer, defender: DefenderData, name: str) -> RepairContext:
+def make_context(
+    args, trainer: Trainer, defender: DefenderData, name: str, repair
+) -> RepairContext:
+    """The defender's data on the devices, a validation function, and — for a repair that
+    assumes trigger knowledge (Grad-Prune) — BadNets' test-time trigger (a 3×3 white patch,
+    target 0): a step costs the same whichever trigger the images carry."""
     val_images = trainer.replicate(defender.val.images)
     val_labels = np.asarray(defender.val.labels)
 
@@ -209,6 +216,7 @@ def make_context(args, trainer: Trainer, defender: DefenderData, name: str) -> R
         key=jax.random.fold_in(jax.random.key(args.seed), zlib.crc32(name.encode())),
         validate=validate,
         num_classes=NUM_CLASSES,
+        trigger=BENCH_TRIGGER.test_fn if getattr(repair, "needs_trigger", False) else None,
     )
 
 
@@ -230,7 +238,7 @@ def _ready(tree):
 def bench_repair(name: str, args, defender: DefenderData) -> dict:
     repair = make_repair_for(name, args)
     trainer = make_trainer(args, repair)
-    ctx = make_context(args, trainer, defender, name)
+    ctx = make_context(args, trainer, defender, name, repair)
     variables = initial_variables(args, trainer)
 
     start = time.perf_counter()
