@@ -30,6 +30,20 @@ def test_every_registered_repair_takes_the_benchmark_sizes():
         assert repair.steps in (0, 3) and repair.batch_size == 16, name
 
 
+def test_a_repair_that_assumes_trigger_knowledge_gets_the_trigger():
+    from jaxbd.defenses import REPAIRS
+
+    bench = _load("bench_defenses")
+    args = bench.parse_args(["--model", "tiny_cnn", "--width", "2", "--image_size", "8"])
+    args.n, args.val = 16, 10
+    defender = bench.make_defender(args)
+    for name in REPAIRS:
+        repair = bench.make_repair_for(name, args)
+        ctx = bench.make_context(args, bench.make_trainer(args, repair), defender, name, repair)
+        assert (ctx.trigger is not None) == bool(getattr(repair, "needs_trigger", False)), name
+    assert any(getattr(REPAIRS[n](), "needs_trigger", False) for n in REPAIRS)
+
+
 def test_bench_defenses_smoke(capsys):
     bench = _load("bench_defenses")
     # One repair and Neural Cleanse's two programs, on tiny_cnn so that the compilations take
