@@ -36,6 +36,8 @@ def _budget(config) -> str:
     d = config["defender"]
     if d.get("per_class") is not None:
         return f"{d['per_class']}/class"
+    if d["fraction"] == 0:
+        return "none (data-free)"
     return f"r = {100 * d['fraction']:g}%"
 
 
