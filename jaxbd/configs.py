@@ -123,7 +123,15 @@ def base_config() -> ml_collections.ConfigDict:
     # Train steps per jitted call (lax.scan length); None: 1 on CPU, 32 on accelerators.
     c.runtime.steps_per_call = config_dict.placeholder(int)
     c.runtime.eval_batch_size = 512  # must be a multiple of the device count
-    c.runtime.progress = True  # progress bar per epoch
+    c.runtime.progress = True  # progress bar per epoch (process 0 only)
+    # Several processes (docs/scaling.md): "auto" starts jax.distributed when the cluster
+    # (Cloud TPU pod slice, SLURM, ...) or the three fields below say this is one process of
+    # several; "on" always, "off" never. None: $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
+    # $JAX_PROCESS_ID, or what the cluster says.
+    c.runtime.distributed = "auto"
+    c.runtime.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+    c.runtime.num_processes = config_dict.placeholder(int)
+    c.runtime.process_id = config_dict.placeholder(int)
     return c
 
 
@@ -167,6 +175,53 @@ def defend_config() -> ml_collections.ConfigDict:
     c.runtime.eval_batch_size = 512
     c.runtime.progress = True
     return c
+
+
+def sweep_section(**fields) -> ml_collections.ConfigDict:
+    """The `sweep` section of a grid config (`scripts/sweep.py`, `jaxbd.pipeline.sweep`):
+    the grid's axes, how its defenses run, and which share of it this job runs.
+
+    A grid config is an experiment config (`base_config`) with this section. Every cell —
+    one attack × selection method × seed — trains one attacked model; every defense ×
+    defender budget then repairs that model through `scripts/defend.py`'s pipeline.
+
+    Args:
+        **fields: values that replace the defaults (e.g. `methods=("full", "random")`).
+    """
+    d = defend_config()
+    s = ml_collections.ConfigDict()
+    # The axes. attacks: names of jaxbd.attacks.ATTACKS; () runs config.attack.name alone, in
+    # the selection grid's layout (cells/<method>/seed<k>; with attacks:
+    # cells/<attack>/<method>/seed<k>).
+    s.attacks = ()
+    s.methods = ("full",)  # "full" (no selection) or names of jaxbd.select.SELECTORS
+    s.seeds = (0,)
+    # Post-training defenses of every cell's model: names of jaxbd.defenses.REPAIRS, or a
+    # variant "name@field=value,field=value" (e.g. "finetune@lr=0.01") with its own
+    # hyper-parameters on top of defense.<name>.
+    s.defenses = ()
+    # The defender's data, one column per budget: a float is r, a fraction of the training
+    # set (0.01 = 1%); an int is images per class. A data-free repair (clp) runs once.
+    s.defender_budgets = (0.01,)
+    s.source_arm = "dense"  # the model defended: "dense" | "pruned" (needs prune.rounds > 0)
+    s.defender = ml_collections.ConfigDict()
+    s.defender.val_fraction = d.defender.val_fraction  # held out per class, for decisions
+    s.defender.trigger_knowledge = False  # True grants it to repairs that assume it
+    # What configs/defend.py's `defense` section holds, for every defense of the grid:
+    # steps (None: each repair's own budget; data-free repairs keep theirs), eval_every,
+    # delta, patience, and defense.<name>.* per repair.
+    s.defense = d.defense
+    del s.defense["name"]
+    # Execution (may change between invocations of one grid): seeds of a method trained
+    # together as one vmap-batched model (1: one at a time, faster on the CPU), and the
+    # share of the grid this job runs: whole (attack, seed) groups g with g % num_shards ==
+    # shard, so n jobs (a SLURM array, n VMs) fill one directory together.
+    s.seeds_together = 1
+    s.shard = 0
+    s.num_shards = 1
+    for key, value in fields.items():
+        s[key] = value
+    return s
 
 
 def evaluate_config() -> ml_collections.ConfigDict:

@@ -39,10 +39,9 @@ from jaxbd import defenses, metrics, rng, runs
 from jaxbd.defenses import tuning
 from jaxbd.defenses.base import RepairContext, jsonable
 from jaxbd.defenses.registry import make_repair
-from jaxbd.pipeline import engine, setup
+from jaxbd.pipeline import engine
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
-from jaxbd.pipeline.evaluate import make_evaluate_fn
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.settings import ConfigError, from_config
 
@@ -131,7 +130,12 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
     return os.path.join(config.source, "defenses", f"{config.defense.name}{suffix}")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | None = None,
+    *,
+    rebuilt: source_lib.Rebuilt | None = None,
+) -> dict[str, Any]:
     """Runs (or resumes) one defense of a finished run and returns its summary.
 
     Args:
@@ -139,6 +143,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         workdir: where the defense writes (default `default_workdir(config)`); created if
             missing, resumed if it holds an unfinished defense of the same configuration,
             refused if finished or different.
+        rebuilt: the source's data and model, already rebuilt (`source.rebuild`) by a caller
+            that defends one model several times (a grid): the defenses then share its data
+            on the devices instead of each loading, poisoning and restoring again. Must be
+            of `config.source` and `config.source_arm`.
 
     Returns:
         The summary also written to `workdir/summary.json`.
@@ -148,10 +156,31 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
     workdir = workdir or default_workdir(config)
     rundir = runs.RunDir(workdir)
     rundir.check_not_finished()
-    exp = s.experiment
-    splits = setup.load_data(exp)
-    source_trainer = engine.make_trainer(exp, splits.train.num_classes)
-    attack = setup.check(exp, source_trainer, splits)
+    if rebuilt is not None and (
+        rebuilt.source.path != s.source or rebuilt.source.model != s.source_arm
+    ):
+        raise ValueError(
+            f"rebuilt holds {rebuilt.source.path} ({rebuilt.source.model}), but the config "
+            f"defends {s.source} ({s.source_arm})"
+        )
+    claimed: list[bool] = []
+
+    def claim() -> runs.RunDir:
+        if not claimed:
+            resumed = rundir.open(config.to_dict())
+            rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
+            claimed.append(resumed)
+        return rundir
+
+    # The source run's data, rebuilt from its streams. Only an attack that needs a trained
+    # surrogate writes (its phase, into this run's directory), so otherwise everything,
+    # the defender's draw included, is checked before the directory is claimed.
+    if rebuilt is None:
+        rebuilt = source_lib.rebuild(
+            source_lib.Source(s.source, s.source, s.source_arm, s.checkpoint, s.experiment),
+            rundir=claim,
+        )
+    exp, splits, stage = s.experiment, rebuilt.splits, rebuilt.stage
     repair = s.repair
     repair_trainer = engine.make_trainer(
         dataclasses.replace(
@@ -166,16 +195,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         splits.train.num_classes,
     )
 
-    def claim() -> bool:
-        resumed = rundir.open(config.to_dict())
-        rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
-        return resumed
-
-    # The source run's data, rebuilt from its streams. Only an attack that needs a trained
-    # surrogate writes (its phase, into this run's directory), so otherwise everything,
-    # the defender's draw included, is checked before the directory is claimed.
-    resumed = claim() if attack is None else None
-    stage = setup.build(exp, source_trainer, splits, rundir, attack)
     try:
         defender = defenses.defender_data(
             rng.stream(s.seed, "defender"), splits.train, stage.poisoned.is_poison, s.defender
@@ -193,13 +212,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
             f"config.defense.{s.name}.batch_size={repair.batch_size} exceeds the defender's "
             f"{len(defender.tune)} tuning images: lower it, or raise config.defender.fraction"
         )
-    if resumed is None:
-        resumed = claim()
-    undefended = source_lib.restore_model(
-        source_lib.Source(s.source, s.source, s.source_arm, s.checkpoint, exp),
-        source_trainer,
-        splits.train.image_shape,
-    )
+    claim()
+    resumed = claimed[0]
+    undefended = rebuilt.model_copy()
     logging.info(
         "defender: %d tuning + %d validation clean images", len(defender.tune), len(defender.val)
     )
@@ -216,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
         if s.trigger_knowledge and getattr(repair, "needs_trigger", False)
         else None,
     )
-    evaluate_fn = make_evaluate_fn(repair_trainer, splits.test, stage.triggered)
+    evaluate_fn = rebuilt.evaluate_fn(repair_trainer)
 
     plan = repair.plan(ctx, undefended)
     checkpointer = Checkpointer(os.path.join(rundir.path, "checkpoints", "defense"))

@@ -1,9 +1,11 @@
 """The grid's report: one CSV row per cell, the study's table, plots.
 
 Written by `jaxbd.pipeline.sweep.run` after every cell (plots at the end), and usable on its own:
-`write(workdir, rows)` with rows from `cell_row(method, seed, summary)`.
+`write(workdir, rows)` with rows from `cell_row(method, seed, summary)`. A grid with several
+attacks has a line per attack and method (labelled `attack / method`); the defenses' tables
+are `jaxbd.pipeline.defense_report`'s.
 
-- `results.csv`: one row per (method, seed) with the selection report, dense and pruned
+- `results.csv`: one row per (attack, method, seed) with the selection report, dense and pruned
   metrics, sparsity and timings (`COLUMNS`).
 - `table.md`: per method, in grid order, mean ± sample standard deviation (ddof = 1) over
   seeds with n (docs/metrics.md, "Aggregation over seeds"): poison retention, dense and
@@ -29,6 +31,7 @@ TABLE_FILE = "table.md"
 PLOTS = ("retention.png", "accuracy.png", "asr.png")
 
 COLUMNS = (
+    "attack",
     "method",
     "seed",
     "num_train",
@@ -65,8 +68,8 @@ TABLE_COLUMNS = (
 def cell_row(method: str, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
     """One `results.csv` row from a cell's summary (missing figures are None)."""
     pruned = summary.get("pruned") or {}
-    row = {"method": method, "seed": seed}
-    for column in COLUMNS[2:]:
+    row = {"attack": summary.get("attack"), "method": method, "seed": seed}
+    for column in COLUMNS[3:]:
         if column == "pruned_sparsity":
             row[column] = (pruned.get("sparsity") or {}).get("total")
         elif column.startswith("pruned_"):
@@ -76,12 +79,24 @@ def cell_row(method: str, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _values(rows: list[dict], method: str, column: str) -> list[float]:
-    return [r[column] for r in rows if r["method"] == method and r[column] is not None]
+def _key(row: dict) -> tuple:
+    return row.get("attack"), row["method"]
 
 
-def _methods(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(r["method"] for r in rows))
+def _values(rows: list[dict], key: tuple, column: str) -> list[float]:
+    return [r[column] for r in rows if _key(r) == key and r[column] is not None]
+
+
+def _keys(rows: list[dict]) -> list[tuple]:
+    """The table's lines: (attack, method) in grid order."""
+    return list(dict.fromkeys(_key(r) for r in rows))
+
+
+def line_label(rows: list[dict], key: tuple) -> str:
+    """A line's name: the method, or `attack / method` when the rows hold several attacks."""
+    attack, method = key
+    several = len({r.get("attack") for r in rows}) > 1
+    return f"{attack} / {method}" if several else method
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -90,14 +105,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| Method | " + " | ".join(h for h, *_ in TABLE_COLUMNS) + " |",
         "|---|" + "---:|" * len(TABLE_COLUMNS),
     ]
-    for method in _methods(rows):
+    for key in _keys(rows):
         cells = []
         for _, column, scale, digits in TABLE_COLUMNS:
-            values = _values(rows, method, column)
+            values = _values(rows, key, column)
             cells.append(
                 metrics.format_mean_std(np.asarray(values) * scale, digits) if values else "–"
             )
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {line_label(rows, key)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +149,7 @@ def write(
     with open(tmp, "w") as f:
         f.write(text + ".\n")
     os.replace(tmp, os.path.join(workdir, TABLE_FILE))
-    if plots:
+    if plots and rows:
         try:
             import matplotlib
         except ImportError:
@@ -148,11 +163,12 @@ def draw_plots(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
     """Draws `PLOTS` into `workdir`; returns their paths."""
     import matplotlib.pyplot as plt
 
-    methods = _methods(rows)
+    keys = _keys(rows)
+    methods = [line_label(rows, k) for k in keys]
     x = np.arange(len(methods))
 
     def stats(column):
-        agg = [metrics.aggregate(np.asarray(_values(rows, m, column)) * 100) for m in methods]
+        agg = [metrics.aggregate(np.asarray(_values(rows, k, column)) * 100) for k in keys]
         mean = np.array([a["mean"] for a in agg])
         std = np.nan_to_num(np.array([a["std"] for a in agg]))  # n = 1: no error bar
         return mean, std
@@ -166,7 +182,7 @@ def draw_plots(workdir: str, rows: list[dict[str, Any]]) -> list[str]:
         plt.close(fig)
         paths.append(path)
 
-    n = max(len(_values(rows, m, "poison_retention")) for m in methods)
+    n = max(len(_values(rows, k, "poison_retention")) for k in keys)
     fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 3.5))
     mean, std = stats("poison_retention")
     ax.bar(x, mean, yerr=std, capsize=4, color="tab:red")

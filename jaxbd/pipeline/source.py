@@ -8,6 +8,12 @@ triggered test set from the same streams.
 A source is a finished `scripts/train.py` run (models: its "dense" arm, or its "pruned" arm
 when it has one) or a finished `scripts/defend.py` run (model: the one the defense
 returned, with the defense's own source run's settings).
+
+`rebuild(source, rundir=...)` turns a source into what every defense or detector of its model
+uses (`Rebuilt`): the data loaded and poisoned again by the setup stage, the model restored,
+the test sets on the devices. A grid builds it once per trained model and hands it to each
+of that model's defenses (`jaxbd.pipeline.sweep`), so they share the data on the devices and
+the compiled functions of one engine instead of rebuilding them per defense.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import jax
 import ml_collections
 
-from jaxbd.defenses.base import Variables
+from jaxbd.data import DataSplits
+from jaxbd.defenses.base import Variables, copy_tree
+from jaxbd.pipeline import engine, setup
 from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.evaluate import EvaluateFn, evaluate
 from jaxbd.runs.checkpoint import Checkpointer
-from jaxbd.runs.rundir import CONFIG_FILE, SUMMARY_FILE
+from jaxbd.runs.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir
 from jaxbd.settings import ConfigError
 from jaxbd.train import CosineSchedule, Trainer
 
@@ -149,3 +159,79 @@ def restore_model(source: Source, trainer: Trainer, image_shape) -> Variables:
         return restored["model"]
     state = restored["state"]
     return Variables(params=state.params, batch_stats=state.batch_stats, mask=state.mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rebuilt:
+    """A finished run's data and model, rebuilt once: what every defense or detector of that
+    model reads (`rebuild`).
+
+    Attributes:
+        source: the run read back.
+        splits: the clean train and test sets.
+        trainer: the source's engine (its model, mesh and inference batch size).
+        stage: the setup stage's output: the attack, the poisoned training set (the
+            defender draws only unpoisoned images) and the triggered test set.
+        model: the trained model's variables. Shared: use `model_copy()` for anything
+            that may donate or change arrays.
+        test_images: the clean test images, uint8[M, H, W, 3], on the trainer's devices.
+        triggered_images: the triggered test images, uint8[M, H, W, 3], on the devices.
+    """
+
+    source: Source
+    splits: DataSplits
+    trainer: Trainer
+    stage: setup.Setup
+    model: Variables
+    test_images: jax.Array
+    triggered_images: jax.Array
+
+    def model_copy(self) -> Variables:
+        """A fresh copy of the model (a tuning loop donates its state's buffers)."""
+        return Variables(
+            copy_tree(self.model.params),
+            copy_tree(self.model.batch_stats),
+            copy_tree(self.model.mask),
+        )
+
+    def evaluate_fn(self, trainer: Trainer) -> EvaluateFn:
+        """`state -> test metrics` computed with `trainer` (any engine on the same devices,
+        e.g. one with a repair's optimizer), on the test sets already on the devices."""
+        split, triggered = self.splits.test, self.stage.triggered
+
+        def evaluate_fn(state) -> dict[str, float]:
+            return evaluate(
+                trainer, state, self.test_images, split.labels, triggered, self.triggered_images
+            )
+
+        return evaluate_fn
+
+
+def rebuild(source: Source, *, rundir: Callable[[], RunDir]) -> Rebuilt:
+    """Rebuilds a finished run's data (same streams, same poisons) and restores its model.
+
+    Args:
+        source: the run (`open_source`).
+        rundir: returns the claimed run directory where an attack that needs a trained
+            surrogate checkpoints it (phase "surrogate"); called only for such an attack, so
+            for every other one nothing is written and a caller can still refuse bad input
+            before it claims its directory.
+
+    Returns:
+        The rebuilt data and model.
+    """
+    exp = source.experiment
+    splits = setup.load_data(exp)
+    trainer = engine.make_trainer(exp, splits.train.num_classes)
+    attack = setup.check(exp, trainer, splits)
+    directory = rundir() if attack is None else None
+    stage = setup.build(exp, trainer, splits, directory, attack)
+    return Rebuilt(
+        source=source,
+        splits=splits,
+        trainer=trainer,
+        stage=stage,
+        model=restore_model(source, trainer, splits.train.image_shape),
+        test_images=trainer.replicate(splits.test.images),
+        triggered_images=trainer.replicate(stage.triggered.images),
+    )

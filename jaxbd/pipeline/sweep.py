@@ -1,40 +1,42 @@
-"""The reference study's grid: selection methods × seeds, each cell one experiment.
+"""The study grid: attacks × selection methods × seeds, each cell one attacked model, and every
+defense × defender budget applied to each model.
 
-`run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell of
-`config.sweep.methods × config.sweep.seeds` as `jaxbd.pipeline.experiment.run` in
-`workdir/cells/<method>/seed<seed>`, and after every cell (or group of cells) rewrites the
-grid's report (`results.csv`, `table.md`, plots; `jaxbd.pipeline.report`).
+`run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell (`jaxbd.pipeline.grid`:
+the axes, the directories, what makes two invocations the same grid) as
+`jaxbd.pipeline.experiment.run_group`, then each of the cell's defense runs through the
+defense pipeline (`jaxbd.pipeline.defend.run`, what `scripts/defend.py` runs), and writes the
+grid's report: the selection study's `results.csv`, `table.md` and plots
+(`jaxbd.pipeline.report`), and with defenses `table_defenses.md`/`.csv`, the
+BackdoorBench-style table and the figures (`jaxbd.pipeline.defense_report`).
 
-- **Replicate seeds can train together.** With `config.sweep.seeds_together` = G > 1, a
-  method's seeds run in groups of G through `jaxbd.pipeline.experiment.run_group`: each cell is
-  prepared (poisoned, selected) on its own, then the G dense arms train as one
-  `vmap`-batched model, and the G pruned arms likewise. Each cell's directory and summary
-  have the form a one-at-a-time run writes, so G may change between invocations (the
-  numbers are another valid draw, not a bitwise copy: training amplifies the different
-  rounding of batched kernels). Cells run
-  seed by seed (G = 1) or method by method (G > 1). The default is 1, what measured faster:
-  on the CPU one model already occupies every core and batching was 4× slower
-  (BENCHMARKS.md). On an accelerator a ResNet-18 on 32×32 images leaves most of the device
-  idle, which batching could fill, but XLA turns batched convolutions into grouped ones,
-  whose backward pass is reported slow on CUDA (jax-ml/jax#13800); `scripts/bench.py
-  --members` measures it.
-
-- **Nothing is recomputed.** A finished cell (its `summary.json` exists) is read, not run; an
-  interrupted cell resumes from its last checkpoint; re-running the same command after an
-  interruption continues the grid. Adding seeds or methods later runs only the new cells.
-- **Work shared within a seed is done once.** The poisoned training set is a deterministic
-  function of the seed (every cell of a seed poisons identically), and the pretraining run
-  that EL2N, forgetting, CRAIG and grad_align score with is stored once per seed under
-  `workdir/pretrain` (`select.pretrain_dir`) and reused by each of them. The compiled
-  training steps are shared by every cell in the process (`jaxbd.pipeline.engine`).
-- **The grid is one configuration.** `workdir/sweep.json` records it; a different
-  configuration (other than the method and seed lists, and the execution settings of
-  `jaxbd.runs.identity`) is refused, as a cell directory refuses a different run.
+- **Nothing is recomputed.** A finished cell or defense run (its `summary.json` exists) is
+  read, not run; an interrupted one resumes from its last checkpoint; re-running the same
+  command continues the grid, and adding attacks, methods, seeds, defenses or budgets runs
+  only what is new — a defense added to a finished grid trains no attacked model.
+- **Work shared is done once.** A cell's model is trained once and defended by every
+  defense and budget; its data, rebuilt once per cell (`jaxbd.pipeline.source.rebuild`),
+  stay on the devices for all of them, and the compiled steps are shared by every run in
+  the process with the same engine settings (`jaxbd.pipeline.engine`). Within a seed the
+  poisoned set is the same for every method, and the pretraining run the model-based
+  selection methods score with is stored once (`workdir/pretrain`).
+- **Replicate seeds can train together.** With `sweep.seeds_together` = G > 1, a method's
+  seeds train in groups of G as one `vmap`-batched model (`experiment.run_group`; another
+  equally valid draw, not a bitwise copy). The default is 1, what measured faster on the
+  CPU (BENCHMARKS.md).
+- **One directory, one grid, several jobs.** `sweep.json` records the configuration; a
+  different one is refused (`grid.differences`). An unsharded run holds the directory's
+  lock throughout, so a second one is refused, naming the holder. With
+  `sweep.num_shards` = n > 1, job `sweep.shard` = i runs its share (whole attack × seed
+  groups, `Grid.shard_of`) holding the lock of `shards/<i>-of-<n>` and the directory's lock
+  only for moments (recording `sweep.json`, writing the report): n jobs — a SLURM job array,
+  n TPU VMs on a shared disk — fill one directory, each cell trained by exactly one, and
+  whichever finishes last (all cells done) writes the report; `scripts/summarize.py --grid`
+  writes it at any time.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import os
 import time
@@ -43,163 +45,324 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from jaxbd import attacks, runs, select
-from jaxbd.pipeline import experiment, report
+from jaxbd import runs
+from jaxbd.pipeline import defend, defense_report, experiment, grid, report, setup
+from jaxbd.pipeline import source as source_lib
+from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.runs.rundir import SUMMARY_FILE
-from jaxbd.settings import ConfigError
 
-SWEEP_FILE = "sweep.json"
-FULL = "full"
-"""The method name of the no-selection cell (training on the whole poisoned set)."""
+SWEEP_FILE = grid.SWEEP_FILE
+FULL = grid.FULL
+SHARDS = "shards"
+"""The folder of the shard jobs' locks (`shards/<i>-of-<n>`)."""
 
-# Settings a grid may change between invocations: which cells exist, and how they execute.
-_SWEEP_EXECUTION = (*runs.EXECUTION, "sweep.methods", "sweep.seeds", "sweep.seeds_together")
-
-
-def cell_config(config: ml_collections.ConfigDict, method: str, seed: int, pretrain_dir: str):
-    """The experiment configuration of one grid cell (the sweep settings removed)."""
-    c = copy.deepcopy(config)
-    with c.unlocked():  # configs from the command line (config_flags) are locked
-        del c["sweep"]
-    c.seed = seed
-    c.select.name = None if method == FULL else method
-    c.select.pretrain_dir = pretrain_dir
-    return c
+# How long a shard job waits for the directory's lock, held by another job for a moment.
+_LOCK_WAIT_S = 120.0
 
 
-def cell_dir(workdir: str, method: str, seed: int) -> str:
-    """Where a cell's run directory lives."""
-    return os.path.join(workdir, "cells", method, f"seed{seed}")
+def cell_dir(workdir: str, method: str, seed: int, attack: str | None = None) -> str:
+    """Where a cell's run directory lives (`attack` None: the layout without an attack level)."""
+    parts = [] if attack is None else [attack]
+    return os.path.join(workdir, "cells", *parts, method, f"seed{seed}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict) -> grid.Grid:
     """Checks the sweep settings and every cell's experiment settings before any work.
 
     Raises:
         ConfigError: naming the offending field.
     """
-    if "sweep" not in config:
-        raise ConfigError(
-            "config.sweep: missing; a sweep config needs sweep.methods and sweep.seeds "
-            "(see configs/paper.py)"
-        )
-    methods, seeds = list(config.sweep.methods), list(config.sweep.seeds)
-    valid = (FULL, *select.SELECTORS)
-    if not methods or any(m not in valid for m in methods) or len(set(methods)) < len(methods):
-        raise ConfigError(
-            f"config.sweep.methods: must be distinct names from {list(valid)}, got {methods}"
-        )
-    if not seeds or any(not isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
-        raise ConfigError(f"config.sweep.seeds: must be distinct integers, got {seeds}")
-    together = seeds_together(config)
-    if not isinstance(together, int) or together < 1:
-        raise ConfigError(f"config.sweep.seeds_together: must be an integer >= 1, got {together!r}")
-    name = config.attack.name
-    if together > 1 and name in attacks.ATTACKS and not attacks.recipe(name).groupable:
-        raise ConfigError(
-            f"config.sweep.seeds_together: {name} trains one model at a time (its own "
-            f"epoch function); use 1, got {together}"
-        )
-    for method in methods:
-        experiment.validate_config(cell_config(config, method, seeds[0], "unused"))
+    return grid.validate(config)
 
 
-def _claim(workdir: str, config: ml_collections.ConfigDict) -> runs.DirectoryLock:
-    """Records the grid's configuration, or refuses a workdir holding another grid.
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Runs (or continues) this job's share of the grid and writes the report.
+
+    Args:
+        config: an experiment configuration with a `sweep` section
+            (`jaxbd.configs.sweep_section`).
+        workdir: the grid's directory.
 
     Returns:
-        The lock on the grid's directory (held while the grid runs: a second sweep on the
-        same directory is refused, naming this process).
+        One row per finished cell (`report.cell_row`), in grid order (seed-major).
     """
-    os.makedirs(workdir, exist_ok=True)
+    g = grid.validate(config)
+    workdir = os.path.abspath(workdir)
+    if g.defenses:
+        first = grid.cell_config(config, g, g.cells()[0], "-")
+        train = setup.load_data(ExperimentSettings.from_config(first)).train
+        grid.check_defender_sizes(config, g, train)
+    claim = _claim(workdir, config, g)
+    started = time.perf_counter()
+    try:
+        sharded = g.num_shards > 1
+        for batch in g.batches():
+            _run_batch(config, g, workdir, batch)
+            if not sharded:  # the report so far; a shard leaves it to the last job
+                write_report(config, g, workdir, grid_seconds=time.perf_counter() - started)
+        if not sharded:
+            write_report(config, g, workdir, grid_seconds=time.perf_counter() - started, plots=True)
+        else:
+            _report_if_complete(config, g, workdir)
+        return _cell_rows(g, workdir)
+    finally:
+        claim.release()
+
+
+def _run_batch(config, g: grid.Grid, workdir: str, batch: list[grid.Cell]) -> None:
+    """Trains a batch's unfinished cells (together when the batch has several), then runs
+    each cell's unfinished defenses."""
+    todo = [c for c in batch if not _finished(g.cell_dir(workdir, c))]
+    for cell in batch:
+        if cell not in todo:
+            logging.info("cell %s: finished, skipped", _name(cell))
+    if todo:
+        logging.info("cells %s: running", ", ".join(_name(c) for c in todo))
+        pretrain_dir = os.path.join(workdir, "pretrain")
+        experiment.run_group(
+            [grid.cell_config(config, g, c, pretrain_dir) for c in todo],
+            [g.cell_dir(workdir, c) for c in todo],
+        )
+    for cell in batch:
+        _defend_cell(config, g, workdir, cell)
+
+
+def _defend_cell(config, g: grid.Grid, workdir: str, cell: grid.Cell) -> None:
+    """Every unfinished defense run of one (finished) cell, on its data rebuilt once."""
+    todo = [
+        (d, b) for d, b in g.defense_runs() if not _finished(g.defense_dir(workdir, cell, d, b))
+    ]
+    if not todo:
+        return
+    source_dir = g.cell_dir(workdir, cell)
+    src = source_lib.open_source(
+        source_dir, arm=g.source_arm, runtime=config.runtime, allow_defended=False
+    )
+    holder: list[runs.RunDir] = []
+
+    def setup_rundir() -> runs.RunDir:
+        # Only an attack with a surrogate writes while its data are rebuilt: the surrogate's
+        # phase, once for all of the cell's defenses, in a directory of the grid's own.
+        rundir = runs.RunDir(g.setup_dir(workdir, cell))
+        rundir.open(dict(src.experiment.config))
+        holder.append(rundir)
+        return rundir
+
+    try:
+        rebuilt = source_lib.rebuild(src, rundir=setup_rundir)
+        for defense, budget in todo:
+            logging.info("cell %s: %s at %s: running", _name(cell), defense.label, budget.label)
+            defend.run(
+                grid.defense_config(config, g, cell, defense, budget, source_dir),
+                g.defense_dir(workdir, cell, defense, budget),
+                rebuilt=rebuilt,
+            )
+    finally:
+        for rundir in holder:
+            rundir.close()
+
+
+def write_report(
+    config: ml_collections.ConfigDict,
+    g: grid.Grid,
+    workdir: str,
+    *,
+    grid_seconds: float | None = None,
+    plots: bool = False,
+) -> list[dict[str, Any]]:
+    """Writes the report of every finished cell and defense run (see the module docstring).
+
+    Returns:
+        The cell rows.
+    """
+    rows = _cell_rows(g, workdir)
+    report.write(workdir, rows, grid_seconds=grid_seconds, plots=plots)
+    if g.defenses:
+        defense_report.write(workdir, g, config, plots=plots)
+    return rows
+
+
+def report_only(workdir: str) -> list[dict[str, Any]]:
+    """Writes a grid directory's report from what is finished in it, from its recorded
+    configuration (`sweep.json`), under the directory's lock: what
+    `scripts/summarize.py --grid` runs, e.g. after a sharded grid's jobs ended.
+
+    Raises:
+        RunDirError: `workdir` is not a grid directory, or its lock stays held (an
+            unsharded grid is running in it).
+    """
+    workdir = os.path.abspath(workdir)
     path = os.path.join(workdir, SWEEP_FILE)
-    new = config.to_dict()
-    if not os.path.exists(path) and set(os.listdir(workdir)) - {runs.LOCK_FILE}:
+    if not os.path.exists(path):
+        raise runs.RunDirError(f"{workdir} holds no {SWEEP_FILE}: it is not a jaxbd grid directory")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    g = grid.validate(config)
+    with _lock_grid(workdir, wait=_LOCK_WAIT_S):
+        return write_report(config, g, workdir, plots=True)
+
+
+# -- the directory's claim: sweep.json and the locks ------------------------------------------
+
+
+@dataclasses.dataclass
+class _Claim:
+    """The locks one job holds while it runs."""
+
+    locks: list[runs.DirectoryLock]
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
+
+def _claim(workdir: str, config: ml_collections.ConfigDict, g: grid.Grid) -> _Claim:
+    """Records the grid's configuration (or checks it against the recorded one) and takes
+    this job's locks.
+
+    Raises:
+        RunDirError: a directory that is not a grid's, another configuration, or another job
+            that may not run beside this one (an unsharded run, or shards of another count).
+    """
+    _check_is_a_grid(workdir)
+    if g.num_shards == 1:
+        lock = runs.lock_directory(workdir, what="sweep workdir")
+        try:
+            _record(workdir, config)
+            _check_other_jobs(workdir, own=None)
+        except BaseException:
+            lock.release()
+            raise
+        return _Claim([lock])
+    own = f"{g.shard}-of-{g.num_shards}"
+    shard_lock = runs.lock_directory(os.path.join(workdir, SHARDS, own), what="grid shard")
+    try:
+        _check_other_jobs(workdir, own=own)
+        with _lock_grid(workdir, wait=_LOCK_WAIT_S):
+            _record(workdir, config)
+    except BaseException:
+        shard_lock.release()
+        raise
+    return _Claim([shard_lock])
+
+
+def _check_is_a_grid(workdir: str) -> None:
+    """Refuses a non-empty directory that holds no grid (writing nothing into it)."""
+    if not os.path.isdir(workdir) or os.path.exists(os.path.join(workdir, SWEEP_FILE)):
+        return
+    # What a starting job creates before sweep.json exists: the lock, the shard locks.
+    if set(os.listdir(workdir)) - {runs.LOCK_FILE, SHARDS}:
         raise runs.RunDirError(
             f"{workdir} is not empty and holds no {SWEEP_FILE}: it is not a jaxbd sweep "
             f"directory, and jaxbd will not write into it. Choose another --workdir."
         )
-    lock = runs.lock_directory(workdir, what="sweep workdir")
+
+
+def _record(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes `sweep.json`, or refuses another grid's directory (under the directory's lock)."""
+    _check_is_a_grid(workdir)
+    path = os.path.join(workdir, SWEEP_FILE)
+    new = config.to_dict()
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        diff = runs.differences(old, new, execution=_SWEEP_EXECUTION)
+        diff = grid.differences(old, new)
         if diff:
             raise runs.RunDirError(
                 f"{workdir} holds a sweep with a different configuration:\n  "
                 + "\n  ".join(diff)
                 + "\nUse the same configuration to continue it, or choose another --workdir."
             )
-    runs.write_json_atomic(path, new)
-    return lock
+    runs.write_json_atomic(path, grid.complete(new))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Runs (or continues) the grid and writes its report.
+def _check_other_jobs(workdir: str, *, own: str | None) -> None:
+    """Refuses to run beside shard jobs that may take this job's cells: any shard job for
+    an unsharded run (`own` None), shards of another count for a shard job."""
+    folder = os.path.join(workdir, SHARDS)
+    if not os.path.isdir(folder):
+        return
+    count = None if own is None else own.split("-of-")[1]
+    for name in sorted(os.listdir(folder)):
+        if name == own or (count is not None and name.endswith(f"-of-{count}")):
+            continue
+        try:
+            runs.lock_directory(os.path.join(folder, name), what="grid shard").release()
+        except runs.RunDirError:
+            raise runs.RunDirError(
+                f"{workdir}: shard job {name} of this grid is running; "
+                + (
+                    "run the remaining cells as shards of the same count, or wait for it"
+                    if own is not None
+                    else "wait for the shard jobs to end before running the grid in one job"
+                )
+            ) from None
 
-    Args:
-        config: an experiment configuration with a `sweep` section (`methods`, `seeds`).
-        workdir: the grid's directory.
 
-    Returns:
-        One row per cell (`report.cell_row`), in grid order (seed-major).
-    """
-    validate(config)
-    workdir = os.path.abspath(workdir)
-    lock = _claim(workdir, config)
-    try:
-        return _run_cells(config, workdir)
-    finally:
-        lock.release()
+def _lock_grid(workdir: str, *, wait: float) -> runs.DirectoryLock:
+    """The directory's lock, waiting up to `wait` seconds for another job's moment with it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return runs.lock_directory(workdir, what="sweep workdir")
+        except runs.RunDirError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
-def _run_cells(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Every cell of the grid, then the report (the directory is claimed and locked)."""
-    pretrain_dir = os.path.join(workdir, "pretrain")
-    methods, seeds = list(config.sweep.methods), list(config.sweep.seeds)
-    together = seeds_together(config)
-    summaries: dict[tuple[str, int], dict] = {}
-    started = time.perf_counter()
-
-    def write_report(plots=False):
-        rows = [
-            report.cell_row(m, s, summaries[m, s])
-            for s in seeds
-            for m in methods
-            if (m, s) in summaries
-        ]
-        report.write(workdir, rows, grid_seconds=time.perf_counter() - started, plots=plots)
-        return rows
-
-    for method, group in _batches(methods, seeds, together):
-        todo = []
-        for seed in group:
-            summary_path = os.path.join(cell_dir(workdir, method, seed), SUMMARY_FILE)
-            if os.path.exists(summary_path):
-                logging.info("cell %s seed %d: finished, skipped", method, seed)
-                with open(summary_path) as f:
-                    summaries[method, seed] = json.load(f)
-            else:
-                todo.append(seed)
-        if todo:
-            logging.info("cells %s seeds %s: running", method, todo)
-            results = experiment.run_group(
-                [cell_config(config, method, seed, pretrain_dir) for seed in todo],
-                [cell_dir(workdir, method, seed) for seed in todo],
+def _report_if_complete(config, g: grid.Grid, workdir: str) -> None:
+    """A shard job's end: the report, if every cell and defense run of the grid is finished."""
+    with _lock_grid(workdir, wait=_LOCK_WAIT_S):
+        missing = _unfinished(g, workdir)
+        if not missing:
+            write_report(config, g, workdir, plots=True)
+            logging.info(
+                "shard %d of %d: the grid is complete; report written", g.shard, g.num_shards
             )
-            summaries.update({(method, s): r for s, r in zip(todo, results, strict=True)})
-        write_report()
-    return write_report(plots=True)
+            return
+    logging.info(
+        "shard %d of %d: its share is done; %d runs of the grid are not finished yet (other "
+        "shards). The last job to finish writes the report, or: python scripts/summarize.py "
+        "--grid %s",
+        g.shard,
+        g.num_shards,
+        len(missing),
+        workdir,
+    )
+
+
+# -- reading the grid back ------------------------------------------------------------------
+
+
+def _finished(path: str) -> bool:
+    return os.path.exists(os.path.join(path, SUMMARY_FILE))
+
+
+def _unfinished(g: grid.Grid, workdir: str) -> list[str]:
+    """The run directories of the whole grid (every shard's) that hold no summary yet."""
+    paths = []
+    for cell in g.cells():
+        paths.append(g.cell_dir(workdir, cell))
+        paths += [g.defense_dir(workdir, cell, d, b) for d, b in g.defense_runs()]
+    return [p for p in paths if not _finished(p)]
+
+
+def _cell_rows(g: grid.Grid, workdir: str) -> list[dict[str, Any]]:
+    """`report.cell_row` of every finished cell, in grid order."""
+    rows = []
+    for cell in g.cells():
+        path = os.path.join(g.cell_dir(workdir, cell), SUMMARY_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                rows.append(report.cell_row(cell.method, cell.seed, json.load(f)))
+    return rows
+
+
+def _name(cell: grid.Cell) -> str:
+    return f"{cell.attack}/{cell.method}/seed{cell.seed}"
 
 
 def seeds_together(config: ml_collections.ConfigDict) -> int:
     """How many seeds of a method train together (`config.sweep.seeds_together`, default 1)."""
     return config.sweep.get("seeds_together", 1)
-
-
-def _batches(methods: list[str], seeds: list[int], together: int):
-    """(method, seeds) batches in execution order: one cell at a time seed by seed (so a
-    seed's cells finish together), or each method's seeds in groups of `together`."""
-    if together == 1:
-        return [(m, [s]) for s in seeds for m in methods]
-    return [(m, seeds[i : i + together]) for m in methods for i in range(0, len(seeds), together)]
