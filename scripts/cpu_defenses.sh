@@ -9,7 +9,8 @@
 #
 # The pruning defenses on the same source: `grad_prune` with the defender knowing the trigger
 # at 10 and 100 clean images per class (its paper's spc; 90% tuned on, 10% validated on,
-# Δ = α = 0.1; batches of 64 at spc 10, whose 90 tuning images are fewer than the default 128), `anp` at r = 1% and 5%, and `clp`, which is data-free (r = 0).
+# Δ = α = 0.1; batches of 64 at spc 10, whose 90 tuning images are fewer than the default 128;
+# at spc 100 also its released code's variant, `grad_prune.variant=reference`), `anp` at r = 1% and 5%, and `clp`, which is data-free (r = 0).
 #
 #   export DATA=/path/to/cifar10
 #   bash scripts/cpu_defenses.sh            # train (or reuse) the source, run every repair
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_defenses}
 REPAIRS=${REPAIRS:-finetune fine_pruning nad neural_cleanse pivotal_tuning}
-PRUNING=${PRUNING:-grad_prune_spc10 grad_prune_spc100 anp_r1 anp_r5 clp_r0}
+PRUNING=${PRUNING:-grad_prune_spc10 grad_prune_spc100 grad_prune_reference_spc100 anp_r1 anp_r5 clp_r0}
 RATES=${RATES:-0.01 0.05}
 
 if [[ ! -f $OUT/source/summary.json ]]; then
@@ -51,6 +52,10 @@ for run in $PRUNING; do
   workdir=$OUT/$run
   if [[ -f $workdir/summary.json ]]; then echo "done: $workdir"; continue; fi
   case $run in
+    grad_prune_reference_spc*)
+      flags=(--config.defense.name=grad_prune --config.defense.grad_prune.variant=reference
+        --config.defender.per_class="${run#grad_prune_reference_spc}"
+        --config.defender.trigger_knowledge=true --config.defense.delta=0.1) ;;
     grad_prune_spc*)
       flags=(--config.defense.name=grad_prune --config.defender.per_class="${run#grad_prune_spc}"
         --config.defender.trigger_knowledge=true --config.defense.delta=0.1)
