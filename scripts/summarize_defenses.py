@@ -41,6 +41,12 @@ def _budget(config) -> str:
     return f"r = {100 * d['fraction']:g}%"
 
 
+def _name(summary) -> str:
+    """The defense's name, with its variant when it is not the standard one."""
+    variant = summary.get("hparams", {}).get("variant", "standard")
+    return summary["defense"] if variant == "standard" else f"{summary['defense']} ({variant})"
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
@@ -61,15 +67,16 @@ def main() -> None:
     panels = defaultdict(dict)
     for summary, curve, config in runs:
         b, a = summary["before"], summary["after"]
+        name = _name(summary)
         print(
-            f"| {summary['defense']} | {_budget(config)} ({summary['defender_examples']}) | "
+            f"| {name} | {_budget(config)} ({summary['defender_examples']}) | "
             f"{_pct(b['clean_accuracy'])} → {_pct(a['clean_accuracy'])} | "
             f"{_pct(b['attack_success_rate'])} → {_pct(a['attack_success_rate'])} | "
             f"{_pct(b['robust_accuracy'])} → {_pct(a['robust_accuracy'])} | "
             f"{summary['der']:.3f} | {_pct(summary['oracle_asr_at_delta'])} | "
             f"{summary['steps']} ({summary['returned_step']}) | {summary['wall_seconds']:.0f} |"
         )
-        panels[_budget(config)][summary["defense"]] = curve
+        panels[_budget(config)][name] = curve
     _figure(panels, args.figure or os.path.join(args.folder, "curves.png"))
 
 
