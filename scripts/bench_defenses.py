@@ -18,7 +18,7 @@ with `--data`), then
   `steps_per_s` and `images_per_s` are of the measured `tune_s`, validations included.
   A plan of 0 steps (Neural Cleanse flags nothing on an untrained model) is tuned for
   `--steps` anyway: its unlearning is plain fine-tuning, the same step. A repair that never
-  tunes (CLP, whose factory requires `steps=0`) is timed by its plan alone.
+  tunes (CLP, which requires `steps=0`) is timed by its plan alone.
 
 Neural Cleanse's reverse-engineering (`jaxbd.defenses.reverse_engineer`) also runs both ways
 in the same run, same settings, early stop off so the work is fixed (`labels × nc_epochs ×
@@ -154,11 +154,11 @@ def make_defender(args) -> DefenderData:
 
 def make_repair_for(name: str, args):
     """The registered repair with the benchmark's sizes: `steps`, `batch_size`, and where the
-    factory has them, NAD's `teacher_steps` and ANP's mask `iterations` (= `--steps`),
+    repair has them, NAD's `teacher_steps` and ANP's mask `iterations` (= `--steps`),
     Neural Cleanse's `epochs` and `reverse_batch_size`, and `early_stop=False` (fixed work).
     Any other hyper-parameter keeps its default, and so does one of these that the repair
     rejects (CLP, data-free, must have `steps=0`)."""
-    factory = defenses.REPAIRS[name]
+    repair_class = defenses.REPAIRS[name]
     wanted = {
         "steps": args.steps,
         "batch_size": args.batch,
@@ -168,7 +168,7 @@ def make_repair_for(name: str, args):
         "reverse_batch_size": args.batch,
         "early_stop": False,
     }
-    known = inspect.signature(factory).parameters
+    known = inspect.signature(repair_class).parameters
     hparams = {k: v for k, v in wanted.items() if k in known}
     while True:
         try:

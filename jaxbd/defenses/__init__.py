@@ -1,9 +1,9 @@
 """Defenses: repair a backdoored model with the defender's clean data (and later detect).
 
-`REPAIRS` maps each registry name to its factory; a factory takes the method's
-hyper-parameters (defaults: Pick your Poison's grid-searched CIFAR-10 values at r = 1%) and
-returns a frozen repair whose `plan(ctx, variables)` does the method's own work; the shared
-`tune` loop runs the plan with the trade-off curve and the Δ budget
+`REPAIRS` maps each registry name to its repair class: a frozen dataclass of the method's
+hyper-parameters (defaults: Pick your Poison's grid-searched CIFAR-10 values at r = 1%,
+checked when constructed) whose `plan(ctx, variables)` does the method's own work; the
+shared `tune` loop runs the plan with the trade-off curve and the Δ budget
 (`jaxbd.defenses.tuning`). Everything works on any flax model returning `(logits,
 features)` and runs on the engine (`jaxbd.train.Trainer`), so a user's own code can call a
 repair without a run directory; `scripts/defend.py` (`jaxbd.pipeline.defend`) runs one on a
@@ -35,9 +35,9 @@ held-out validation part; every decision reads validation data only, and any num
 on the test set is reported as `oracle_*`.
 """
 
-from jaxbd.defenses.anp import ANP, anp
+from jaxbd.defenses.anp import ANP
 from jaxbd.defenses.base import Repair, RepairContext, TuningPlan, Variables
-from jaxbd.defenses.clp import CLP, clp
+from jaxbd.defenses.clp import CLP
 from jaxbd.defenses.cti import (
     calibrated_trigger_inversion,
     cti_scores,
@@ -49,33 +49,31 @@ from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, def
 from jaxbd.defenses.fine_pruning import (
     FinePruning,
     channel_activations,
-    fine_pruning,
     prune_channels_mask,
 )
-from jaxbd.defenses.finetune import FineTune, finetune
-from jaxbd.defenses.grad_prune import GradPrune, grad_prune
-from jaxbd.defenses.nad import NAD, attention_map, nad
+from jaxbd.defenses.finetune import FineTune
+from jaxbd.defenses.grad_prune import GradPrune
+from jaxbd.defenses.nad import NAD, attention_map
 from jaxbd.defenses.neural_cleanse import (
     NeuralCleanse,
     ReversedTriggers,
     anomaly_index,
-    neural_cleanse,
     reverse_engineer,
 )
-from jaxbd.defenses.pivotal_tuning import PivotalTuning, pivotal_tuning, slol_loss
+from jaxbd.defenses.pivotal_tuning import PivotalTuning, slol_loss
 from jaxbd.defenses.strip import entropy_bits, frr_threshold, strip_scores
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
 from jaxbd.select import activation_clustering, spectral_scores  # training-set detectors
 
 REPAIRS = {
-    "anp": anp,
-    "clp": clp,
-    "finetune": finetune,
-    "fine_pruning": fine_pruning,
-    "grad_prune": grad_prune,
-    "nad": nad,
-    "neural_cleanse": neural_cleanse,
-    "pivotal_tuning": pivotal_tuning,
+    "anp": ANP,
+    "clp": CLP,
+    "finetune": FineTune,
+    "fine_pruning": FinePruning,
+    "grad_prune": GradPrune,
+    "nad": NAD,
+    "neural_cleanse": NeuralCleanse,
+    "pivotal_tuning": PivotalTuning,
 }
 
 __all__ = [
@@ -99,24 +97,16 @@ __all__ = [
     "Variables",
     "activation_clustering",
     "anomaly_index",
-    "anp",
     "attention_map",
     "calibrated_trigger_inversion",
     "channel_activations",
-    "clp",
     "cti_scores",
     "defender_data",
     "entropy_bits",
-    "fine_pruning",
-    "finetune",
     "frr_threshold",
-    "grad_prune",
     "invert_triggers",
-    "nad",
-    "neural_cleanse",
     "neural_cleanse_score",
     "oracle_asr_at_delta",
-    "pivotal_tuning",
     "plot_curves",
     "prune_channels_mask",
     "reverse_engineer",

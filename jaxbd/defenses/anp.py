@@ -61,7 +61,7 @@ import collections
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -522,7 +522,39 @@ def pruning_mask(params: PyTree, keep: Mapping[str, jax.Array]) -> PyTree:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ANP:
-    """ANP's hyper-parameters (see `anp`)."""
+    """ANP (Wu & Wang 2021): adversarial neuron masks on BatchNorm channels, then pruning.
+
+    The plan's `details`: "prune_by"; "threshold" (or "rate" for `prune_by="count"`), the
+    chosen grid value or None when nothing is pruned; "num_pruned", "pruned_per_layer"
+    (BatchNorm path → count), "channels_per_layer", "num_channels"; "base_val_accuracy" (the
+    unpruned model's) and "val_accuracy" (the returned model's); "candidates" (per grid value:
+    "num_pruned", "val_accuracy", "within_budget"); "iterations", "clean_loss_last",
+    "robust_loss_last"; "mask_values" (path → the optimized masks, for oracle figures).
+
+    Attributes:
+        steps: fine-tuning steps after pruning (0: ANP prunes without fine-tuning).
+        lr: fine-tuning learning rate.
+        momentum: fine-tuning SGD momentum.
+        weight_decay: fine-tuning L2 coefficient added to the gradient.
+        batch_size: images per mask iteration (paper: 128) and per fine-tuning step.
+        cosine: cosine decay of the fine-tuning learning rate.
+        iterations: mask iterations (paper: 2000).
+        mask_lr: mask SGD learning rate (paper: 0.2).
+        mask_momentum: mask SGD momentum (paper: 0.9).
+        anp_eps: ε, bound of the multiplicative noise (paper: 0.4); 0 disables it.
+        anp_steps: signed ascent steps on the noise per iteration (paper: 1).
+        anp_alpha: α, weight of the clean loss against the perturbed one (paper: 0.2).
+        augment: random crop and flip of each mask batch (the authors' training transform).
+        prune_by: "threshold" (prune m ≤ t for t in `grid`) or "count" (prune the
+            round(r · total) lowest masks for r in `grid`).
+        grid: the candidates (default 0.0, 0.05, ..., 0.9; a single value, e.g. (0.2,),
+            BackdoorBench's fixed threshold, is still checked against the budget).
+        delta_prune: the validation-accuracy budget of the pruning, absolute, below the
+            unpruned model's (jaxbd's default Δ).
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     steps: int = 0
     lr: float = 1e-3
@@ -540,7 +572,7 @@ class ANP:
     prune_by: str = "threshold"
     grid: tuple[float, ...] = DEFAULT_GRID
     delta_prune: float = 0.02
-    name: str = "anp"
+    name: ClassVar[str] = "anp"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -588,7 +620,7 @@ class ANP:
             variables: the backdoored model (its mask, if any, is kept and combined).
 
         Returns:
-            The plan; `details` as described in `anp`.
+            The plan; `details` as described in the class docstring.
         """
         check_mask(variables.params, variables.mask)
         params = apply_mask(variables.params, variables.mask)
@@ -684,75 +716,3 @@ class ANP:
             cosine=self.cosine,
             details=details,
         )
-
-
-def anp(
-    *,
-    steps: int = 0,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-    cosine: bool = False,
-    iterations: int = 2000,
-    mask_lr: float = 0.2,
-    mask_momentum: float = 0.9,
-    anp_eps: float = 0.4,
-    anp_steps: int = 1,
-    anp_alpha: float = 0.2,
-    augment: bool = True,
-    prune_by: str = "threshold",
-    grid: Sequence[float] = DEFAULT_GRID,
-    delta_prune: float = 0.02,
-) -> ANP:
-    """ANP (Wu & Wang 2021): adversarial neuron masks on BatchNorm channels, then pruning.
-
-    The plan's `details`: "prune_by"; "threshold" (or "rate" for `prune_by="count"`), the
-    chosen grid value or None when nothing is pruned; "num_pruned", "pruned_per_layer"
-    (BatchNorm path → count), "channels_per_layer", "num_channels"; "base_val_accuracy" (the
-    unpruned model's) and "val_accuracy" (the returned model's); "candidates" (per grid value:
-    "num_pruned", "val_accuracy", "within_budget"); "iterations", "clean_loss_last",
-    "robust_loss_last"; "mask_values" (path → the optimized masks, for oracle figures).
-
-    Args:
-        steps: fine-tuning steps after pruning (0: ANP prunes without fine-tuning).
-        lr: fine-tuning learning rate.
-        momentum: fine-tuning SGD momentum.
-        weight_decay: fine-tuning L2 coefficient added to the gradient.
-        batch_size: images per mask iteration (paper: 128) and per fine-tuning step.
-        cosine: cosine decay of the fine-tuning learning rate.
-        iterations: mask iterations (paper: 2000).
-        mask_lr: mask SGD learning rate (paper: 0.2).
-        mask_momentum: mask SGD momentum (paper: 0.9).
-        anp_eps: ε, bound of the multiplicative noise (paper: 0.4); 0 disables it.
-        anp_steps: signed ascent steps on the noise per iteration (paper: 1).
-        anp_alpha: α, weight of the clean loss against the perturbed one (paper: 0.2).
-        augment: random crop and flip of each mask batch (the authors' training transform).
-        prune_by: "threshold" (prune m ≤ t for t in `grid`) or "count" (prune the
-            round(r · total) lowest masks for r in `grid`).
-        grid: the candidates (default 0.0, 0.05, ..., 0.9; a single value, e.g. (0.2,),
-            BackdoorBench's fixed threshold, is still checked against the budget).
-        delta_prune: the validation-accuracy budget of the pruning, absolute, below the
-            unpruned model's (jaxbd's default Δ).
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return ANP(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        cosine=cosine,
-        iterations=iterations,
-        mask_lr=mask_lr,
-        mask_momentum=mask_momentum,
-        anp_eps=anp_eps,
-        anp_steps=anp_steps,
-        anp_alpha=anp_alpha,
-        augment=augment,
-        prune_by=prune_by,
-        grid=tuple(grid),
-        delta_prune=delta_prune,
-    )

@@ -1,8 +1,8 @@
 """What every repair shares: its context, its plan, and the protocol a repair implements.
 
 A repair (fine-tuning, Fine-Pruning, NAD, Neural Cleanse, Pivotal Tuning, ...) is a frozen
-dataclass of hyper-parameters — built by its factory in the optax idiom — whose `plan(ctx,
-variables)` does the method's own work (ranking and pruning channels, training a teacher,
+dataclass of hyper-parameters, checked when it is constructed (`FineTune(steps=500)`), whose
+`plan(ctx, variables)` does the method's own work (ranking and pruning channels, training a teacher,
 reverse-engineering triggers) and returns a `TuningPlan`: the variables to start from, the
 train-step variant (its loss, with extra traced inputs such as a teacher's or a pivot's
 variables), the data to tune on and the step budget. The shared tuning loop

@@ -162,7 +162,27 @@ def clp_curve(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CLP:
-    """CLP's hyper-parameters (see `clp`)."""
+    """CLP (Zheng et al. 2022): data-free pruning of channels with outlying UCLC.
+
+    The plan's `details`: "u"; "num_channels_pruned" and "num_channels" (over the scored
+    convs); "pruning_rate"; "pruned_per_layer" (conv name -> count); "layers" (conv name ->
+    "bn" (its own BatchNorm), "num_channels", "channels_pruned" (sorted), "threshold"
+    (mean + u·std; None for a one-channel layer), "max_uclc"); "unscored_convs" (convs with
+    no own BatchNorm, never pruned); "curve" (per u of `curve_us`: "u", "num_pruned", and
+    "val_accuracy" when the defender has validation images).
+
+    Attributes:
+        u: prune a layer's channels whose UCLC exceeds its mean + u · std (paper: 3).
+        curve_us: the u grid of the curve reported alongside (default 0, 0.5, ..., 10).
+        steps: must be 0 (CLP does not fine-tune; the field exists so a common
+            `defense.steps` override fails with a clear message).
+        momentum: unused by CLP (no tuning); part of every repair's fields.
+        weight_decay: unused by CLP (no tuning).
+        batch_size: the engine's batch size (CLP trains nothing; inference only).
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     # A data-free repair: the pipeline may run it with no defender images (r = 0).
     data_free: ClassVar[bool] = True
@@ -173,7 +193,7 @@ class CLP:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 128
-    name: str = "clp"
+    name: ClassVar[str] = "clp"
 
     def __post_init__(self):
         require(0 <= self.u < float("inf"), "u", "must be a finite number >= 0", self.u)
@@ -203,7 +223,7 @@ class CLP:
             variables: the backdoored model (its mask, if any, is kept and combined).
 
         Returns:
-            The plan: the pruned model, 0 steps, and `details` (see `clp`).
+            The plan: the pruned model, 0 steps, and `details` (see the class docstring).
         """
         check_mask(variables.params, variables.mask)
         params = apply_mask(variables.params, variables.mask)
@@ -249,46 +269,6 @@ class CLP:
             lr=_UNUSED_LR,
             details=details,
         )
-
-
-def clp(
-    *,
-    u: float = 3.0,
-    curve_us: Sequence[float] = U_GRID,
-    steps: int = 0,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-) -> CLP:
-    """CLP (Zheng et al. 2022): data-free pruning of channels with outlying UCLC.
-
-    The plan's `details`: "u"; "num_channels_pruned" and "num_channels" (over the scored
-    convs); "pruning_rate"; "pruned_per_layer" (conv name -> count); "layers" (conv name ->
-    "bn" (its own BatchNorm), "num_channels", "channels_pruned" (sorted), "threshold"
-    (mean + u·std; None for a one-channel layer), "max_uclc"); "unscored_convs" (convs with
-    no own BatchNorm, never pruned); "curve" (per u of `curve_us`: "u", "num_pruned", and
-    "val_accuracy" when the defender has validation images).
-
-    Args:
-        u: prune a layer's channels whose UCLC exceeds its mean + u · std (paper: 3).
-        curve_us: the u grid of the curve reported alongside (default 0, 0.5, ..., 10).
-        steps: must be 0 (CLP does not fine-tune; the field exists so a common
-            `defense.steps` override fails with a clear message).
-        momentum: unused by CLP (no tuning); part of every repair's fields.
-        weight_decay: unused by CLP (no tuning).
-        batch_size: the engine's batch size (CLP trains nothing; inference only).
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return CLP(
-        u=u,
-        curve_us=tuple(float(x) for x in curve_us),
-        steps=steps,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-    )
 
 
 def _has_validation(ctx: RepairContext) -> bool:

@@ -61,7 +61,7 @@ import optax
 from jaxbd.data.augment import normalize
 from jaxbd.defenses.base import RepairContext, Variables
 from jaxbd.defenses.neural_cleanse import anomaly_index
-from jaxbd.defenses.pivotal_tuning import pivotal_tuning
+from jaxbd.defenses.pivotal_tuning import PivotalTuning
 from jaxbd.defenses.tuning import TuneResult, tune
 from jaxbd.settings import require
 
@@ -462,7 +462,7 @@ def calibrated_trigger_inversion(
     """
     s = settings or CTISettings()
     trainer = ctx.trainer
-    repair = pivotal_tuning(
+    repair = PivotalTuning(
         steps=s.repair_steps,
         lr=s.repair_lr,
         momentum=s.repair_momentum,

@@ -25,7 +25,7 @@ and momentum 0.9 are Pick your Poison's CIFAR-10 values at r = 1% (Lukas & Kersc
 decay 5e-4 (their table is silent on it) is BackdoorBench's (Wu et al. 2022, "BackdoorBench:
 A Comprehensive Benchmark of Backdoor Learning"). Pick your Poison prunes a fixed rate; the
 stopping rule on validation accuracy is the original paper's, with jaxbd's budget
-`delta_prune` = 0.05 absolute and a step of 5% of the channels (see `fine_pruning`).
+`delta_prune` = 0.05 absolute and a step of 5% of the channels (see `FinePruning`).
 Two flaws of public implementations are avoided: pruning k − 1 channels when k are asked for,
 and fine-tuning the first candidate that broke the accuracy budget instead of the last one
 within it.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -203,7 +203,38 @@ def _round_half_up(x: float) -> int:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinePruning:
-    """Fine-Pruning's hyper-parameters (see `fine_pruning`)."""
+    """Fine-Pruning (Liu et al. 2018): prune dormant penultimate channels, then fine-tune.
+
+    The plan's `details`: "head" (its path), "num_channels" (D), "channels_pruned" (sorted
+    indices), "num_channels_pruned" (k), "pruning_rate" (k / D), "sampled_images",
+    "base_val_accuracy" (the unpruned model's), "candidates" (per candidate: "num_channels",
+    "rate", "val_accuracy", "within_budget"; evaluation stops at the first outside the
+    budget) and "stopped_by" ("delta_prune" or "max_rate").
+
+    Attributes:
+        steps: fine-tuning SGD steps after pruning (Pick your Poison: 1000).
+        lr: fine-tuning learning rate (Pick your Poison: 1e-3).
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient added to the gradient (BackdoorBench's 5e-4).
+        batch_size: images per step, and per sampling batch.
+        cosine: decay the learning rate to 0 over the steps.
+        batches: sampling batches of `batch_size` tuning images the ranking averages over
+            (Pick your Poison: 10); all tuning images when there are fewer.
+        prune_step: fraction of the D channels added per pruning candidate. The paper prunes
+            one channel at a time; 5% is the coarse end of the usual 1–5%, chosen because
+            each candidate costs one validation pass and with r = 1% the validation part
+            (50 CIFAR-10 images) resolves accuracy only in steps of 2% anyway.
+        max_rate: the largest fraction of channels pruned (Pick your Poison: 0.96).
+        delta_prune: pruning stops once validation accuracy falls more than this (absolute)
+            below the unpruned model's; the last candidate within it is kept (jaxbd's
+            default; Liu et al. stop at a pre-set validation accuracy drop, Pick your Poison
+            prunes `max_rate` unconditionally).
+        head: the dense head's path in the parameters ("head" for jaxbd's models), or None
+            to find the one dense layer whose input width is the feature dimension.
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     steps: int = 1000
     lr: float = 1e-3
@@ -216,7 +247,7 @@ class FinePruning:
     max_rate: float = 0.96
     delta_prune: float = 0.05
     head: str | None = "head"
-    name: str = "fine_pruning"
+    name: ClassVar[str] = "fine_pruning"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -247,7 +278,7 @@ class FinePruning:
 
         Returns:
             The plan: the pruned model (mask = its mask × the channel mask), the tuning data
-            and budget, and `details` (see `fine_pruning`).
+            and budget, and `details` (see the class docstring).
         """
         check_mask(variables.params, variables.mask)
         params = apply_mask(variables.params, variables.mask)
@@ -315,64 +346,3 @@ class FinePruning:
             cosine=self.cosine,
             details=details,
         )
-
-
-def fine_pruning(
-    *,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-    cosine: bool = False,
-    batches: int = 10,
-    prune_step: float = 0.05,
-    max_rate: float = 0.96,
-    delta_prune: float = 0.05,
-    head: str | None = "head",
-) -> FinePruning:
-    """Fine-Pruning (Liu et al. 2018): prune dormant penultimate channels, then fine-tune.
-
-    The plan's `details`: "head" (its path), "num_channels" (D), "channels_pruned" (sorted
-    indices), "num_channels_pruned" (k), "pruning_rate" (k / D), "sampled_images",
-    "base_val_accuracy" (the unpruned model's), "candidates" (per candidate: "num_channels",
-    "rate", "val_accuracy", "within_budget"; evaluation stops at the first outside the
-    budget) and "stopped_by" ("delta_prune" or "max_rate").
-
-    Args:
-        steps: fine-tuning SGD steps after pruning (Pick your Poison: 1000).
-        lr: fine-tuning learning rate (Pick your Poison: 1e-3).
-        momentum: SGD momentum.
-        weight_decay: L2 coefficient added to the gradient (BackdoorBench's 5e-4).
-        batch_size: images per step, and per sampling batch.
-        cosine: decay the learning rate to 0 over the steps.
-        batches: sampling batches of `batch_size` tuning images the ranking averages over
-            (Pick your Poison: 10); all tuning images when there are fewer.
-        prune_step: fraction of the D channels added per pruning candidate. The paper prunes
-            one channel at a time; 5% is the coarse end of the usual 1–5%, chosen because
-            each candidate costs one validation pass and with r = 1% the validation part
-            (50 CIFAR-10 images) resolves accuracy only in steps of 2% anyway.
-        max_rate: the largest fraction of channels pruned (Pick your Poison: 0.96).
-        delta_prune: pruning stops once validation accuracy falls more than this (absolute)
-            below the unpruned model's; the last candidate within it is kept (jaxbd's
-            default; Liu et al. stop at a pre-set validation accuracy drop, Pick your Poison
-            prunes `max_rate` unconditionally).
-        head: the dense head's path in the parameters ("head" for jaxbd's models), or None
-            to find the one dense layer whose input width is the feature dimension.
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return FinePruning(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        cosine=cosine,
-        batches=batches,
-        prune_step=prune_step,
-        max_rate=max_rate,
-        delta_prune=delta_prune,
-        head=head,
-    )

@@ -11,6 +11,7 @@ the learning rate; jaxbd uses each for what it is.)
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
 from jaxbd.settings import require
@@ -18,7 +19,19 @@ from jaxbd.settings import require
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FineTune:
-    """Fine-tuning's hyper-parameters (see `finetune`)."""
+    """Fine-tuning on the defender's clean images.
+
+    Attributes:
+        steps: SGD steps.
+        lr: learning rate (constant unless `cosine`).
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient added to the gradient (PyTorch's convention).
+        batch_size: images per step.
+        cosine: decay the learning rate to 0 over the steps (BackdoorBench's schedule).
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     steps: int = 1000
     lr: float = 1e-3
@@ -26,7 +39,7 @@ class FineTune:
     weight_decay: float = 0.01
     batch_size: int = 128
     cosine: bool = False
-    name: str = "finetune"
+    name: ClassVar[str] = "finetune"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -40,38 +53,6 @@ class FineTune:
             lr=self.lr,
             cosine=self.cosine,
         )
-
-
-def finetune(
-    *,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 0.01,
-    batch_size: int = 128,
-    cosine: bool = False,
-) -> FineTune:
-    """Fine-tuning on the defender's clean images.
-
-    Args:
-        steps: SGD steps.
-        lr: learning rate (constant unless `cosine`).
-        momentum: SGD momentum.
-        weight_decay: L2 coefficient added to the gradient (PyTorch's convention).
-        batch_size: images per step.
-        cosine: decay the learning rate to 0 over the steps (BackdoorBench's schedule).
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return FineTune(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        cosine=cosine,
-    )
 
 
 def check_optimizer(repair) -> None:

@@ -483,7 +483,40 @@ def unlearning_gradients(
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GradPrune:
-    """Grad-Prune's hyper-parameters (see `grad_prune`)."""
+    """Grad-Prune (Dunnett et al. 2024): prune filters along the unlearning gradient, then
+    fine-tune on clean + triggered-with-true-label pairs. Assumes trigger knowledge
+    (`needs_trigger`); the paper's data is spc = 100 (90 tuning / 10 validation per class).
+
+    The plan's `details`: "variant", "alpha", "prune_patience", "max_rounds"; "rounds" (run),
+    "best_round" (0: nothing pruned), "stop_reason" ("alpha", "patience", "max_rounds" or
+    "no_filters"); "base_val_accuracy" and "base_val_unlearning_loss" (the unpruned model's),
+    "best_val_unlearning_loss"; "num_filters" (all convs' filters), "num_pruned" and
+    "pruning_rate" (of the returned model), "pruned_per_layer" (conv name -> count);
+    "filters_pruned" (of the returned model: "conv", "filter", "round"); "round_log" (every
+    round run: "round", "conv", "filter", "score" (mean |g|), "tune_unlearning_loss" (before
+    that round's pruning), "val_accuracy", "val_unlearning_loss" (after it), and "bn" (its own
+    BatchNorm, standard) or "tensor"/"in_range" (what the reference zeroed besides the
+    kernel)); "tuning_examples" (2T).
+
+    Attributes:
+        steps: fine-tuning SGD steps after pruning (a cap; see the module docstring for the
+            mapping of the reference's early stopping onto the shared loop).
+        lr: fine-tuning learning rate (the paper's code: 1e-3).
+        momentum: SGD momentum (0.9).
+        weight_decay: L2 coefficient added to the gradient (5e-4).
+        batch_size: examples per fine-tuning step, and per gradient batch when pruning (128).
+        cosine: decay the learning rate to 0 over the steps (the paper's code: constant).
+        alpha: pruning stops once validation accuracy falls more than this (absolute) below
+            the unpruned model's (0.1).
+        prune_patience: pruning stops after this many rounds without a lower validation
+            unlearning loss (10).
+        max_rounds: the most pruning rounds (200; the paper has no cap).
+        variant: "standard", or "reference" for the released code's two quirks (see the
+            module docstring).
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     # The defender must know the trigger: the pipeline passes the attack's test transform as
     # `RepairContext.trigger` only to a repair that declares this.
@@ -499,7 +532,7 @@ class GradPrune:
     prune_patience: int = 10
     max_rounds: int = 200
     variant: str = "standard"
-    name: str = "grad_prune"
+    name: ClassVar[str] = "grad_prune"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -530,8 +563,8 @@ class GradPrune:
             variables: the backdoored model (its mask, if any, is kept and combined).
 
         Returns:
-            The plan: the best round's model, the mixed tuning data, and `details` (see
-            `grad_prune`).
+            The plan: the best round's model, the mixed tuning data, and `details` (see the
+            class docstring).
 
         Raises:
             ValueError: without `ctx.trigger`, without tuning or validation images, or if the
@@ -691,67 +724,6 @@ class GradPrune:
             cosine=self.cosine,
             details=details,
         )
-
-
-def grad_prune(
-    *,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-    cosine: bool = False,
-    alpha: float = 0.1,
-    prune_patience: int = 10,
-    max_rounds: int = 200,
-    variant: str = "standard",
-) -> GradPrune:
-    """Grad-Prune (Dunnett et al. 2024): prune filters along the unlearning gradient, then
-    fine-tune on clean + triggered-with-true-label pairs. Assumes trigger knowledge
-    (`needs_trigger`); the paper's data is spc = 100 (90 tuning / 10 validation per class).
-
-    The plan's `details`: "variant", "alpha", "prune_patience", "max_rounds"; "rounds" (run),
-    "best_round" (0: nothing pruned), "stop_reason" ("alpha", "patience", "max_rounds" or
-    "no_filters"); "base_val_accuracy" and "base_val_unlearning_loss" (the unpruned model's),
-    "best_val_unlearning_loss"; "num_filters" (all convs' filters), "num_pruned" and
-    "pruning_rate" (of the returned model), "pruned_per_layer" (conv name -> count);
-    "filters_pruned" (of the returned model: "conv", "filter", "round"); "round_log" (every
-    round run: "round", "conv", "filter", "score" (mean |g|), "tune_unlearning_loss" (before
-    that round's pruning), "val_accuracy", "val_unlearning_loss" (after it), and "bn" (its own
-    BatchNorm, standard) or "tensor"/"in_range" (what the reference zeroed besides the
-    kernel)); "tuning_examples" (2T).
-
-    Args:
-        steps: fine-tuning SGD steps after pruning (a cap; see the module docstring for the
-            mapping of the reference's early stopping onto the shared loop).
-        lr: fine-tuning learning rate (the paper's code: 1e-3).
-        momentum: SGD momentum (0.9).
-        weight_decay: L2 coefficient added to the gradient (5e-4).
-        batch_size: examples per fine-tuning step, and per gradient batch when pruning (128).
-        cosine: decay the learning rate to 0 over the steps (the paper's code: constant).
-        alpha: pruning stops once validation accuracy falls more than this (absolute) below
-            the unpruned model's (0.1).
-        prune_patience: pruning stops after this many rounds without a lower validation
-            unlearning loss (10).
-        max_rounds: the most pruning rounds (200; the paper has no cap).
-        variant: "standard", or "reference" for the released code's two quirks (see the
-            module docstring).
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return GradPrune(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        cosine=cosine,
-        alpha=alpha,
-        prune_patience=prune_patience,
-        max_rounds=max_rounds,
-        variant=variant,
-    )
 
 
 def _trigger(trigger: Callable, key: jax.Array, images: np.ndarray, labels: np.ndarray):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,25 @@ def _variant(attention_weight: float, p: float, taps: tuple[str, ...]) -> StepVa
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NAD:
-    """NAD's hyper-parameters (see `nad`)."""
+    """Neural Attention Distillation (Li et al. 2021).
+
+    Attributes:
+        steps: the student's SGD steps.
+        lr: the student's learning rate (constant unless `cosine`).
+        momentum: SGD momentum (teacher and student).
+        weight_decay: L2 coefficient added to the gradient (PyTorch's convention; teacher and
+            student).
+        batch_size: images per step.
+        teacher_steps: the teacher's fine-tuning steps (0: the teacher is the model itself).
+        teacher_lr: the teacher's learning rate; None: `lr`.
+        attention_weight: λ_at, the weight of the attention term (every tap alike).
+        p: the exponent of the attention map.
+        cosine: decay the learning rates to 0 over each phase's steps (BackdoorBench's
+            schedule).
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     steps: int = 2000
     lr: float = 0.01
@@ -154,7 +173,7 @@ class NAD:
     attention_weight: float = 1000.0
     p: float = 2.0
     cosine: bool = False
-    name: str = "nad"
+    name: ClassVar[str] = "nad"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -228,49 +247,3 @@ class NAD:
                 "teacher_val_accuracy": float(ctx.validate(teacher.params, teacher.batch_stats)),
             },
         )
-
-
-def nad(
-    *,
-    steps: int = 2000,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    batch_size: int = 128,
-    teacher_steps: int = 1000,
-    teacher_lr: float | None = None,
-    attention_weight: float = 1000.0,
-    p: float = 2.0,
-    cosine: bool = False,
-) -> NAD:
-    """Neural Attention Distillation (Li et al. 2021).
-
-    Args:
-        steps: the student's SGD steps.
-        lr: the student's learning rate (constant unless `cosine`).
-        momentum: SGD momentum (teacher and student).
-        weight_decay: L2 coefficient added to the gradient (PyTorch's convention; teacher and
-            student).
-        batch_size: images per step.
-        teacher_steps: the teacher's fine-tuning steps (0: the teacher is the model itself).
-        teacher_lr: the teacher's learning rate; None: `lr`.
-        attention_weight: λ_at, the weight of the attention term (every tap alike).
-        p: the exponent of the attention map.
-        cosine: decay the learning rates to 0 over each phase's steps (BackdoorBench's
-            schedule).
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return NAD(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        teacher_steps=teacher_steps,
-        teacher_lr=teacher_lr,
-        attention_weight=attention_weight,
-        p=p,
-        cosine=cosine,
-    )

@@ -17,7 +17,7 @@ an outlier below the median: the anomaly index |norm − median| / (1.4826·MAD)
 `reverse_engineer` optimizes every label at once: one jitted program, `vmap` over the target
 label, the epoch loop and the cost schedule in `lax`, the data (the defender's clean images)
 on the device in fixed-shape batches shared by every label. The repair `NeuralCleanse`
-(`neural_cleanse(...)`) then stamps each flagged label's reversed trigger on a random 20% of
+(`NeuralCleanse(...)`) then stamps each flagged label's reversed trigger on a random 20% of
 the tuning images, keeps their true labels, and fine-tunes on them (the paper's unlearning);
 when nothing is flagged it says so and returns the model unchanged (0 steps).
 
@@ -41,7 +41,7 @@ import dataclasses
 import functools
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -479,7 +479,34 @@ def stamp_uint8(images: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NeuralCleanse:
-    """Neural Cleanse's hyper-parameters (see `neural_cleanse`)."""
+    """Neural Cleanse: reverse-engineer every label's trigger, flag outliers, unlearn.
+
+    Attributes:
+        steps: fine-tuning (unlearning) SGD steps.
+        lr: fine-tuning learning rate (constant unless `cosine`).
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient added to the gradient (PyTorch's convention).
+        batch_size: fine-tuning images per step.
+        cosine: decay the fine-tuning learning rate to 0 over the steps.
+        epochs: reverse-engineering passes over the tuning images (per label, early stop
+            may end sooner).
+        reverse_batch_size: reverse-engineering images per step (at most the tuning images).
+        mask_lr: Adam's learning rate for the masks and patterns.
+        init_cost: the ℓ₁ cost's initial weight.
+        attack_threshold: the attack success an epoch must reach (0.99).
+        patience: epochs on one side of the threshold before the cost changes.
+        cost_multiplier: the cost's factor up (down: its power 1.5).
+        early_stop: stop a label's search once its best norm stalls (see
+            `reverse_engineer`).
+        early_stop_threshold: relative improvement that resets the stall counter (0.99).
+        early_stop_patience: stalled epochs before stopping (25).
+        anomaly_threshold: anomaly index above which a label below the median is flagged.
+        unlearn_fraction: the fraction of the tuning images stamped with a flagged label's
+            trigger (split among the flagged labels), keeping their true labels.
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     steps: int = 1000
     lr: float = 1e-3
@@ -499,7 +526,7 @@ class NeuralCleanse:
     early_stop_patience: int = 25
     anomaly_threshold: float = 2.0
     unlearn_fraction: float = 0.2
-    name: str = "neural_cleanse"
+    name: ClassVar[str] = "neural_cleanse"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -620,77 +647,6 @@ class NeuralCleanse:
             cosine=self.cosine,
             details=jsonable(details),
         )
-
-
-def neural_cleanse(
-    *,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    batch_size: int = 128,
-    cosine: bool = False,
-    epochs: int = 80,
-    reverse_batch_size: int = 128,
-    mask_lr: float = 0.1,
-    init_cost: float = 1e-3,
-    attack_threshold: float = 0.99,
-    patience: int = 5,
-    cost_multiplier: float = 2.0,
-    early_stop: bool = True,
-    early_stop_threshold: float = 0.99,
-    early_stop_patience: int = 25,
-    anomaly_threshold: float = 2.0,
-    unlearn_fraction: float = 0.2,
-) -> NeuralCleanse:
-    """Neural Cleanse: reverse-engineer every label's trigger, flag outliers, unlearn.
-
-    Args:
-        steps: fine-tuning (unlearning) SGD steps.
-        lr: fine-tuning learning rate (constant unless `cosine`).
-        momentum: SGD momentum.
-        weight_decay: L2 coefficient added to the gradient (PyTorch's convention).
-        batch_size: fine-tuning images per step.
-        cosine: decay the fine-tuning learning rate to 0 over the steps.
-        epochs: reverse-engineering passes over the tuning images (per label, early stop
-            may end sooner).
-        reverse_batch_size: reverse-engineering images per step (at most the tuning images).
-        mask_lr: Adam's learning rate for the masks and patterns.
-        init_cost: the ℓ₁ cost's initial weight.
-        attack_threshold: the attack success an epoch must reach (0.99).
-        patience: epochs on one side of the threshold before the cost changes.
-        cost_multiplier: the cost's factor up (down: its power 1.5).
-        early_stop: stop a label's search once its best norm stalls (see
-            `reverse_engineer`).
-        early_stop_threshold: relative improvement that resets the stall counter (0.99).
-        early_stop_patience: stalled epochs before stopping (25).
-        anomaly_threshold: anomaly index above which a label below the median is flagged.
-        unlearn_fraction: the fraction of the tuning images stamped with a flagged label's
-            trigger (split among the flagged labels), keeping their true labels.
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return NeuralCleanse(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        cosine=cosine,
-        epochs=epochs,
-        reverse_batch_size=reverse_batch_size,
-        mask_lr=mask_lr,
-        init_cost=init_cost,
-        attack_threshold=attack_threshold,
-        patience=patience,
-        cost_multiplier=cost_multiplier,
-        early_stop=early_stop,
-        early_stop_threshold=early_stop_threshold,
-        early_stop_patience=early_stop_patience,
-        anomaly_threshold=anomaly_threshold,
-        unlearn_fraction=unlearn_fraction,
-    )
 
 
 def logits_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +138,22 @@ def _variant(slol_weight: float, param_weight: float, num_classes: int) -> StepV
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PivotalTuning:
-    """Pivotal Tuning's hyper-parameters (see `pivotal_tuning`)."""
+    """Pivotal Tuning with SLOL (Lukas & Kerschbaum 2023, Algorithm 3).
+
+    Attributes:
+        steps: SGD steps.
+        lr: learning rate (constant unless `cosine`).
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient added to the gradient (PyTorch's convention); the
+            paper uses none, the distance to the pivot being the regularizer.
+        batch_size: images per step.
+        slol_weight: λ_S, the weight of SLOL.
+        param_weight: λ_P, the weight of the mean squared distance to the pivot's parameters.
+        cosine: decay the learning rate to 0 over the steps.
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
 
     steps: int = 2000
     lr: float = 0.01
@@ -147,7 +163,7 @@ class PivotalTuning:
     slol_weight: float = 0.05
     param_weight: float = 20000.0
     cosine: bool = False
-    name: str = "pivotal_tuning"
+    name: ClassVar[str] = "pivotal_tuning"
 
     def __post_init__(self):
         check_optimizer(self)
@@ -174,42 +190,3 @@ class PivotalTuning:
             extra=pivot,
             details={"slol_weight": self.slol_weight, "param_weight": self.param_weight},
         )
-
-
-def pivotal_tuning(
-    *,
-    steps: int = 2000,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    batch_size: int = 128,
-    slol_weight: float = 0.05,
-    param_weight: float = 20000.0,
-    cosine: bool = False,
-) -> PivotalTuning:
-    """Pivotal Tuning with SLOL (Lukas & Kerschbaum 2023, Algorithm 3).
-
-    Args:
-        steps: SGD steps.
-        lr: learning rate (constant unless `cosine`).
-        momentum: SGD momentum.
-        weight_decay: L2 coefficient added to the gradient (PyTorch's convention); the
-            paper uses none, the distance to the pivot being the regularizer.
-        batch_size: images per step.
-        slol_weight: λ_S, the weight of SLOL.
-        param_weight: λ_P, the weight of the mean squared distance to the pivot's parameters.
-        cosine: decay the learning rate to 0 over the steps.
-
-    Raises:
-        InvalidSettingError: for a value out of range.
-    """
-    return PivotalTuning(
-        steps=steps,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        slol_weight=slol_weight,
-        param_weight=param_weight,
-        cosine=cosine,
-    )

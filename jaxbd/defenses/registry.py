@@ -1,6 +1,6 @@
 """The repair registry's configuration: each repair's hyper-parameters as a config section.
 
-`hparams_config(factory)` reads a factory's keyword defaults into a ConfigDict, so
+`hparams_config(repair_class)` reads a repair class's field defaults into a ConfigDict, so
 `config.defense.<name>.<field>` exists for every hyper-parameter and can be overridden from
 the command line; `make_repair(name, hparams, steps=None)` builds one, with the common step
 budget override.
@@ -16,11 +16,12 @@ import ml_collections
 from ml_collections import config_dict
 
 
-def hparams_config(factory: Callable) -> ml_collections.ConfigDict:
-    """A ConfigDict of a factory's keyword arguments with their defaults (None defaults
-    become typed placeholders when annotated `int | None` or `float | None`)."""
+def hparams_config(repair_class: Callable) -> ml_collections.ConfigDict:
+    """A ConfigDict of a repair class's keyword arguments (its dataclass fields; class-level
+    constants such as `name` are not arguments) with their defaults (None defaults become
+    typed placeholders when annotated `int | None` or `float | None`)."""
     hparams = ml_collections.ConfigDict()
-    for param in inspect.signature(factory).parameters.values():
+    for param in inspect.signature(repair_class).parameters.values():
         if param.default is inspect.Parameter.empty:
             continue
         if param.default is None:
@@ -40,11 +41,11 @@ def make_repair(
         repairs: the registry (`jaxbd.defenses.REPAIRS`).
         name: a key of it.
         hparams: keyword arguments (a ConfigDict section or dict; lists become tuples, unset
-            placeholders take the factory's default).
+            placeholders take the class's default).
         **overrides: further keyword arguments that win (e.g. `steps`), ignored when None.
 
     Raises:
-        ValueError: for an unknown name or hyper-parameters the factory rejects.
+        ValueError: for an unknown name or hyper-parameters the class rejects.
     """
     if name not in repairs:
         raise ValueError(f"unknown defense {name!r}; registered: {sorted(repairs)}")

@@ -12,7 +12,6 @@ synthetic images; ResNets at width 4 for the BatchNorm finder.
 """
 
 import dataclasses
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +20,10 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables
+from jaxbd.defenses import anp as anp_lib
 from jaxbd.defenses.anp import (
     ANP,
     MaskOptimization,
-    anp,
     bn_layers,
     candidate_keeps,
     choose_candidate,
@@ -41,9 +40,6 @@ from jaxbd.models.resnet import ResNet, resnet18
 from jaxbd.prune.masks import apply_mask
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
-
-# The module (the package exports the factory under the same name).
-anp_lib = importlib.import_module("jaxbd.defenses.anp")
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 MODEL = tiny_cnn(width=4)
@@ -94,7 +90,7 @@ def _context(repair: ANP, key=0) -> RepairContext:
 
 
 def _small(**overrides) -> ANP:
-    return anp(**{"iterations": 3, "batch_size": 8, **overrides})
+    return ANP(**{"iterations": 3, "batch_size": 8, **overrides})
 
 
 # -- the BatchNorm layers and the perturbed parameters ------------------------------------
@@ -310,7 +306,7 @@ def test_plan_threshold_prunes_every_channel_at_or_below_it(model_variables):
 
 
 def test_settings_are_validated():
-    repair = anp()
+    repair = ANP()
     assert (repair.name, repair.steps, repair.iterations, repair.batch_size) == (
         "anp",
         0,
@@ -333,4 +329,4 @@ def test_settings_are_validated():
         {"lr": 0.0},
     ):
         with pytest.raises(InvalidSettingError):
-            anp(**bad)
+            ANP(**bad)

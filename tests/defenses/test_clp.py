@@ -15,7 +15,7 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, tune
-from jaxbd.defenses.clp import CLP, U_GRID, clp, clp_curve, clp_scores, outlier_channels, uclc
+from jaxbd.defenses.clp import CLP, U_GRID, clp_curve, clp_scores, outlier_channels, uclc
 from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
 from jaxbd.defenses.registry import hparams_config
 from jaxbd.models import preact_resnet18, tiny_cnn
@@ -123,7 +123,7 @@ def test_outlier_rule_uses_the_unbiased_std_per_layer():
 def test_planted_channel_is_pruned_and_nothing_else():
     ctx, calls = _context()
     variables = _planted()
-    plan = clp().plan(ctx, variables)
+    plan = CLP().plan(ctx, variables)
     assert plan.steps == 0
     d = plan.details
     assert d["layers"]["conv2"]["channels_pruned"] == [PLANTED]
@@ -153,7 +153,7 @@ def test_planted_channel_is_pruned_and_nothing_else():
 
 
 def test_data_free_plan_needs_no_defender_images():
-    plan = clp().plan(_context(data=False), _planted())
+    plan = CLP().plan(_context(data=False), _planted())
     assert plan.steps == 0
     assert plan.details["layers"]["conv2"]["channels_pruned"] == [PLANTED]
     assert all(set(r) == {"u", "num_pruned"} for r in plan.details["curve"])
@@ -164,7 +164,7 @@ def test_existing_mask_is_kept_and_combined():
     variables = _planted()
     mask = dict(variables.mask)
     mask["conv1"] = {"kernel": variables.mask["conv1"]["kernel"].at[..., 0].set(0.0)}
-    plan = clp().plan(_context(data=False), dataclasses.replace(variables, mask=mask))
+    plan = CLP().plan(_context(data=False), dataclasses.replace(variables, mask=mask))
     assert np.all(np.asarray(plan.variables.mask["conv1"]["kernel"][..., 0]) == 0)
     assert np.all(np.asarray(plan.variables.params["conv1"]["kernel"][..., 0]) == 0)
     assert np.all(np.asarray(plan.variables.mask["conv2"]["kernel"][..., PLANTED]) == 0)
@@ -187,10 +187,10 @@ def test_preact_scores_only_convs_with_their_own_bn():
 
 
 def test_settings():
-    assert clp().u == 3.0 and clp().name == "clp"
+    assert CLP().u == 3.0 and CLP().name == "clp"
     with pytest.raises(InvalidSettingError, match="steps"):
-        clp(steps=10)
+        CLP(steps=10)
     with pytest.raises(InvalidSettingError, match="u"):
-        clp(u=-1.0)
-    config = hparams_config(clp)
+        CLP(u=-1.0)
+    config = hparams_config(CLP)
     assert config.u == 3.0 and config.steps == 0 and tuple(config.curve_us) == U_GRID

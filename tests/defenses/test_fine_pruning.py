@@ -26,7 +26,6 @@ from jaxbd.defenses.fine_pruning import (
     candidate_counts,
     channel_activations,
     find_head,
-    fine_pruning,
     prune_channels_mask,
 )
 from jaxbd.models import tiny_cnn
@@ -184,7 +183,7 @@ def test_find_head_by_name_or_structure():
 
 
 def test_settings_are_validated():
-    repair = fine_pruning()
+    repair = FinePruning()
     assert (repair.name, repair.steps, repair.lr, repair.momentum) == (
         "fine_pruning",
         1000,
@@ -199,9 +198,9 @@ def test_settings_are_validated():
     )
     for bad in ({"max_rate": 1.0}, {"prune_step": 0.0}, {"delta_prune": -0.1}, {"batches": 0}):
         with pytest.raises(InvalidSettingError):
-            fine_pruning(**bad)
+            FinePruning(**bad)
     with pytest.raises(InvalidSettingError):
-        fine_pruning(lr=0.0)  # the shared optimizer checks
+        FinePruning(lr=0.0)  # the shared optimizer checks
 
 
 # -- the plan ----------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def test_prunes_exactly_the_k_least_activated_channels_on_a_known_model():
     d = 20
     features, means = _known_features(d)
     ctx = StubContext(features, lambda pruned: 0.9, num_images=6)
-    plan = fine_pruning(prune_step=0.1, max_rate=0.5, batch_size=2, batches=3).plan(
+    plan = FinePruning(prune_step=0.1, max_rate=0.5, batch_size=2, batches=3).plan(
         ctx, _stub_variables(d)
     )
     expected = np.sort(np.argsort(means, kind="stable")[:10])
@@ -233,7 +232,7 @@ def test_stopping_rule_keeps_the_last_rate_within_budget():
     # far below from 8 on: the 6-channel model is returned, not the over-pruned 8-channel one.
     curve = {0: 0.9, 2: 0.9, 4: 0.88, 6: 0.85, 8: 0.5, 10: 0.9}
     ctx = StubContext(features, lambda pruned: curve[pruned], num_images=6)
-    plan = fine_pruning(prune_step=0.1, max_rate=0.5, delta_prune=0.05, batch_size=6).plan(
+    plan = FinePruning(prune_step=0.1, max_rate=0.5, delta_prune=0.05, batch_size=6).plan(
         ctx, _stub_variables(d)
     )
     details = plan.details
@@ -253,7 +252,7 @@ def test_stopping_rule_keeps_the_last_rate_within_budget():
 def test_nothing_pruned_when_the_first_candidate_breaks_the_budget():
     features, _ = _known_features(20, seed=2)
     ctx = StubContext(features, lambda pruned: 0.9 if pruned == 0 else 0.1, num_images=6)
-    plan = fine_pruning(prune_step=0.1, max_rate=0.5, batch_size=6).plan(ctx, _stub_variables(20))
+    plan = FinePruning(prune_step=0.1, max_rate=0.5, batch_size=6).plan(ctx, _stub_variables(20))
     assert plan.details["num_channels_pruned"] == 0 and plan.details["channels_pruned"] == []
     assert all(np.all(np.asarray(m) == 1) for m in jax.tree.leaves(plan.variables.mask))
 
@@ -267,7 +266,7 @@ def test_an_existing_mask_is_kept_and_combined():
     old["head"]["kernel"] = old["head"]["kernel"].at[:, 0].set(0.0)  # an output column
     variables = dataclasses.replace(variables, mask=old)
     ctx = StubContext(features, lambda pruned: 0.9, num_images=6)
-    plan = fine_pruning(prune_step=0.1, max_rate=0.2, batch_size=6).plan(ctx, variables)
+    plan = FinePruning(prune_step=0.1, max_rate=0.2, batch_size=6).plan(ctx, variables)
     rows = np.argsort(means, kind="stable")[:4]
     expected = np.asarray(old["head"]["kernel"]).copy()
     expected[rows] = 0.0
@@ -278,7 +277,7 @@ def test_an_existing_mask_is_kept_and_combined():
 
 
 def test_ranking_on_the_tiny_cnn_matches_numpy_argsort(model_variables):
-    repair = fine_pruning(prune_step=0.25, max_rate=0.5, delta_prune=1.0, batch_size=B)
+    repair = FinePruning(prune_step=0.25, max_rate=0.5, delta_prune=1.0, batch_size=B)
     ctx = _context(repair)
     # 10 batches of 8 = 80 >= the 30 tuning images: the ranking averages over all of them.
     _, features = ctx.trainer.predict_variables(
@@ -301,7 +300,7 @@ def test_ranking_on_the_tiny_cnn_matches_numpy_argsort(model_variables):
 
 
 def test_the_plan_is_a_function_of_the_context(model_variables):
-    repair = fine_pruning(prune_step=0.25, max_rate=0.75, delta_prune=0.2, batch_size=B, batches=2)
+    repair = FinePruning(prune_step=0.25, max_rate=0.75, delta_prune=0.2, batch_size=B, batches=2)
     ctx = _context(repair)
     first, second = repair.plan(ctx, model_variables), repair.plan(ctx, model_variables)
     assert first.details == second.details
@@ -312,7 +311,7 @@ def test_the_plan_is_a_function_of_the_context(model_variables):
 
 
 def test_pruned_channels_stay_zero_through_fine_tuning(model_variables):
-    repair = fine_pruning(
+    repair = FinePruning(
         steps=6, lr=0.5, momentum=0.9, prune_step=0.25, max_rate=0.5, delta_prune=1.0, batch_size=B
     )
     ctx = _context(repair)
@@ -351,11 +350,11 @@ def test_a_model_without_a_recognizable_head_is_a_clear_error():
     variables = Variables(params=params, batch_stats={}, mask=dense_mask(params))
     ctx = StubContext(features, lambda pruned: 0.9, num_images=6)
     with pytest.raises(ValueError, match="no dense head 'head'"):
-        fine_pruning(batch_size=6).plan(ctx, variables)
+        FinePruning(batch_size=6).plan(ctx, variables)
     # Found structurally with head=None (the one dense kernel of input width D = 20).
-    plan = fine_pruning(batch_size=6, head=None, max_rate=0.1, prune_step=0.1).plan(ctx, variables)
+    plan = FinePruning(batch_size=6, head=None, max_rate=0.1, prune_step=0.1).plan(ctx, variables)
     assert plan.details["head"] == "classifier" and plan.details["num_channels_pruned"] == 2
     # Features of another width than the head's inputs.
     ctx = StubContext(features[:, :12], lambda pruned: 0.9, num_images=6)
     with pytest.raises(ValueError, match="12-dimensional"):
-        fine_pruning(batch_size=6).plan(ctx, _stub_variables(20))
+        FinePruning(batch_size=6).plan(ctx, _stub_variables(20))

@@ -12,7 +12,6 @@ images; PreActResNet-18 at width 4, traced only (abstract shapes), for the param
 """
 
 import dataclasses
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +20,13 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, tune
+from jaxbd.defenses import grad_prune as gp
 from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
 from jaxbd.defenses.registry import hparams_config
 from jaxbd.models import preact_resnet18, tiny_cnn
 from jaxbd.prune import conv_bn_pairs
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
-
-# The module (the package exports the factory under the same name).
-gp = importlib.import_module("jaxbd.defenses.grad_prune")
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 IMAGE = (8, 8, 3)
@@ -181,7 +178,7 @@ def test_plan_stops_on_alpha_under_a_stub_validation_profile(model_variables):
     def validate(params, batch_stats):
         return 1.0 - 0.04 * len(_zero_filters(params))
 
-    repair = gp.grad_prune(steps=2, batch_size=B, alpha=0.1, prune_patience=50)
+    repair = gp.GradPrune(steps=2, batch_size=B, alpha=0.1, prune_patience=50)
     plan = repair.plan(_context(repair, validate=validate), model_variables)
     d = plan.details
     assert d["stop_reason"] == "alpha" and d["rounds"] == 3
@@ -203,7 +200,7 @@ def test_plan_stops_on_alpha_under_a_stub_validation_profile(model_variables):
 
 
 def test_pruned_filters_output_exactly_zero_through_fine_tuning(model_variables):
-    repair = gp.grad_prune(steps=4, batch_size=B, alpha=1.0, prune_patience=50, max_rounds=3)
+    repair = gp.GradPrune(steps=4, batch_size=B, alpha=1.0, prune_patience=50, max_rounds=3)
     ctx = _context(repair, validate=lambda params, batch_stats: 0.5)  # never stops on α
     plan = repair.plan(ctx, model_variables)
     d = plan.details
@@ -337,7 +334,7 @@ def test_reference_variant_updates_batch_stats_on_the_first_batch_only(model_var
 
 
 def test_reference_plan_zeroes_only_the_bn_scale_and_keeps_updated_stats(model_variables):
-    repair = gp.grad_prune(
+    repair = gp.GradPrune(
         steps=0, batch_size=B, alpha=1.0, prune_patience=50, max_rounds=2, variant="reference"
     )
     params = jax.tree.map(jnp.array, model_variables.params)
@@ -365,7 +362,7 @@ def test_reference_plan_zeroes_only_the_bn_scale_and_keeps_updated_stats(model_v
 
 
 def test_rounds_compile_once_and_the_plan_is_deterministic(model_variables):
-    repair = gp.grad_prune(steps=0, batch_size=B, alpha=1.0, prune_patience=50, max_rounds=3)
+    repair = gp.GradPrune(steps=0, batch_size=B, alpha=1.0, prune_patience=50, max_rounds=3)
     ctx = _context(repair, validate=lambda p, s: 0.5)
     before = dict(gp.TRACES)
     first = repair.plan(ctx, model_variables)
@@ -381,7 +378,7 @@ def test_rounds_compile_once_and_the_plan_is_deterministic(model_variables):
 
 
 def test_missing_trigger_and_bad_settings_are_clear_errors(model_variables):
-    repair = gp.grad_prune(batch_size=B)
+    repair = gp.GradPrune(batch_size=B)
     assert repair.needs_trigger and repair.name == "grad_prune"
     with pytest.raises(ValueError, match="trigger_knowledge"):
         repair.plan(_context(repair, trigger=None), model_variables)
@@ -399,7 +396,7 @@ def test_missing_trigger_and_bad_settings_are_clear_errors(model_variables):
         ("lr", 0.0),
     ]:
         with pytest.raises(InvalidSettingError, match=field):
-            gp.grad_prune(**{field: value})
-    hp = hparams_config(gp.grad_prune)
+            gp.GradPrune(**{field: value})
+    hp = hparams_config(gp.GradPrune)
     assert hp.alpha == 0.1 and hp.prune_patience == 10 and hp.variant == "standard"
-    assert dataclasses.asdict(gp.grad_prune())["max_rounds"] == 200
+    assert dataclasses.asdict(gp.GradPrune())["max_rounds"] == 200

@@ -15,7 +15,7 @@ import pytest
 from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, defender_data, tune
 from jaxbd.defenses.defender_data import DefenderDataSettings
-from jaxbd.defenses.nad import NAD, attention_map, attention_taps, nad
+from jaxbd.defenses.nad import NAD, attention_map, attention_taps
 from jaxbd.models import resnet18, tiny_cnn
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
@@ -58,7 +58,7 @@ def test_taps_exclude_1x1_stages(size, taps):
 
 
 def test_defaults_and_validation():
-    repair = nad()
+    repair = NAD()
     assert (repair.steps, repair.lr, repair.momentum, repair.weight_decay) == (
         2000,
         0.01,
@@ -73,11 +73,11 @@ def test_defaults_and_validation():
     )
     assert repair.batch_size == 128 and repair.name == "nad"
     with pytest.raises(InvalidSettingError):
-        nad(teacher_steps=-1)
+        NAD(teacher_steps=-1)
     with pytest.raises(InvalidSettingError):
-        nad(teacher_lr=0.0)
+        NAD(teacher_lr=0.0)
     with pytest.raises(InvalidSettingError):
-        nad(p=0.0)
+        NAD(p=0.0)
 
 
 class _NoNormCNN(nn.Module):
@@ -101,7 +101,7 @@ def test_loss_is_ce_when_student_equals_teacher():
     v = Variables(params, {}, dense_mask(params))
     taps = attention_taps(model, v, (8, 8, 3))
     assert taps == ("stage1", "stage2")
-    loss_fn = nad().variant(taps).loss_fn
+    loss_fn = NAD().variant(taps).loss_fn
     # Jitted: op-by-op convolutions on the CPU are far slower than one compile.
     loss = jax.jit(lambda s, t: loss_fn(model, s, {}, x, labels, weights, t))
     out = loss(params, {"params": params, "batch_stats": {}})
@@ -163,7 +163,7 @@ def ctx_fixture():
 def test_short_repair_through_tune(ctx):
     params, batch_stats = init_variables(ctx.trainer.model, jax.random.key(2), (8, 8, 3))
     variables = Variables(params, batch_stats, dense_mask(params))
-    repair = nad(steps=2, teacher_steps=2, batch_size=B)
+    repair = NAD(steps=2, teacher_steps=2, batch_size=B)
     plan = repair.plan(ctx, variables)
     assert plan.details["taps"] == ["stage1", "stage2"]
     assert 0.0 <= plan.details["teacher_val_accuracy"] <= 1.0

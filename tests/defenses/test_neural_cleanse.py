@@ -37,7 +37,6 @@ from jaxbd.defenses.neural_cleanse import (
     anomaly_index,
     flag_labels,
     logits_fn,
-    neural_cleanse,
     reverse_engineer,
     stamp_uint8,
 )
@@ -129,7 +128,7 @@ def trained(poisoned: bool, seed: int = 0):
 def backdoored():
     ctx, variables, accuracy, asr = trained(poisoned=True)
     assert accuracy > 0.9 and asr > 0.95, (accuracy, asr)
-    triggers = jax.device_get(neural_cleanse(**REVERSE).reverse(ctx, variables))
+    triggers = jax.device_get(NeuralCleanse(**REVERSE).reverse(ctx, variables))
     return ctx, variables, triggers
 
 
@@ -184,7 +183,7 @@ def test_reverse_engineering_recovers_the_planted_patch(backdoored):
 
 def test_plan_unlearns_the_flagged_trigger(backdoored):
     ctx, variables, _ = backdoored
-    repair = neural_cleanse(**REVERSE)
+    repair = NeuralCleanse(**REVERSE)
     plan = repair.plan(ctx, variables)
     details = plan.details
     assert TARGET in details["flagged_labels"]
@@ -204,7 +203,7 @@ def test_plan_unlearns_the_flagged_trigger(backdoored):
 
 def test_clean_model_flags_nothing_and_plans_no_steps(clean_model):
     ctx, variables = clean_model
-    plan = neural_cleanse(**REVERSE).plan(ctx, variables)
+    plan = NeuralCleanse(**REVERSE).plan(ctx, variables)
     index = np.asarray(plan.details["anomaly_index"])
     norms = np.asarray(plan.details["norms"])
     print("norms", np.round(norms, 2), "anomaly index", np.round(index, 2))
@@ -252,8 +251,8 @@ def test_stamp_and_settings():
     assert out.dtype == np.uint8
     assert out[0, 0, 0, 0] == 255 and out[0, 1, 1, 0] == round(0.5 * 100 + 0.5 * 255)
     assert out[0, 2, 2, 0] == 100
-    assert isinstance(neural_cleanse(), NeuralCleanse)
-    assert neural_cleanse().weight_decay == 5e-4 and neural_cleanse().name == "neural_cleanse"
+    assert isinstance(NeuralCleanse(), NeuralCleanse)
+    assert NeuralCleanse().weight_decay == 5e-4 and NeuralCleanse().name == "neural_cleanse"
     for bad in (
         {"unlearn_fraction": 0.0},
         {"epochs": 0},
@@ -262,5 +261,5 @@ def test_stamp_and_settings():
         {"attack_threshold": 1.5},
     ):
         with pytest.raises(InvalidSettingError):
-            neural_cleanse(**bad)
+            NeuralCleanse(**bad)
     assert logits_fn(PatchNet()) is logits_fn(PatchNet())

@@ -18,7 +18,6 @@ from jaxbd.defenses.defender_data import DefenderDataSettings
 from jaxbd.defenses.pivotal_tuning import (
     PivotalTuning,
     param_distance,
-    pivotal_tuning,
     slol_loss,
 )
 from jaxbd.models import tiny_cnn
@@ -95,14 +94,14 @@ def test_param_distance_is_the_mean_over_coordinates():
 
 
 def test_defaults_and_validation():
-    repair = pivotal_tuning()
+    repair = PivotalTuning()
     assert (repair.steps, repair.lr, repair.momentum, repair.weight_decay) == (2000, 0.01, 0.9, 0)
     assert (repair.slol_weight, repair.param_weight, repair.batch_size) == (0.05, 20000.0, 128)
     assert repair.name == "pivotal_tuning"
     with pytest.raises(InvalidSettingError):
-        pivotal_tuning(slol_weight=-1.0)
+        PivotalTuning(slol_weight=-1.0)
     with pytest.raises(InvalidSettingError):
-        pivotal_tuning(lr=0.0)
+        PivotalTuning(lr=0.0)
 
 
 # -- the repair on a tiny model ----------------------------------------------------------
@@ -161,7 +160,7 @@ def _host(tree):
 
 
 def test_the_pivot_receives_no_gradient(ctx, variables):
-    repair = pivotal_tuning()
+    repair = PivotalTuning()
     plan = repair.plan(ctx, variables)
     # Tuned θ* moved away from the pivot, so every term (the distance too) is live.
     tuned = jax.tree.map(lambda p: p + 0.01, variables.params)
@@ -186,7 +185,7 @@ def test_the_pivot_receives_no_gradient(ctx, variables):
 
 
 def test_tuning_runs_compiles_once_and_keeps_the_pivot(ctx, variables):
-    repair = pivotal_tuning(steps=4, batch_size=B)
+    repair = PivotalTuning(steps=4, batch_size=B)
     plan = repair.plan(ctx, variables)
     assert repair.plan(ctx, variables).variant is plan.variant  # one variant per repair
     assert PivotalTuning(steps=4, batch_size=B).variant(C) is plan.variant
