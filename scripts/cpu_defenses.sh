@@ -10,7 +10,9 @@
 # The pruning defenses on the same source: `grad_prune` with the defender knowing the trigger
 # at 10 and 100 clean images per class (its paper's spc; 90% tuned on, 10% validated on,
 # Δ = α = 0.1; batches of 64 at spc 10, whose 90 tuning images are fewer than the default 128;
-# at spc 100 also its released code's variant, `grad_prune.variant=reference`), `anp` at r = 1% and 5%, and `clp`, which is data-free (r = 0).
+# at spc 100 also its released code's variant, `grad_prune.variant=reference`), `anp` at
+# r = 1% and 5%, and `clp`, which is data-free (r = 0). Last, Pivotal Tuning at r = 1% with λ_P scaled to this network's size (`pivotal_tuning_scaled_r1`:
+# 20000 · 176,402 / 11,173,962 ≈ 316 keeps the per-weight pull the paper tuned at width 64).
 #
 #   export DATA=/path/to/cifar10
 #   bash scripts/cpu_defenses.sh            # train (or reuse) the source, run every repair
@@ -22,7 +24,8 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_defenses}
 REPAIRS=${REPAIRS:-finetune fine_pruning nad neural_cleanse pivotal_tuning}
-PRUNING=${PRUNING:-grad_prune_spc10 grad_prune_spc100 grad_prune_reference_spc100 anp_r1 anp_r5 clp_r0}
+MORE_RUNS=${MORE_RUNS:-grad_prune_spc10 grad_prune_spc100 grad_prune_reference_spc100 anp_r1 anp_r5
+  clp_r0 pivotal_tuning_scaled_r1}
 RATES=${RATES:-0.01 0.05}
 
 if [[ ! -f $OUT/source/summary.json ]]; then
@@ -48,7 +51,7 @@ for rate in $RATES; do
   done
 done
 
-for run in $PRUNING; do
+for run in $MORE_RUNS; do
   workdir=$OUT/$run
   if [[ -f $workdir/summary.json ]]; then echo "done: $workdir"; continue; fi
   case $run in
@@ -64,7 +67,10 @@ for run in $PRUNING; do
       flags=(--config.defense.name=anp
         --config.defender.fraction="$(python -c "print(${run#anp_r} / 100)")") ;;
     clp_r0) flags=(--config.defense.name=clp --config.defender.fraction=0) ;;
-    *) echo "unknown pruning run: $run" >&2; exit 2 ;;
+    pivotal_tuning_scaled_r1)
+      flags=(--config.defense.name=pivotal_tuning --config.defender.fraction=0.01
+        --config.defense.pivotal_tuning.param_weight=316) ;;
+    *) echo "unknown run: $run" >&2; exit 2 ;;
   esac
   python scripts/defend.py --config configs/defend.py --workdir "$workdir" \
     --config.source="$OUT/source" "${flags[@]}" --config.defense.eval_every=100 \
