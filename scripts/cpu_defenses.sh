@@ -11,8 +11,9 @@
 # at 10 and 100 clean images per class (its paper's spc; 90% tuned on, 10% validated on,
 # Δ = α = 0.1; batches of 64 at spc 10, whose 90 tuning images are fewer than the default 128;
 # at spc 100 also its released code's variant, `grad_prune.variant=reference`), `anp` at
-# r = 1% and 5%, and `clp`, which is data-free (r = 0). Last, Pivotal Tuning at r = 1% with λ_P scaled to this network's size (`pivotal_tuning_scaled_r1`:
-# 20000 · 176,402 / 11,173,962 ≈ 316 keeps the per-weight pull the paper tuned at width 64).
+# r = 1% and 5%, and `clp`, which is data-free (r = 0). Last, Pivotal Tuning at r = 1% with
+# λ_P scaled to this network's size (`pivotal_tuning_scaled_r1`: 20000 · 176,402 / 11,173,962
+# ≈ 316 keeps the per-weight pull the paper tuned at width 64).
 #
 #   export DATA=/path/to/cifar10
 #   bash scripts/cpu_defenses.sh            # train (or reuse) the source, run every repair
