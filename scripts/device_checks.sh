@@ -12,7 +12,13 @@
 #   4. every registered repair's plan and tuning steps at CIFAR scale (ResNet-18 width 64,
 #      32×32, 4,500 defender tuning images = r of about 10%, bf16), and Neural Cleanse's
 #      reverse-engineering with all labels in one program against one label at a time and
-#      against the PyTorch loop (scripts/bench_defenses.py, scripts/torch_neural_cleanse.py).
+#      against the PyTorch loop (scripts/bench_defenses.py, scripts/torch_neural_cleanse.py);
+#   5. a reduced configs/pyp_grid.py (Pick your Poison's grid: 1 attack, 1 seed, 2 epochs
+#      over 50,000 CIFAR-shaped synthetic images, the five repairs at r = 1% with 100 tuning
+#      steps), its wall time, and the full grid's wall time projected from it
+#      (scripts/project_grid.py --reduced; jaxbd.pipeline.grid_cost says how). About 4
+#      minutes: with it the script needs about 15 minutes, so run it in a session of its own
+#      if the others' budget is tight (ONLY=pyp_grid bash scripts/device_checks.sh).
 #
 # Preparation, once, on the machine that sends the working tree (the device has no
 # internet): the wheels its image lacks, into .whl. torch is in the accelerator image
@@ -24,7 +30,8 @@
 # and run it with carry [".whl"]:
 #   bash scripts/device_checks.sh
 # A dry run of the script itself at toy sizes on the CPU:
-#   N=512 WIDTH=4 SELECT_N=2000 DEFENSE_N=256 DEFENSE_STEPS=4 bash scripts/device_checks.sh
+#   N=512 WIDTH=4 SELECT_N=2000 DEFENSE_N=256 DEFENSE_STEPS=4 GRID_N=1024 GRID_TEST=256 \
+#     GRID_BUDGET=0.25 GRID_STEPS=4 bash scripts/device_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_checks}
@@ -41,6 +48,7 @@ fi
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logged to $OUT/NAME.log
   local name=$1 limit=$2
   shift 2
+  if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return; fi
   echo "== $name ($limit s): $*" | tee "$OUT/$name.log"
   local start=$SECONDS
   timeout "$limit" "$@" >>"$OUT/$name.log" 2>&1
@@ -63,3 +71,15 @@ step scores 60 python3 scripts/bench_select.py --sections scores --score_n "$SEL
 DEFENSE_N=${DEFENSE_N:-4500} DEFENSE_STEPS=${DEFENSE_STEPS:-200}
 step defenses 180 python3 scripts/bench_defenses.py --width "$WIDTH" --image_size 32 \
   --n "$DEFENSE_N" --batch 128 --steps "$DEFENSE_STEPS" --nc_epochs 2 --precision bf16 --torch
+GRID_N=${GRID_N:-50000} GRID_TEST=${GRID_TEST:-10000} GRID_BUDGET=${GRID_BUDGET:-0.01}
+GRID_STEPS=${GRID_STEPS:-100}
+rm -rf "$OUT/pyp_grid_reduced"
+step pyp_grid 300 bash -c "python3 scripts/sweep.py --config configs/pyp_grid.py \
+  --workdir $OUT/pyp_grid_reduced --config.data.name=synthetic \
+  --config.data.num_train=$GRID_N --config.data.num_test=$GRID_TEST \
+  --config.model.width=$WIDTH --config.train.epochs=2 --config.train.eval_every_epochs=0 \
+  '--config.sweep.attacks=(\"badnets\",)' '--config.sweep.seeds=(0,)' \
+  '--config.sweep.defender_budgets=($GRID_BUDGET,)' --config.sweep.defense.steps=$GRID_STEPS \
+  --config.runtime.progress=false \
+  && python3 scripts/project_grid.py --config configs/pyp_grid.py \
+  --reduced $OUT/pyp_grid_reduced --config.model.width=$WIDTH"

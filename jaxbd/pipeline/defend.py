@@ -238,7 +238,14 @@ def run(
     try:
         resume = _resume(checkpointer, ctx, plan, rundir)
 
+        last = [time.perf_counter()]
+
         def on_eval(progress: tuning.TuneProgress) -> None:
+            # The seconds since the previous row (its steps and this row's evaluation; the
+            # first chunk of a process also compiles): what grid_cost projects a run from.
+            now = time.perf_counter()
+            rundir.log({"event": "tune", "step": progress.step, "seconds": now - last[0]})
+            last[0] = now
             _write_curve(rundir, progress.rows)
             checkpointer.save(
                 progress.step,
