@@ -11,7 +11,9 @@
 # at 10 and 100 clean images per class (its paper's spc; 90% tuned on, 10% validated on,
 # Δ = α = 0.1; batches of 64 at spc 10, whose 90 tuning images are fewer than the default 128;
 # at spc 100 also its released code's variant, `grad_prune.variant=reference`), `anp` at
-# r = 1% and 5%, and `clp`, which is data-free (r = 0). Last, Pivotal Tuning at r = 1% with
+# r = 1% with its default noise ε = 0.4 and with ε = 0.1 (at width 8, ε = 0.4 drives the
+# perturbed model's clean loss to ln 10 — chance — and the masks to 0), and `clp`, which is
+# data-free (r = 0). Last, Pivotal Tuning at r = 1% with
 # λ_P scaled to this network's size (`pivotal_tuning_scaled_r1`: 20000 · 176,402 / 11,173,962
 # ≈ 316 keeps the per-weight pull the paper tuned at width 64).
 #
@@ -25,8 +27,8 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_defenses}
 REPAIRS=${REPAIRS:-finetune fine_pruning nad neural_cleanse pivotal_tuning}
-MORE_RUNS=${MORE_RUNS:-grad_prune_spc10 grad_prune_spc100 grad_prune_reference_spc100 anp_r1 anp_r5
-  clp_r0 pivotal_tuning_scaled_r1}
+MORE_RUNS=${MORE_RUNS:-grad_prune_spc10 grad_prune_spc100 grad_prune_reference_spc100 anp_r1
+  anp_eps0.1_r1 clp_r0 pivotal_tuning_scaled_r1}
 RATES=${RATES:-0.01 0.05}
 
 if [[ ! -f $OUT/source/summary.json ]]; then
@@ -64,6 +66,9 @@ for run in $MORE_RUNS; do
       flags=(--config.defense.name=grad_prune --config.defender.per_class="${run#grad_prune_spc}"
         --config.defender.trigger_knowledge=true --config.defense.delta=0.1)
       if [[ $run == grad_prune_spc10 ]]; then flags+=(--config.defense.grad_prune.batch_size=64); fi ;;
+    anp_eps0.1_r1)
+      flags=(--config.defense.name=anp --config.defender.fraction=0.01
+        --config.defense.anp.anp_eps=0.1) ;;
     anp_r*)
       flags=(--config.defense.name=anp
         --config.defender.fraction="$(python -c "print(${run#anp_r} / 100)")") ;;
