@@ -1,8 +1,11 @@
-"""The training engine: state, optimizer, schedule, jitted steps, data parallelism, epochs."""
+"""The training engine: state, optimizer, schedule, jitted steps, data parallelism, epochs,
+and the multi-process runtime (`distributed`) and preemption requests (`preemption`) the
+epoch loop honours."""
 
+from jaxbd.train import distributed, preemption
 from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
-from jaxbd.train.sharding import batch_sharded, check_batch_size, make_mesh, replicated
+from jaxbd.train.sharding import batch_sharded, check_batch_size, make_mesh, put, replicated
 from jaxbd.train.state import TrainState, create_train_state, dense_mask, init_variables
 from jaxbd.train.step import (
     PLAIN,
@@ -16,7 +19,14 @@ from jaxbd.train.step import (
     make_predict_step,
     make_train_step,
 )
-from jaxbd.train.trainer import DeviceData, EpochFn, EpochStats, Presentations, Trainer
+from jaxbd.train.trainer import (
+    DeviceData,
+    EpochFn,
+    EpochProgress,
+    EpochStats,
+    Presentations,
+    Trainer,
+)
 
 __all__ = [
     "PLAIN",
@@ -24,6 +34,7 @@ __all__ = [
     "CosineSchedule",
     "DeviceData",
     "EpochFn",
+    "EpochProgress",
     "EpochStats",
     "LossFn",
     "LossOutput",
@@ -37,11 +48,14 @@ __all__ = [
     "create_train_state",
     "cross_entropy_loss",
     "dense_mask",
+    "distributed",
     "gather_rows",
     "init_variables",
     "make_mesh",
     "make_predict_step",
     "make_train_step",
+    "preemption",
+    "put",
     "replicated",
     "sgd_direction",
 ]

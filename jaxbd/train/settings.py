@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxbd.settings import require, require_finite
+from jaxbd.train.distributed import MODES, initialize
 from jaxbd.train.schedule import CosineSchedule
 
 
@@ -76,16 +77,28 @@ class RuntimeSettings:
     """How a run executes, not what it computes (may change when resuming).
 
     Attributes:
-        num_devices: devices of the data-parallel mesh (None: every available one).
+        num_devices: devices of the data-parallel mesh (None: every available one; with
+            several processes, every device of every process).
         steps_per_call: train steps per jitted call (None: 1 on the CPU, 32 elsewhere).
         eval_batch_size: global inference batch size (a multiple of the device count).
-        progress: show a progress bar per epoch.
+        progress: show a progress bar per epoch (process 0 only).
+        distributed: "auto" (start `jax.distributed` when the environment or the three
+            fields below say this is one process of several), "on" (always) or "off"
+            (never); see `jaxbd.train.distributed.initialize`.
+        coordinator_address: "host:port" of process 0's coordinator (None: from
+            $JAX_COORDINATOR_ADDRESS or the cluster's environment).
+        num_processes: processes in all (None: from $JAX_NUM_PROCESSES or the cluster).
+        process_id: this process's index (None: from $JAX_PROCESS_ID or the cluster).
     """
 
     num_devices: int | None = None
     steps_per_call: int | None = None
     eval_batch_size: int = 512
     progress: bool = True
+    distributed: str = "auto"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     def __post_init__(self):
         require(
@@ -101,3 +114,52 @@ class RuntimeSettings:
             self.steps_per_call,
         )
         require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1", self.eval_batch_size)
+        require(
+            self.distributed in MODES,
+            "distributed",
+            f"must be one of {list(MODES)}",
+            self.distributed,
+        )
+        require(
+            self.coordinator_address is None
+            or (isinstance(self.coordinator_address, str) and ":" in self.coordinator_address),
+            "coordinator_address",
+            'must be None or "host:port"',
+            self.coordinator_address,
+        )
+        require(
+            self.num_processes is None or self.num_processes >= 1,
+            "num_processes",
+            "must be None or >= 1",
+            self.num_processes,
+        )
+        if self.num_processes is None:
+            require(
+                self.process_id is None or self.process_id >= 0,
+                "process_id",
+                "must be None or >= 0",
+                self.process_id,
+            )
+        else:
+            require(
+                self.process_id is None or 0 <= self.process_id < self.num_processes,
+                "process_id",
+                f"must be None or in [0, num_processes={self.num_processes})",
+                self.process_id,
+            )
+        require(
+            self.distributed != "off"
+            or (self.coordinator_address, self.num_processes, self.process_id) == (None,) * 3,
+            "distributed",
+            "is 'off' but coordinator_address, num_processes or process_id is set",
+            self.distributed,
+        )
+
+    def start_distributed(self) -> bool:
+        """Starts `jax.distributed` as these settings say (`distributed.initialize`)."""
+        return initialize(
+            self.distributed,
+            coordinator_address=self.coordinator_address,
+            num_processes=self.num_processes,
+            process_id=self.process_id,
+        )

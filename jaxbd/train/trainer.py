@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -39,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxbd.train import sharding
+from jaxbd.train import preemption, sharding
 from jaxbd.train.epoch_order import epoch_order, largest_divisor_at_most
 from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
@@ -77,6 +78,10 @@ class EpochStats(NamedTuple):
         images_per_second: steps · batch_size / seconds.
         extra: further figures for the log, e.g. the epoch means of a custom loss's terms
             (`LossOutput.terms`) or a training-time attack's poisoned-step statistics.
+        progress: None for a finished epoch; for one stopped at a preemption request
+            (`Trainer.train_epoch(preemptible=True)`), its done part, from which
+            `train_epoch(resume=...)` continues (the other figures are then those of the
+            done part).
     """
 
     loss: float
@@ -86,6 +91,67 @@ class EpochStats(NamedTuple):
     seconds: float
     images_per_second: float
     extra: Mapping[str, Any] = {}
+    progress: EpochProgress | None = None
+
+
+class EpochProgress(NamedTuple):
+    """The done part of an epoch that stopped mid-way: what a mid-epoch checkpoint keeps
+    besides the train state, so that the resumed epoch ends with the statistics of an
+    uninterrupted one.
+
+    Attributes:
+        steps: steps of the epoch done (the position in the epoch's permutation).
+        losses: the loss of each done step (float32 values).
+        correct: presentations classified correctly in the done steps.
+        terms: each loss term's per-step values (custom losses; empty for plain training).
+        lr: the learning rate of the last done step.
+    """
+
+    steps: int
+    losses: tuple[float, ...]
+    correct: int
+    terms: Mapping[str, tuple[float, ...]]
+    lr: float
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serializable dict (`from_json` reads it back exactly)."""
+        return {
+            "steps": self.steps,
+            "losses": list(self.losses),
+            "correct": self.correct,
+            "terms": {k: list(v) for k, v in self.terms.items()},
+            "lr": self.lr,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EpochProgress:
+        return cls(
+            steps=int(d["steps"]),
+            losses=tuple(float(x) for x in d["losses"]),
+            correct=int(d["correct"]),
+            terms={k: tuple(float(x) for x in v) for k, v in d["terms"].items()},
+            lr=float(d["lr"]),
+        )
+
+
+def _progress(resume: EpochProgress | None, outs, steps_done: int) -> EpochProgress:
+    """The epoch's done part: `resume`'s and that of the step outputs `outs` (one read)."""
+    losses, correct, terms, lr = jax.device_get(
+        (
+            jnp.concatenate([o.loss for o in outs]),
+            jnp.sum(jnp.concatenate([o.correct for o in outs])),
+            {k: jnp.concatenate([o.terms[k] for o in outs]) for k in outs[0].terms},
+            outs[-1].lr[-1],
+        )
+    )
+    before = resume or EpochProgress(0, (), 0, {}, 0.0)
+    return EpochProgress(
+        steps=steps_done,
+        losses=before.losses + tuple(float(x) for x in losses),
+        correct=before.correct + int(correct),
+        terms={k: before.terms.get(k, ()) + tuple(float(x) for x in v) for k, v in terms.items()},
+        lr=float(lr),
+    )
 
 
 EpochFn = Callable[..., "tuple[TrainState, EpochStats, Presentations | None]"]
@@ -154,6 +220,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.steps_per_call = steps_per_call
         self.progress = progress
+        self._batch_sharded = sharding.batch_sharded(mesh)
         self.tx = sgd_direction(momentum, weight_decay)
         self._replicated = sharding.replicated(mesh)
         self._make_train_step = functools.partial(
@@ -174,6 +241,15 @@ class Trainer:
             out_shardings=self._replicated,
         )
 
+    @property
+    def progress(self) -> bool:
+        """Whether progress bars are shown: if asked for, and only on process 0."""
+        return self._progress and jax.process_index() == 0
+
+    @progress.setter
+    def progress(self, value: bool) -> None:
+        self._progress = bool(value)
+
     # -- state and data ------------------------------------------------------------------
 
     def init_state(
@@ -192,11 +268,16 @@ class Trainer:
     def new_state(self, params, batch_stats, schedule, *, rng, mask=None) -> TrainState:
         """A replicated train state from given variables (fresh optimizer, step 0)."""
         state = create_train_state(params, batch_stats, self.tx, schedule, rng, mask)
-        return jax.device_put(state, self._replicated)
+        return sharding.put(state, self._replicated)
 
     def replicate(self, tree):
-        """Copies arrays (e.g. a test set) to every device of the mesh."""
-        return jax.device_put(tree, self._replicated)
+        """Copies arrays (e.g. a test set) to every device of the mesh (of every process)."""
+        return sharding.put(tree, self._replicated)
+
+    def global_value(self, tree):
+        """`tree` as replicated global arrays when several processes share the mesh (a key
+        or indices each process computed alike); unchanged with one process."""
+        return tree if jax.process_count() == 1 else self.replicate(tree)
 
     def put(self, images: np.ndarray, labels: np.ndarray, weights=None) -> DeviceData:
         """Copies a dataset to the devices once (replicated).
@@ -215,7 +296,9 @@ class Trainer:
             labels=np.asarray(labels, np.int32),
             weights=weights,
         )
-        return jax.device_put(data, self._replicated)
+        if jax.process_count() > 1:
+            _check_same_everywhere(data)
+        return sharding.put(data, self._replicated)
 
     # -- training ----------------------------------------------------------------------
 
@@ -292,6 +375,8 @@ class Trainer:
         variant: StepVariant = PLAIN,
         update_mask=None,
         extra=None,
+        resume: EpochProgress | None = None,
+        preemptible: bool = False,
     ) -> tuple[TrainState, EpochStats, Presentations | None]:
         """Runs one epoch over `indices` (default: every example) in a random order.
 
@@ -308,6 +393,14 @@ class Trainer:
             update_mask: optional pytree like the parameters, passed to every step (see
                 `make_train_step`); replicate it once (`replicate`) to avoid a copy per call.
             extra: optional pytree passed to the variant's loss at every step.
+            resume: the part of this epoch already done (`EpochStats.progress` of a run that
+                stopped in it, restored with its state): the epoch continues at step
+                `resume.steps` of the same permutation, and its statistics are those of the
+                whole epoch, exactly as if it had not stopped.
+            preemptible: stop after the current call when `preemption.stop_requested()`
+                says so (asked after every call but the last, at the same calls on every
+                process); the returned stats then carry the done part as `progress`. Not
+                with `record_presentations` (a stopped epoch's presentations are not kept).
 
         Returns:
             (new state, epoch statistics, presentations or None). With a loss that reports
@@ -319,18 +412,36 @@ class Trainer:
             raise ValueError(
                 f"{num} training examples are fewer than one batch of {self.batch_size}"
             )
+        done = 0 if resume is None else resume.steps
+        if not 0 <= done < steps:
+            raise ValueError(f"resume.steps={done} is not a step inside an epoch of {steps}")
+        if done and record_presentations:
+            raise ValueError("an epoch resumed mid-way has no presentations of its done part")
         chunk = largest_divisor_at_most(steps, self.steps_per_call)
+        if done % chunk:  # resumed with another steps_per_call: calls of one shape anyway
+            chunk = largest_divisor_at_most(steps - done, self.steps_per_call)
+        key = self.global_value(key)
         order = epoch_order(key, num, steps, self.batch_size)
         if indices is not None:
-            order = jnp.asarray(indices, jnp.int32)[order]
+            order = jnp.asarray(self.global_value(indices), jnp.int32)[order]
         steps_fn = self.compiled_steps(variant)
+        cut = preemptible and not record_presentations
 
         outs = []
-        bar = tqdm(total=steps, desc=desc, unit="step", disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=steps,
+            initial=done,
+            desc=desc,
+            unit="step",
+            disable=not self.progress,
+            leave=False,
+        )
         start = time.perf_counter()
-        for first in range(0, steps, chunk):
+        first = done
+        while first < steps:
             state, out = steps_fn(state, data, order[first : first + chunk], update_mask, extra)
             outs.append(out)
+            first += chunk
             if self.progress:
                 # Read the previous call's loss: it is finished, so this never stalls the
                 # device, which is already running the call just dispatched.
@@ -339,27 +450,43 @@ class Trainer:
                 if shown is not None:
                     postfix["loss"] = f"{float(jnp.mean(shown)):.4f}"
                 elapsed = time.perf_counter() - start
-                postfix["img/s"] = f"{(first + chunk) * self.batch_size / elapsed:.0f}"
+                postfix["img/s"] = f"{(first - done) * self.batch_size / elapsed:.0f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(chunk)
-        loss = jnp.mean(jnp.concatenate([o.loss for o in outs]))
-        correct = jnp.concatenate([o.correct for o in outs])
-        accuracy = jnp.mean(correct)
-        terms = {k: jnp.mean(jnp.concatenate([o.terms[k] for o in outs])) for k in outs[0].terms}
-        loss, accuracy, lr, terms = jax.device_get((loss, accuracy, outs[-1].lr[-1], terms))
-        seconds = time.perf_counter() - start
+            if cut and first < steps and preemption.stop_requested():
+                break
         bar.close()
-        stats = EpochStats(
-            loss=float(loss),
-            accuracy=float(accuracy),
-            lr=float(lr),
-            steps=steps,
-            seconds=seconds,
-            images_per_second=steps * self.batch_size / seconds,
-            extra={k: float(v) for k, v in terms.items()},
-        )
+        if first < steps:  # stopped: the done part, for the checkpoint
+            progress = _progress(resume, outs, first)
+            stats = self._epoch_stats(progress, first - done, start)
+            return state, stats._replace(progress=progress), None
+        stats = self._epoch_stats(_progress(resume, outs, steps), steps - done, start)
+        correct = jnp.concatenate([o.correct for o in outs])
         presentations = Presentations(order, correct) if record_presentations else None
         return state, stats, presentations
+
+    def _epoch_stats(self, progress: EpochProgress, ran: int, started: float) -> EpochStats:
+        """An epoch's statistics from all of its steps so far (`progress`); `ran` of them
+        ran in this call, which is what the throughput counts."""
+        # The same reductions, over arrays of the same shape, whether or not the epoch was
+        # stopped and resumed in between: the figures are bit-identical either way.
+        losses = np.asarray(progress.losses, np.float32)
+        loss = jnp.mean(jnp.asarray(losses))
+        accuracy = np.float32(progress.correct) / np.float32(progress.steps * self.batch_size)
+        terms = {
+            k: jnp.mean(jnp.asarray(np.asarray(v, np.float32))) for k, v in progress.terms.items()
+        }
+        loss, terms = jax.device_get((loss, terms))
+        seconds = time.perf_counter() - started
+        return EpochStats(
+            loss=float(loss),
+            accuracy=float(accuracy),
+            lr=progress.lr,
+            steps=progress.steps,
+            seconds=seconds,
+            images_per_second=ran * self.batch_size / seconds,
+            extra={k: float(v) for k, v in terms.items()},
+        )
 
     def train_steps(
         self,
@@ -402,6 +529,7 @@ class Trainer:
         if start < 0 or steps < 1:
             raise ValueError(f"need start >= 0 and steps >= 1, got start={start}, steps={steps}")
         first_epoch, last_epoch = start // spe, (start + steps - 1) // spe
+        key = self.global_value(key)
         orders = [
             epoch_order(jax.random.fold_in(key, e), num, spe, self.batch_size)
             for e in range(first_epoch, last_epoch + 1)
@@ -512,6 +640,9 @@ class Trainer:
                 f"{num} training examples are fewer than one batch of {self.batch_size}"
             )
         chunk = largest_divisor_at_most(steps, self.steps_per_call)
+        keys = self.global_value(keys)
+        if indices is not None:
+            indices = self.global_value(indices)
         orders = jnp.stack(
             [epoch_order(keys[m], num, steps, self.batch_size) for m in range(members)]
         )
@@ -579,6 +710,8 @@ class Trainer:
                 batch = jnp.concatenate(
                     [jnp.asarray(batch), jnp.zeros((b - real, *batch.shape[1:]), batch.dtype)]
                 )
+            if jax.process_count() > 1:  # a global batch, split over every process's devices
+                batch = sharding.put(batch, self._batch_sharded)
             out_logits, out_features = self._predict(params, batch_stats, batch)
             logits.append(out_logits[:real])
             features.append(out_features[:real])
@@ -588,3 +721,24 @@ class Trainer:
         """int32[N] predicted classes on the host."""
         logits, _ = self.predict(state, images)
         return np.asarray(jax.device_get(jnp.argmax(logits, axis=-1)), np.int32)
+
+
+def _check_same_everywhere(data: DeviceData) -> None:
+    """Raises unless every process holds the same dataset (compared by a checksum).
+
+    Each process builds its copy of the global arrays from its own host data, which is only
+    one global array if the copies agree: a host with another copy of the data (a different
+    file, cache or poisoning) would otherwise train silently on something else.
+    """
+    from jax.experimental import multihost_utils
+
+    digest = np.zeros(8, np.uint32)
+    for i, leaf in enumerate((data.images, data.labels, data.weights)):
+        digest[i] = zlib.crc32(np.ascontiguousarray(leaf).view(np.uint8).reshape(-1))
+    multihost_utils.assert_equal(
+        digest,
+        fail_message=(
+            "the training data differs between processes: every process must load the "
+            "same dataset (the same files, settings and seed)"
+        ),
+    )
