@@ -11,8 +11,13 @@ interruption into one line and an exit status instead of a traceback.
 
 Exit statuses: 0 done, 2 a user error (a bad flag, configuration field or value, a missing
 config file, bad data, a run directory that cannot be used or written, a full disk), 130
-Ctrl-C. A user error is one line on stderr, `error: <what, naming the field or path>; <what to
-do>`, and a configuration error is reported before the run directory is created.
+Ctrl-C, 143 stopped by SIGTERM after saving a checkpoint (`preemptible=True`). A user error
+is one line on stderr, `error: <what, naming the field or path>; <what to do>`, and a
+configuration error is reported before the run directory is created.
+
+With several processes (`start_runtime`), process 0 prints the messages; the others exit
+with the same status and print only what they alone can know (bad data, an `OSError`),
+prefixed with their index.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import errno
 import logging as std_logging
 import os
+import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,17 +34,28 @@ from typing import Any
 from absl import flags
 from absl import logging as absl_logging
 
+from jaxbd import settings as settings_lib
 from jaxbd.data import DataError
 from jaxbd.runs import RunDirError, TrainingDivergedError
 from jaxbd.settings import ConfigError
+from jaxbd.train import preemption
+from jaxbd.train.settings import RuntimeSettings
 
 USER_ERRORS = (RunDirError, ConfigError, DataError, TrainingDivergedError)
 """Errors that mean "fix the command, the settings or the data", reported without a
 traceback."""
 
+_SHARED_ERRORS = (RunDirError, ConfigError, TrainingDivergedError)
+"""User errors every process meets alike (one configuration, process 0's verdict on the run
+directory, one replicated loss): printed by process 0 only."""
+
+SIGTERM_EXIT = 128 + signal.SIGTERM
+"""The exit status after a SIGTERM stopped training (as if the signal had ended it)."""
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _SCRIPTS_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "scripts")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_asked_verbosity: int | None = None
 
 
 def default_workdir(config_path: str) -> str:
@@ -45,7 +63,31 @@ def default_workdir(config_path: str) -> str:
     return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
 
 
-def run_or_exit(fn: Callable[[], Any], *, on_interrupt: str, workdir: str | None = None) -> Any:
+def start_runtime(config) -> RuntimeSettings:
+    """Validates `config.runtime` and starts `jax.distributed` as it says (exit 2 with one
+    line if it cannot); call it first in `main`, before anything touches JAX.
+
+    Args:
+        config: the experiment configuration (its `runtime` section is read).
+
+    Returns:
+        The runtime settings.
+    """
+    try:
+        runtime = settings_lib.from_config(RuntimeSettings, config.runtime, "config.runtime")
+        runtime.start_distributed()
+    except ConfigError as e:
+        _exit_with(str(e))
+    return runtime
+
+
+def run_or_exit(
+    fn: Callable[[], Any],
+    *,
+    on_interrupt: str,
+    workdir: str | None = None,
+    preemptible: bool = False,
+) -> Any:
     """Calls `fn`; exits with status 2 and one line for a user error, 130 on Ctrl-C.
 
     Args:
@@ -53,11 +95,24 @@ def run_or_exit(fn: Callable[[], Any], *, on_interrupt: str, workdir: str | None
         on_interrupt: what to tell the user after Ctrl-C (how to resume).
         workdir: the run (or grid) directory `fn` writes; an `OSError` about a path in it
             (or above it), and a full disk anywhere, are user errors too.
+        preemptible: SIGTERM asks training to stop at the next step
+            (`jaxbd.train.preemption`); `fn`'s training phases then save a checkpoint and
+            this exits with status 143 and the command that resumes.
     """
     try:
-        return fn()
+        if not preemptible:
+            return fn()
+        with preemption.catch_sigterm():
+            return fn()
+    except preemption.Preempted as e:
+        if is_process_zero():
+            print(
+                f"\npreempted: {e}\nresume with the same command:\n  {_command_line()}",
+                file=sys.stderr,
+            )
+        sys.exit(SIGTERM_EXIT)
     except USER_ERRORS as e:
-        _exit_with(str(e))
+        _exit_with(str(e), shared=isinstance(e, _SHARED_ERRORS))
     except OSError as e:
         message = os_error_message(e, workdir)
         if message is None:
@@ -66,6 +121,26 @@ def run_or_exit(fn: Callable[[], Any], *, on_interrupt: str, workdir: str | None
     except KeyboardInterrupt:
         print(f"\ninterrupted: {on_interrupt}", file=sys.stderr)
         sys.exit(130)
+
+
+def _command_line() -> str:
+    """This process's command line, as a shell would run it again."""
+    return shlex.join([os.path.basename(sys.executable) or "python", *sys.argv])
+
+
+def _process() -> tuple[int, int]:
+    """(index, count) of this process; (0, 1) without `jax.distributed` (asked without
+    starting JAX's backend, so a later `start_runtime` stays possible)."""
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def is_process_zero() -> bool:
+    """Whether this is process 0 (the one that prints; True without `jax.distributed`)."""
+    return _process()[0] == 0
 
 
 def os_error_message(e: OSError, workdir: str | None) -> str | None:
@@ -127,13 +202,25 @@ def configure_logging() -> None:
     progress bars, which are not log records) and only warnings and errors of the libraries
     below it (orbax alone logs hundreds of INFO lines per run). `--verbosity=1` shows every
     library's INFO messages as well; `--verbosity=2` and above are absl's debug levels.
-    Call it at the start of `main` (after absl parsed the flags).
+    Call it at the start of `main` (after absl parsed the flags, and after `start_runtime`:
+    with several processes only process 0 logs INFO messages).
     """
-    verbosity = flags.FLAGS["verbosity"].value if "verbosity" in flags.FLAGS else -1
+    global _asked_verbosity
+    if _asked_verbosity is None:
+        # Read once: `set_verbosity` below writes the flag, and a second call (once this
+        # process knows its index) must still see what the user asked for.
+        _asked_verbosity = flags.FLAGS["verbosity"].value if "verbosity" in flags.FLAGS else -1
+    verbosity = _asked_verbosity
     handler = absl_logging.get_absl_handler()
     for f in list(handler.filters):
         if isinstance(f, OwnMessagesFilter):
             handler.removeFilter(f)
+    if not is_process_zero():
+        # Several processes log one run: its log is process 0's; the others keep only
+        # their warnings and errors (something wrong on one host stays visible).
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        std_logging.getLogger("orbax").setLevel(std_logging.WARNING)
+        return
     if verbosity >= 2:
         return
     absl_logging.set_verbosity(absl_logging.INFO)
@@ -156,8 +243,15 @@ class OwnMessagesFilter(std_logging.Filter):
         return path.startswith((_PACKAGE_DIR + os.sep, _SCRIPTS_DIR + os.sep))
 
 
-def _exit_with(message: str):
-    print(f"error: {message}", file=sys.stderr)
+def _exit_with(message: str, *, shared: bool = False):
+    """Prints `error: message` and exits with status 2; with several processes a `shared`
+    error (the same on every process) is printed by process 0 only, any other with the
+    process's index."""
+    index, count = _process()
+    if count == 1 or index == 0:
+        print(f"error: {message}", file=sys.stderr)
+    elif not shared:
+        print(f"error: process {index} of {count}: {message}", file=sys.stderr)
     sys.exit(2)
 
 

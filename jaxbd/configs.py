@@ -123,7 +123,15 @@ def base_config() -> ml_collections.ConfigDict:
     # Train steps per jitted call (lax.scan length); None: 1 on CPU, 32 on accelerators.
     c.runtime.steps_per_call = config_dict.placeholder(int)
     c.runtime.eval_batch_size = 512  # must be a multiple of the device count
-    c.runtime.progress = True  # progress bar per epoch
+    c.runtime.progress = True  # progress bar per epoch (process 0 only)
+    # Several processes (docs/scaling.md): "auto" starts jax.distributed when the cluster
+    # (Cloud TPU pod slice, SLURM, ...) or the three fields below say this is one process of
+    # several; "on" always, "off" never. None: $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
+    # $JAX_PROCESS_ID, or what the cluster says.
+    c.runtime.distributed = "auto"
+    c.runtime.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+    c.runtime.num_processes = config_dict.placeholder(int)
+    c.runtime.process_id = config_dict.placeholder(int)
     return c
 
 

@@ -65,6 +65,12 @@ def make_trainer(settings: ExperimentSettings, num_classes: int) -> Trainer:
 def _mesh(num_devices: int | None) -> Mesh:
     """The data-parallel mesh, or a `ConfigError` naming `config.runtime.num_devices`."""
     available = jax.devices()
+    if jax.process_count() > 1 and num_devices not in (None, len(available)):
+        raise ConfigError(
+            f"config.runtime.num_devices: with {jax.process_count()} processes the mesh spans "
+            f"all {len(available)} devices ({jax.local_device_count()} per process), got "
+            f"{num_devices}; leave it None"
+        )
     if num_devices is not None and num_devices > len(available):
         raise ConfigError(
             f"config.runtime.num_devices: {num_devices} requested but only {len(available)} "
@@ -79,6 +85,14 @@ def _check_batch_size(mesh: Mesh, field: str, batch_size: int) -> None:
     n = mesh.devices.size
     if batch_size % n:
         suggestion = max(n, batch_size // n * n)
+        processes = jax.process_count()
+        if processes > 1:
+            # The batch is global: every process feeds its devices' share of it.
+            raise ConfigError(
+                f"{field}: the global batch must be a multiple of the global device count "
+                f"({n}: {processes} processes × {n // processes} devices), got {batch_size}; "
+                f"use e.g. --{field}={suggestion}"
+            )
         raise ConfigError(
             f"{field}: must be a multiple of the number of devices ({n}) for data-parallel "
             f"training, got {batch_size}; use e.g. --{field}={suggestion}, or "

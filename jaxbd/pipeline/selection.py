@@ -48,7 +48,7 @@ from jaxbd.select.random import random_subset
 from jaxbd.select.ranking import rank_within_class
 from jaxbd.select.scores import el2n_scores, grand_scores, make_grand_fn
 from jaxbd.select.spectral import remove_highest, spectral_scores
-from jaxbd.train import DeviceData, Trainer
+from jaxbd.train import DeviceData, Trainer, distributed
 
 SELECTION_FILE = "selection.npz"
 
@@ -308,8 +308,9 @@ def _shared_pretrain_root(experiment: ExperimentSettings) -> str | None:
         return None
     shared = identity(experiment.config, only=PRETRAIN_IDENTITY)
     directory = os.path.join(root, fingerprint(shared))
-    os.makedirs(directory, exist_ok=True)
-    write_json_atomic(os.path.join(directory, "identity.json"), shared)
+    if distributed.is_writer():
+        os.makedirs(directory, exist_ok=True)
+        write_json_atomic(os.path.join(directory, "identity.json"), shared)
     return directory
 
 
@@ -394,7 +395,10 @@ def _forgetting_scores(record: PretrainRecord, settings) -> np.ndarray:
 
 
 def save_selection(path: str, selection: Selection, scores, info: dict) -> None:
-    """Writes the selection atomically (a reader never sees a partial file)."""
+    """Writes the selection atomically (a reader never sees a partial file); with several
+    processes only process 0 writes (every process computed the same selection)."""
+    if not distributed.is_writer():
+        return
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
     os.close(fd)

@@ -54,6 +54,7 @@ def write_summary(cell: Cell, trained_together: int) -> dict[str, Any]:
         "compute_dtype": jnp.dtype(trainer.model.dtype).name,
         "num_parameters": int(sum(p.size for p in jax.tree.leaves(state.params))),
         "devices": int(mesh.devices.size),
+        "processes": jax.process_count(),
         "device_kind": mesh.devices.flat[0].device_kind,
         "platform": jax.default_backend(),
         "jax_version": jax.__version__,

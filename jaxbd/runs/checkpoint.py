@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jaxbd.runs.rundir import RunDirError
+from jaxbd.train import distributed
 
 PyTree = Any
 
@@ -184,8 +185,21 @@ class Checkpointer:
             "retrain this phase from its start."
         )
 
+    def delete_all(self) -> None:
+        """Deletes every saved step (a superseded mid-epoch checkpoint); with several
+        processes, every process calls it (orbax deletes once and waits for all)."""
+        for step in self.all_steps():
+            self._manager.delete(step)
+
     def _set_aside(self, steps: list[int], restored: int) -> None:
-        """Moves damaged step folders to `<directory>.damaged/<step>[-n]`."""
+        """Moves damaged step folders to `<directory>.damaged/<step>[-n]` (process 0 moves
+        them; every process then reopens its manager on the new list of steps)."""
+        if distributed.is_writer():
+            self._move_aside(steps, restored)
+        distributed.sync(f"jaxbd:set_aside:{self.directory}")
+        self._reopen()
+
+    def _move_aside(self, steps: list[int], restored: int) -> None:
         aside = self.directory + DAMAGED_SUFFIX
         os.makedirs(aside, exist_ok=True)
         for step in steps:
@@ -201,7 +215,6 @@ class Checkpointer:
                 restored,
                 target,
             )
-        self._reopen()
 
     def close(self) -> None:
         self._manager.close()

@@ -10,6 +10,15 @@ resumed phase continues with exactly the statistics an uninterrupted one would h
 An epoch's row is logged, then its checkpoint saved (the row is in the checkpoint's metadata
 too). A resumed phase restores the newest checkpoint that is not damaged and drops its rows
 of later epochs, so `metrics.jsonl` holds each epoch once, as the final state contains it.
+
+Preemption (`jaxbd.train.preemption`): when a stop is requested, a phase trained by
+`Trainer.train_epoch` stops after the current call, saves the state with the epoch's done
+part (its position in the epoch's permutation and the statistics of its done steps) under
+`checkpoints/<phase>.mid_epoch/<step>`, and raises `Preempted`; the resumed phase continues
+that epoch at the next step and ends it with the row an uninterrupted one logs. Phases that
+train otherwise (an attack's own epoch function, presentations recorded for forgetting
+scores, several members trained together) stop at the end of the epoch instead. The
+mid-epoch checkpoint is deleted once the epoch's own checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -25,7 +34,18 @@ from absl import logging
 
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.runs.rundir import RunDir
-from jaxbd.train import DeviceData, EpochFn, Presentations, Trainer, TrainState
+from jaxbd.train import (
+    DeviceData,
+    EpochFn,
+    EpochProgress,
+    Presentations,
+    Trainer,
+    TrainState,
+    preemption,
+)
+
+MID_EPOCH_SUFFIX = ".mid_epoch"
+"""A phase's mid-epoch checkpoint (saved at a preemption request) is in `<phase>.mid_epoch`."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -85,20 +105,36 @@ def train_phase(
         (final state, last epoch's log row, final aux).
     """
     log = _PhaseLog(name, rundir, epochs, evaluate_fn, eval_every, checkpoint_root)
-    state, aux, start, row = log.restore(state, aux)
-    for epoch in range(start + 1, epochs + 1):
-        state, stats, presentations = (epoch_fn or trainer.train_epoch)(
-            state,
-            data,
-            _fold_in(shuffle_key, epoch),
-            indices=indices,
-            desc=f"{name} epoch {epoch}/{epochs}",
-            record_presentations=record_presentations,
-        )
-        if epoch_hook is not None:
-            aux = epoch_hook(epoch, state, presentations, aux)
-        row = log.end_epoch(epoch, state, stats, aux)
-    log.close()
+    # Mid-epoch stops need the engine's own epoch (see the module docstring).
+    mid_epoch = epoch_fn is None and not record_presentations
+    try:
+        state, aux, start, row, resume = log.restore(state, aux, mid_epoch=mid_epoch)
+        for epoch in range(start + 1, epochs + 1):
+            # Only what applies is passed, so that any object with the plain signature of
+            # `Trainer.train_epoch` can stand in for the engine.
+            kwargs = {}
+            if mid_epoch and preemption.armed():
+                kwargs["preemptible"] = True
+            if resume is not None:
+                kwargs["resume"] = resume
+            state, stats, presentations = (epoch_fn or trainer.train_epoch)(
+                state,
+                data,
+                _fold_in(shuffle_key, epoch),
+                indices=indices,
+                desc=f"{name} epoch {epoch}/{epochs}",
+                record_presentations=record_presentations,
+                **kwargs,
+            )
+            resume = None
+            if getattr(stats, "progress", None) is not None:
+                log.stop_mid_epoch(epoch, state, stats.progress, aux, trainer, data, indices)
+            if epoch_hook is not None:
+                aux = epoch_hook(epoch, state, presentations, aux)
+            row = log.end_epoch(epoch, state, stats, aux)
+            log.stop_if_requested(epoch)
+    finally:
+        log.close()
     return state, row, aux
 
 
@@ -179,7 +215,9 @@ def train_phase_group(
     ]
     states, done, rows = list(states), [0] * m_total, [{}] * m_total
     for m in range(m_total):
-        states[m], _, done[m], rows[m] = logs[m].restore(states[m], None)
+        # A member's mid-epoch checkpoint (saved when it trained alone) is not continued
+        # here: the epoch is trained again from its start, in the group.
+        states[m], _, done[m], rows[m], _ = logs[m].restore(states[m], None, mid_epoch=False)
     try:
         stacked, stacked_for, stacked_data, stacked_indices = None, (), None, None
         while min(done) < epochs:
@@ -217,6 +255,7 @@ def train_phase_group(
                 extra = {"trained_together": len(group)} if len(group) > 1 else {}
                 rows[m] = logs[m].end_epoch(epoch, states[m], stats[j], None, extra)
                 done[m] = epoch
+            logs[group[0]].stop_if_requested(epoch)
     finally:
         for log in logs:
             log.close()
@@ -239,10 +278,23 @@ class _PhaseLog:
         self.name, self.rundir, self.epochs = name, rundir, epochs
         self.evaluate_fn, self.eval_every = evaluate_fn, eval_every
         self.checkpointer = Checkpointer(os.path.join(root, name))
+        self._mid_epoch_dir = os.path.join(root, name + MID_EPOCH_SUFFIX)
+        self._mid_epoch: Checkpointer | None = None
         self.step = 0
 
-    def restore(self, state: TrainState, aux: Any) -> tuple[TrainState, Any, int, dict]:
-        """(state, aux, epochs done, last row): from the newest checkpoint that restores.
+    def _mid_epoch_checkpointer(self, *, create: bool) -> Checkpointer | None:
+        """The mid-epoch checkpoints (created on first save, so that a phase that is never
+        preempted leaves no folder for them)."""
+        if self._mid_epoch is None and (create or os.path.isdir(self._mid_epoch_dir)):
+            self._mid_epoch = Checkpointer(self._mid_epoch_dir, max_to_keep=1)
+        return self._mid_epoch
+
+    def restore(
+        self, state: TrainState, aux: Any, *, mid_epoch: bool = True
+    ) -> tuple[TrainState, Any, int, dict, EpochProgress | None]:
+        """(state, aux, epochs done, last row, done part of the next epoch or None): from
+        the newest checkpoint that restores, and a mid-epoch checkpoint of the next epoch
+        if there is one (and `mid_epoch`).
 
         A damaged newest checkpoint falls back to the previous kept one (with a warning;
         `Checkpointer.restore_latest`). Rows of this phase's epochs after the restored one
@@ -277,11 +329,91 @@ class _PhaseLog:
                 sorted({r["epoch"] for r in dropped}),
                 self.rundir.file("metrics.jsonl"),
             )
-        if found is not None:
-            self.rundir.log({"event": "resume", "phase": self.name, "epoch": start})
-        # An ensemble's members share the step.
-        self.step = int(np.max(jax.device_get(state.step)))
-        return state, aux, start, row
+        progress = None
+        if mid_epoch and (partial := self._restore_mid_epoch(state, aux, start)) is not None:
+            state, aux, progress = partial
+        if found is not None or progress is not None:
+            resumed = {"event": "resume", "phase": self.name, "epoch": start}
+            if progress is not None:
+                resumed["step_in_epoch"] = progress.steps
+            self.rundir.log(resumed)
+        # An ensemble's members share the step. A resumed epoch's done steps are counted
+        # again when it ends (its statistics cover the whole epoch).
+        self.step = int(np.max(jax.device_get(state.step))) - (progress.steps if progress else 0)
+        return state, aux, start, row, progress
+
+    def _restore_mid_epoch(self, state, aux, done: int):
+        """(state, aux, progress) of a mid-epoch checkpoint of epoch `done + 1`, or None.
+
+        One of an epoch that has since been finished (a kill between the epoch's checkpoint
+        and the deletion of the mid-epoch one) is stale: it is deleted, not restored.
+        """
+        checkpointer = self._mid_epoch_checkpointer(create=False)
+        if checkpointer is None:
+            return None
+        found = checkpointer.restore_latest(_bundle(state, aux), check=_check_mid_epoch_meta)
+        if found is None:
+            return None
+        _, restored, meta = found
+        if meta["epoch"] != done + 1:
+            checkpointer.delete_all()
+            return None
+        progress = EpochProgress.from_json(meta["progress"])
+        logging.info(
+            "phase %s: resuming epoch %d at step %d (saved at a preemption request)",
+            self.name,
+            meta["epoch"],
+            progress.steps,
+        )
+        return restored["state"], restored.get("aux"), progress
+
+    def stop_mid_epoch(
+        self,
+        epoch: int,
+        state: TrainState,
+        progress: EpochProgress,
+        aux: Any,
+        trainer: Trainer,
+        data: DeviceData,
+        indices: jax.Array | None,
+    ):
+        """Saves the state in the middle of `epoch` with its done part, then raises
+        `Preempted` (the engine stopped the epoch at a preemption request)."""
+        num = len(data) if indices is None else int(indices.shape[0])
+        steps = trainer.steps_per_epoch(num)
+        step = self.step + progress.steps
+        meta = {"epoch": epoch, "progress": progress.to_json()}
+        checkpointer = self._mid_epoch_checkpointer(create=True)
+        checkpointer.save(step, _bundle(state, aux), meta)
+        self.rundir.log(
+            {
+                "event": "preempted",
+                "phase": self.name,
+                "epoch": epoch,
+                "step_in_epoch": progress.steps,
+                "step": step,
+            }
+        )
+        raise preemption.Preempted(
+            self.name,
+            epoch,
+            progress.steps,
+            f"stopped at a preemption request (SIGTERM) in phase {self.name!r}, epoch "
+            f"{epoch}/{self.epochs}, after step {progress.steps} of {steps}; saved "
+            f"{checkpointer.step_dir(step)}",
+        )
+
+    def stop_if_requested(self, epoch: int) -> None:
+        """Raises `Preempted` at an epoch's end if a stop was requested (its checkpoint
+        is saved: the resumed phase starts with the next epoch)."""
+        if preemption.stop_requested():
+            raise preemption.Preempted(
+                self.name,
+                epoch,
+                0,
+                f"stopped at a preemption request (SIGTERM) after epoch {epoch}/"
+                f"{self.epochs} of phase {self.name!r}; saved {self.checkpointer.step_dir(epoch)}",
+            )
 
     def end_epoch(
         self, epoch: int, state: TrainState, stats, aux: Any, extra: dict | None = None
@@ -338,10 +470,15 @@ class _PhaseLog:
             else "",
         )
         self.checkpointer.save(epoch, _bundle(state, aux), {"epoch": epoch, "row": row})
+        # The epoch's own checkpoint supersedes a mid-epoch one of it.
+        if self._mid_epoch is not None and self._mid_epoch.all_steps():
+            self._mid_epoch.delete_all()
         return row
 
     def close(self) -> None:
         self.checkpointer.close()
+        if self._mid_epoch is not None:
+            self._mid_epoch.close()
 
 
 def _check_meta(step: int, meta: dict) -> None:
@@ -351,6 +488,13 @@ def _check_meta(step: int, meta: dict) -> None:
         raise ValueError(f"metadata {meta!r} does not hold epoch {step}")
     if not isinstance(meta.get("row", {}), dict):
         raise ValueError(f"metadata row {meta['row']!r} is not a dict")
+
+
+def _check_mid_epoch_meta(step: int, meta: dict) -> None:
+    """Rejects metadata that is not what `stop_mid_epoch` saves."""
+    if not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("progress"), dict):
+        raise ValueError(f"metadata {meta!r} is not that of a mid-epoch checkpoint")
+    EpochProgress.from_json(meta["progress"])
 
 
 def _fold_in(key: jax.Array, epoch: int) -> jax.Array:

@@ -11,6 +11,12 @@ kernel releases an flock when its process dies, so the lock file a killed run le
 never blocks a resume. A new directory is claimed by linking a complete `config.json` into
 place, which fails if one exists, so two processes can never both start a run in it.
 
+With several processes (`jaxbd.train.distributed`) there is one writer: process 0 claims
+the directory, holds its lock and writes every file of this module; the other processes
+learn from it whether the run is new, resumed or refused (`RunDir.open` broadcasts the
+outcome), and their writes are no-ops. The directory must be one that every process sees
+(a shared file system), because the checkpoints are written by all of them.
+
 `metrics.jsonl` is a faithful record: each row is one `write` of a line, a line torn by a
 kill mid-write is repaired when the directory is next opened, and a resumed phase drops the
 rows of epochs its checkpoints do not contain (`drop_rows`, used by `jaxbd.runs.phase`).
@@ -31,6 +37,7 @@ from typing import Any
 from absl import logging
 
 from jaxbd.runs.identity import differences, jsonable
+from jaxbd.train import distributed
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -42,6 +49,16 @@ _TMP_PREFIX = ".tmp-"
 class RunDirError(RuntimeError):
     """A run directory cannot be used for this run (finished, in use, another configuration,
     or damaged beyond what jaxbd repairs itself)."""
+
+
+class WriterRefusedError(RunDirError):
+    """Process 0 could not claim the run directory (its own error says why); raised on the
+    other processes, so that they stop too instead of waiting for it."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, RunDirError) else f"{type(error).__name__}: {text}"
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -235,15 +252,27 @@ class RunDir:
     """One experiment's output directory.
 
     `open` claims it (and takes its lock); `close` releases the lock (a `RunDir` is also a
-    context manager that closes on exit).
+    context manager that closes on exit). Only the writer (process 0 of several; the one
+    process otherwise) claims, locks and writes; for the other processes the methods that
+    write do nothing.
 
     Args:
         path: the directory (created by `open` if missing).
+        writer: whether this process writes the files (None: `distributed.is_writer()`,
+            asked on first use, so that constructing a `RunDir` does not start JAX).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, writer: bool | None = None):
         self.path = os.path.abspath(os.fspath(path))
         self._lock: DirectoryLock | None = None
+        self._writer = writer
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run's files."""
+        if self._writer is None:
+            self._writer = distributed.is_writer()
+        return self._writer
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -288,6 +317,23 @@ class RunDir:
                 directory belongs to a run with a different configuration, or it holds files
                 that are not a jaxbd run.
         """
+        if distributed.process_count() == 1:
+            return self._open(config)
+        # Several processes: the writer claims, and every process continues as it did.
+        if self.writer:
+            try:
+                resumed = self._open(config)
+            except BaseException as e:
+                distributed.broadcast_text(f"error\n{_one_line(e)}")
+                raise
+            distributed.broadcast_text("resumed" if resumed else "new")
+            return resumed
+        outcome = distributed.broadcast_text(None)
+        if outcome.startswith("error\n"):
+            raise WriterRefusedError(outcome.removeprefix("error\n"))
+        return outcome == "resumed"
+
+    def _open(self, config: dict) -> bool:
         config = jsonable(config)
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunDirError(
@@ -382,6 +428,8 @@ class RunDir:
     def _repair_tail(self) -> None:
         """Repairs a last line torn by a kill mid-write, so the next row starts on its own
         line: a complete row that only lacks its newline gets one; a fragment is cut off."""
+        if not self.writer:
+            return
         lines = self._lines()
         if not lines or lines[-1].endswith("\n"):
             return
@@ -401,6 +449,8 @@ class RunDir:
 
     def log(self, row: dict) -> None:
         """Appends one event to metrics.jsonl (flushed, so a crash loses nothing logged)."""
+        if not self.writer:
+            return
         line = json.dumps(jsonable(row), sort_keys=True) + "\n"
         with open(self.file(METRICS_FILE), "a") as f:
             f.write(line)
@@ -417,11 +467,14 @@ class RunDir:
             key: the fields that identify it (all must be in `row`).
 
         Returns:
-            True if the row was appended, False if it was already there.
+            True if the row was appended, False if it was already there (or this process
+            does not write).
         """
         missing = [k for k in key if k not in row]
         if missing:
             raise ValueError(f"log_once: key fields {missing} are not in the row {row}")
+        if not self.writer:
+            return False
         like = jsonable({k: row[k] for k in key})
         if any(_matches(r, like, key) for r in self.read_metrics()):
             return False
@@ -464,8 +517,11 @@ class RunDir:
             drop: row -> whether to remove it.
 
         Returns:
-            The removed rows (nothing is rewritten when there are none).
+            The removed rows (nothing is rewritten when there are none; none on a process
+            that does not write).
         """
+        if not self.writer:
+            return []
         kept, dropped = [], []
         for line in self._lines():
             row = _parse(line)
@@ -481,5 +537,6 @@ class RunDir:
         return dropped
 
     def write_summary(self, summary: dict) -> None:
-        """Writes summary.json, which marks the run finished."""
-        write_json_atomic(self.file(SUMMARY_FILE), summary)
+        """Writes summary.json, which marks the run finished (the writer only)."""
+        if self.writer:
+            write_json_atomic(self.file(SUMMARY_FILE), summary)
