@@ -5,6 +5,7 @@ settings before anything is written; shards split the grid and share its directo
 
 import contextlib
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from conftest import tiny_config
 from jaxbd import runs
 from jaxbd.configs import sweep_section
 from jaxbd.defenses import tuning
-from jaxbd.pipeline import defense_report, engine, experiment, grid, sweep
+from jaxbd.pipeline import defense_report, engine, experiment, grid, grid_cost, sweep
 from jaxbd.pipeline import source as source_lib
 from jaxbd.settings import ConfigError
 from jaxbd.train import Trainer
@@ -335,3 +336,38 @@ def holding(path):
     finally:
         release.set()
         thread.join()
+
+
+def test_the_projection_of_a_grid_from_itself(finished):
+    workdir, _, _, _ = finished
+    config = grid_config()
+    work = grid_cost.count(config)
+    assert (work.cells, work.epochs, work.defense_runs) == (4, 4 * 3, 16)
+    projected = grid_cost.project_measured(config, workdir)
+    g = grid.validate(config)
+    walls = 0.0
+    for cell in g.cells():
+        paths = [g.cell_dir(workdir, cell)]
+        paths += [g.defense_dir(workdir, cell, d, b) for d, b in g.defense_runs()]
+        for path in paths:
+            with open(os.path.join(path, "summary.json")) as f:
+                walls += json.load(f)["wall_seconds"]
+    # To first order: the projection of the measured grid is its own time (every run's
+    # compilation counted, as the first run of a process pays it), and 3 more epochs per
+    # cell cost 3 measured epochs each.
+    assert 0.5 < projected["total_s"] / walls < 2.0, (projected, walls)
+    longer = grid_cost.project_measured(grid_config(**{"train.epochs": 6}), workdir)
+    extra = longer["train_s"] - projected["train_s"]
+    assert extra == pytest.approx(4 * 3 * projected["epoch_s"])
+
+
+def test_the_study_configs_count_what_their_docstrings_say():
+    for name, expected in (("pyp_grid", (15, 780, 225)), ("bb_grid", (54, 5850, 324))):
+        path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        work = grid_cost.count(module.get_config())
+        assert (work.cells, work.epochs, work.defense_runs) == expected, name
+        text = module.__doc__.replace("\n", " ")
+        assert f"{expected[1]:,} epochs" in text or f"({expected[1]} epochs" in text, name

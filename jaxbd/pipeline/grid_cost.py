@@ -14,15 +14,18 @@ epochs, budgets and tuning steps), to first order:
 - an epoch over N images costs the reduced cells' median dense epoch (epochs after the
   first, which compiles) × N / N_reduced; a cell's fixed part (data, poisoning, evaluation,
   compilation, checkpoints: its wall time minus its epochs at the median) is as measured;
-- a defense run's tuning is a step cost a (the cells' training step, scaled to the repair's
-  batch; more if its chunks say so) and a curve row's cost b, from the median seconds of its
-  measured chunks of `eval_every` steps after the first (`tune` events in its
-  metrics.jsonl): steps × a + rows × b at the full grid's steps and rows; its fixed part —
-  wall time minus tuning, i.e. the repair's planning (Neural Cleanse's trigger search, NAD's
-  teacher), setup, checkpoints, plus the first chunk's compilation — scaled by (defender
-  images at b / at the measured budget, never below 1), the planning being mostly passes
-  over the defender's images (an over-estimate where it is a fixed number of steps, as
-  NAD's teacher, and for compilation, which a grid does once per repair and process).
+- a defense run's tuning is a step cost a (at most the cells' training step per image, at
+  the repair's batch) and a curve row's cost b, from the median seconds of the repair's
+  measured chunks of `eval_every` steps after each run's first (`tune` events in
+  metrics.jsonl): steps × a + rows × b at the full grid's steps and rows; its planning (wall
+  time minus tuning: Neural Cleanse's trigger search, NAD's teacher, setup, checkpoints) is
+  the median of the measured runs at the same budget, or else scaled by (defender images at
+  the budget / at the measured one, never below 1), the planning being mostly passes over the
+  defender's images (an over-estimate where it is a fixed number of steps, as NAD's teacher);
+  compilation (a run's first chunk beyond the steady cost, the first run's planning beyond
+  the median, the first cell's fixed part beyond the median) is counted once, as a process
+  compiles a step once. With a single measured run per repair (a reduced grid of one cell)
+  the medians still hold those compilations: an over-estimate.
 
 `project_throughput(config, images_per_s)` is the same count at an assumed training
 throughput: training and tuning images at `images_per_s`, each curve row's evaluation of the
@@ -166,36 +169,51 @@ def project_measured(config: ml_collections.ConfigDict, reduced_dir: str) -> dic
         )
     w, g = count(config), grid_lib.validate(config)
     epoch = statistics.median(epoch_s) * w.num_train / r.num_train
-    train = w.epochs * epoch + w.cells * statistics.median(fixed_s)
+    # A cell's fixed part at its median; the first cell's excess (compiling the model's
+    # steps) once, as a process pays it once.
+    fixed = statistics.median(fixed_s)
+    train = w.epochs * epoch + w.cells * fixed + max(fixed_s) - fixed
     step = statistics.median(step_s)  # one training step of the cells' batch
     batch = reduced_config.train.batch_size
     every = reduced_config.sweep.defense.eval_every
     per_image = step / batch  # a plain training step's seconds per image
     costs = {}  # repair -> (a step's seconds per image, a row's seconds, compile seconds)
     for name, measured in runs.items():
-        _, chunks, defense, _ = measured[0]
-        if len(chunks) > 1:  # a chunk: `every` steps and one row; the first also compiles
-            steady = statistics.median(chunks[1:])
-            images = every * r.batch[defense.label]
-            a = min(per_image, steady / images)
-            costs[name] = (a, steady - images * a, max(chunks[0] - steady, 0.0))
+        # A chunk: `every` steps and one row. A run's first chunk also compiles (the first
+        # run of the process: later runs of the repair reuse its engine), so the steady cost
+        # is the median of the later chunks of every run.
+        steady = [c for _, chunks, _, _ in measured for c in chunks[1:]]
+        if steady:
+            chunk = statistics.median(steady)
+            images = every * r.batch[measured[0][2].label]
+            a = min(per_image, chunk / images)
+            first = max(chunks[0] for _, chunks, _, _ in measured if chunks)
+            costs[name] = (a, chunk - images * a, max(first - chunk, 0.0))
     # A repair that tuned no steps in the reduced run (Neural Cleanse flagging no label) is
     # costed with the plain step and the median row of the others.
     row = statistics.median([c[1] for c in costs.values()]) if costs else 0.0
     defense_total = 0.0
+    for name in {d.name for d in g.defenses}:
+        if name not in runs:
+            raise ConfigError(f"--reduced: {reduced_dir}: no finished {name} run to project from")
+        defense_total += costs.get(name, (0.0, 0.0, 0.0))[2]  # compiled once per process
+        plannings = [m["wall_seconds"] - m["tune_seconds_this_invocation"] for m, *_ in runs[name]]
+        defense_total += max(plannings) - statistics.median(plannings)  # the first run's
     for defense, budget in g.defense_runs():
-        measured = runs.get(defense.name)
-        if not measured:
-            raise ConfigError(
-                f"--reduced: {reduced_dir}: no finished {defense.name} run to project from"
-            )
-        summary, _, _, rb = measured[0]
-        a, b, compile_s = costs.get(defense.name, (per_image, row, 0.0))
+        measured = runs[defense.name]
+        a, b, _ = costs.get(defense.name, (per_image, row, 0.0))
         steps, rows = w.steps[defense.label, budget.label], w.rows[defense.label, budget.label]
         tune = steps * w.batch[defense.label] * a + rows * b
-        scale = w.defender_images[budget.label] / max(r.defender_images[rb.label], 1)
-        planning = summary["wall_seconds"] - summary["tune_seconds_this_invocation"]
-        defense_total += (tune + (planning + compile_s) * max(scale, 1.0)) * w.cells
+        # The planning at the same budget where measured, else scaled to the defender's size.
+        same = [m for m in measured if m[3].label == budget.label]
+        scale = 1.0
+        if not same:
+            same = measured
+            scale = w.defender_images[budget.label] / max(r.defender_images[same[0][3].label], 1)
+        planning = statistics.median(
+            m[0]["wall_seconds"] - m[0]["tune_seconds_this_invocation"] for m in same
+        )
+        defense_total += (tune + planning * max(scale, 1.0)) * w.cells
     return {
         "epoch_s": epoch,
         "train_s": train,
