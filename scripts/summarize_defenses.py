@@ -42,9 +42,19 @@ def _budget(config) -> str:
 
 
 def _name(summary) -> str:
-    """The defense's name, with its variant when it is not the standard one."""
-    variant = summary.get("hparams", {}).get("variant", "standard")
-    return summary["defense"] if variant == "standard" else f"{summary['defense']} ({variant})"
+    """The defense's name, with the hyper-parameters that differ from its defaults (e.g.
+    `anp (anp_eps=0.1)`), so that two runs of one defense at one budget stay apart."""
+    from jaxbd.defenses import REPAIRS
+    from jaxbd.defenses.registry import hparams_config
+
+    name = summary["defense"]
+    defaults = hparams_config(REPAIRS[name]).to_dict() if name in REPAIRS else {}
+    changed = [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in sorted(summary.get("hparams", {}).items())
+        if k in defaults and v != defaults[k] and not isinstance(v, list | tuple)
+    ]
+    return f"{name} ({', '.join(changed)})" if changed else name
 
 
 def _pct(x) -> str:
