@@ -18,11 +18,12 @@ part (its position in the epoch's permutation and the statistics of its done ste
 that epoch at the next step and ends it with the row an uninterrupted one logs. Phases that
 train otherwise (an attack's own epoch function, presentations recorded for forgetting
 scores, several members trained together) stop at the end of the epoch instead. The
-mid-epoch checkpoint is deleted once the epoch's own checkpoint is saved.
+mid-epoch checkpoint and its folder are deleted once the epoch's own checkpoint is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +42,7 @@ from jaxbd.train import (
     Presentations,
     Trainer,
     TrainState,
+    distributed,
     preemption,
 )
 
@@ -356,7 +358,7 @@ class _PhaseLog:
             return None
         _, restored, meta = found
         if meta["epoch"] != done + 1:
-            checkpointer.delete_all()
+            self._drop_mid_epoch()
             return None
         progress = EpochProgress.from_json(meta["progress"])
         logging.info(
@@ -470,10 +472,19 @@ class _PhaseLog:
             else "",
         )
         self.checkpointer.save(epoch, _bundle(state, aux), {"epoch": epoch, "row": row})
-        # The epoch's own checkpoint supersedes a mid-epoch one of it.
-        if self._mid_epoch is not None and self._mid_epoch.all_steps():
-            self._mid_epoch.delete_all()
+        if self._mid_epoch is not None:
+            self._drop_mid_epoch()
         return row
+
+    def _drop_mid_epoch(self) -> None:
+        """Deletes the mid-epoch checkpoint, superseded by the epoch's own, and its folder."""
+        self._mid_epoch.delete_all()
+        self._mid_epoch.close()
+        self._mid_epoch = None
+        if distributed.is_writer():
+            with contextlib.suppress(OSError):  # left as it is if anything else is in it
+                os.rmdir(self._mid_epoch_dir)
+        distributed.sync(f"jaxbd:mid_epoch_dropped:{self._mid_epoch_dir}")
 
     def close(self) -> None:
         self.checkpointer.close()

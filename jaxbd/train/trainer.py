@@ -399,8 +399,9 @@ class Trainer:
                 whole epoch, exactly as if it had not stopped.
             preemptible: stop after the current call when `preemption.stop_requested()`
                 says so (asked after every call but the last, at the same calls on every
-                process); the returned stats then carry the done part as `progress`. Not
-                with `record_presentations` (a stopped epoch's presentations are not kept).
+                process, with at most one call queued behind the running one); the returned
+                stats then carry the done part as `progress`. Not with
+                `record_presentations` (a stopped epoch's presentations are not kept).
 
         Returns:
             (new state, epoch statistics, presentations or None). With a loss that reports
@@ -453,8 +454,15 @@ class Trainer:
                 postfix["img/s"] = f"{(first - done) * self.batch_size / elapsed:.0f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(chunk)
-            if cut and first < steps and preemption.stop_requested():
-                break
+            if cut and first < steps:
+                if len(outs) > 1:
+                    # Dispatch is asynchronous: without a wait the host would queue the whole
+                    # epoch at once and ask about a stop long before the steps run. Waiting
+                    # for the previous call keeps one call queued behind the running one (the
+                    # device stays busy), so a stop lands within two calls of the request.
+                    jax.block_until_ready(outs[-2].loss)
+                if preemption.stop_requested():
+                    break
         bar.close()
         if first < steps:  # stopped: the done part, for the checkpoint
             progress = _progress(resume, outs, first)
