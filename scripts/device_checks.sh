@@ -31,7 +31,9 @@
 #   bash scripts/device_checks.sh
 # A dry run of the script itself at toy sizes on the CPU:
 #   N=512 WIDTH=4 SELECT_N=2000 DEFENSE_N=256 DEFENSE_STEPS=4 GRID_N=1024 GRID_TEST=256 \
-#     GRID_BUDGET=0.25 GRID_STEPS=4 bash scripts/device_checks.sh
+#     GRID_BUDGET=0.25 GRID_STEPS=4 GRID_EXTRA="--config.sweep.defense.neural_cleanse.epochs=1
+#     --config.sweep.defense.nad.teacher_steps=4 --config.sweep.defense.anp.iterations=4" \
+#     bash scripts/device_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/device_checks}
@@ -72,7 +74,7 @@ DEFENSE_N=${DEFENSE_N:-4500} DEFENSE_STEPS=${DEFENSE_STEPS:-200}
 step defenses 180 python3 scripts/bench_defenses.py --width "$WIDTH" --image_size 32 \
   --n "$DEFENSE_N" --batch 128 --steps "$DEFENSE_STEPS" --nc_epochs 2 --precision bf16 --torch
 GRID_N=${GRID_N:-50000} GRID_TEST=${GRID_TEST:-10000} GRID_BUDGET=${GRID_BUDGET:-0.01}
-GRID_STEPS=${GRID_STEPS:-100}
+GRID_STEPS=${GRID_STEPS:-100} GRID_EXTRA=${GRID_EXTRA:-}
 rm -rf "$OUT/pyp_grid_reduced"
 step pyp_grid 300 bash -c "python3 scripts/sweep.py --config configs/pyp_grid.py \
   --workdir $OUT/pyp_grid_reduced --config.data.name=synthetic \
@@ -80,6 +82,6 @@ step pyp_grid 300 bash -c "python3 scripts/sweep.py --config configs/pyp_grid.py
   --config.model.width=$WIDTH --config.train.epochs=2 --config.train.eval_every_epochs=0 \
   '--config.sweep.attacks=(\"badnets\",)' '--config.sweep.seeds=(0,)' \
   '--config.sweep.defender_budgets=($GRID_BUDGET,)' --config.sweep.defense.steps=$GRID_STEPS \
-  --config.runtime.progress=false \
+  --config.runtime.progress=false $GRID_EXTRA \
   && python3 scripts/project_grid.py --config configs/pyp_grid.py \
-  --reduced $OUT/pyp_grid_reduced --config.model.width=$WIDTH"
+  --reduced $OUT/pyp_grid_reduced --config.model.width=$WIDTH $GRID_EXTRA"
