@@ -36,7 +36,7 @@ on the test set is reported as `oracle_*`.
 """
 
 from jaxbd.defenses.anp import ANP
-from jaxbd.defenses.base import Repair, RepairContext, TuningPlan, Variables
+from jaxbd.defenses.base import Candidates, Repair, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.clp import CLP
 from jaxbd.defenses.cti import (
     calibrated_trigger_inversion,
@@ -44,7 +44,12 @@ from jaxbd.defenses.cti import (
     invert_triggers,
     neural_cleanse_score,
 )
-from jaxbd.defenses.curve import oracle_asr_at_delta, plot_curves, within_budget
+from jaxbd.defenses.curve import (
+    oracle_asr_at_delta,
+    oracle_candidate_at_delta,
+    plot_curves,
+    within_budget,
+)
 from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, defender_data
 from jaxbd.defenses.fine_pruning import (
     FinePruning,
@@ -81,6 +86,7 @@ __all__ = [
     "CLP",
     "NAD",
     "REPAIRS",
+    "Candidates",
     "DefenderData",
     "DefenderDataSettings",
     "FinePruning",
@@ -107,6 +113,7 @@ __all__ = [
     "invert_triggers",
     "neural_cleanse_score",
     "oracle_asr_at_delta",
+    "oracle_candidate_at_delta",
     "plot_curves",
     "prune_channels_mask",
     "reverse_engineer",

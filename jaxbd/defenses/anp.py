@@ -70,7 +70,7 @@ import numpy as np
 import optax
 
 from jaxbd.data import augment as augment_lib
-from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
+from jaxbd.defenses.base import Candidates, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.curve import within_budget
 from jaxbd.defenses.finetune import check_optimizer
 from jaxbd.prune.masks import apply_mask, check_mask, path_name
@@ -708,6 +708,17 @@ class ANP:
             "robust_loss_last": float(result.robust_loss[-1]),
             "mask_values": {n: np.asarray(m).tolist() for n, m in result.masks.items()},
         }
+
+        def build(i: int) -> Variables:
+            """Candidate i of the grid (its channels pruned through the mask pytree)."""
+            row = {n: k[i + 1] for n, k in keeps.items()}
+            m = jax.tree.map(
+                lambda a, c: jnp.asarray(a, jnp.float32) * c,
+                variables.mask,
+                pruning_mask(params, row),
+            )
+            return Variables(params=apply_mask(params, m), batch_stats=batch_stats, mask=m)
+
         return TuningPlan(
             variables=pruned,
             data=ctx.tune_data,
@@ -715,4 +726,5 @@ class ANP:
             lr=self.lr,
             cosine=self.cosine,
             details=details,
+            candidates=Candidates(labels=tuple(details["candidates"]), build=build),
         )

@@ -74,6 +74,26 @@ class RepairContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class Candidates:
+    """The alternatives a method weighed before its choice (ANP's thresholds, CLP's u grid),
+    built one at a time so that only one extra model is alive at once.
+
+    The method chose among them on the defender's validation images (or, data-free, by its
+    own rule); a pipeline may evaluate every candidate on the *test* set to report the choice
+    the reference implementations make there — an oracle, named `oracle_*`, never used for
+    the returned model.
+
+    Attributes:
+        labels: one JSON-able mapping per candidate (e.g. {"threshold": 0.2, "num_pruned":
+            31, "val_accuracy": 0.84}), in the method's order.
+        build: `build(i) -> Variables`, the i-th candidate's model (its mask applied).
+    """
+
+    labels: tuple[Mapping[str, Any], ...]
+    build: Callable[[int], Variables]
+
+
+@dataclasses.dataclass(frozen=True)
 class TuningPlan:
     """What the shared tuning loop runs.
 
@@ -86,6 +106,8 @@ class TuningPlan:
         variant: the train-step variant (its loss and how a batch is formed).
         extra: the pytree passed to every step's loss (e.g. a teacher's variables).
         details: what the method decided, for the summary (JSON-able).
+        candidates: the alternatives it chose among (`Candidates`), for oracle figures;
+            None for a method without a discrete choice.
     """
 
     variables: Variables
@@ -96,6 +118,7 @@ class TuningPlan:
     variant: StepVariant = PLAIN
     extra: Any = None
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    candidates: Candidates | None = None
 
 
 class Repair(Protocol):

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
+from jaxbd.defenses.base import Candidates, RepairContext, TuningPlan, Variables
 from jaxbd.prune.channels import ConvBN, conv_bn_pairs, filter_mask, module_params
 from jaxbd.prune.masks import apply_mask, check_mask
 from jaxbd.settings import require
@@ -262,12 +262,20 @@ class CLP:
             "unscored_convs": [p.name for p in pairs if p.bn is None],
             "curve": clp_curve(params, batch_stats, pairs, self.curve_us, validate=validate),
         }
+
+        def build(i: int) -> Variables:
+            """The model CLP returns at u = curve_us[i]."""
+            at_u = filter_mask(params, pairs, clp_select(scores, float(self.curve_us[i])))
+            m = jax.tree.map(lambda a, c: jnp.asarray(a, jnp.float32) * c, variables.mask, at_u)
+            return Variables(params=apply_mask(params, m), batch_stats=batch_stats, mask=m)
+
         return TuningPlan(
             variables=pruned,
             data=ctx.tune_data,
             steps=0,
             lr=_UNUSED_LR,
             details=details,
+            candidates=Candidates(labels=tuple(details["curve"]), build=build),
         )
 
 

@@ -39,6 +39,25 @@ def oracle_asr_at_delta(rows: Sequence[Mapping[str, Any]], delta: float) -> floa
     return min(eligible) if eligible else None
 
 
+def oracle_candidate_at_delta(
+    rows: Sequence[Mapping[str, Any]], base_clean_accuracy: float, delta: float
+) -> Mapping[str, Any] | None:
+    """The candidate a test-set choice would keep: the lowest test ASR among candidates
+    (rows with `test_clean_accuracy` and `test_attack_success_rate`, e.g. ANP's thresholds)
+    whose test clean accuracy is at least `base_clean_accuracy` − `delta`; ties go to the
+    earlier row. None if no candidate qualifies. An oracle: it reads the test set."""
+    best = None
+    for row in rows:
+        asr, acc = row.get("test_attack_success_rate"), row.get("test_clean_accuracy")
+        if asr is None or acc is None or not math.isfinite(asr):
+            continue
+        if acc >= base_clean_accuracy - delta - 1e-12 and (
+            best is None or asr < best["test_attack_success_rate"]
+        ):
+            best = row
+    return best
+
+
 def plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str, *, title=""):
     """ASR against clean accuracy (test), one line per repair, step 0 marked; a PNG.
 

@@ -19,7 +19,9 @@
    deterministic);
 4. `summary.json`: the undefended (`before`) and returned (`after`) models' test metrics,
    DER and RIR, `oracle_asr_at_delta` (chosen on the test set, hence the name), the method's
-   decisions, and `curve.png`.
+   decisions, and `curve.png`; for a method that chose among discrete alternatives (ANP's
+   thresholds, CLP's u grid: `TuningPlan.candidates`), every alternative's test metrics in
+   `candidates.jsonl` and `oracle_candidate_at_delta`, the one a test-set choice would keep.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from jaxbd.settings import ConfigError, from_config
 ARMS, DEFENDED = source_lib.ARMS, source_lib.DEFENDED
 
 CURVE_FILE = "curve.jsonl"
+CANDIDATES_FILE = "candidates.jsonl"
 CURVE_PLOT = "curve.png"
 
 
@@ -279,12 +282,32 @@ def run(
         if saved.latest_step() is None:
             saved.save(0, {"model": result.variables}, {"returned_step": result.returned_step})
     summary = _summary(s, plan, result, evaluate_fn, undefended, defender, started, resumed)
+    if plan.candidates is not None:
+        summary.update(_evaluate_candidates(rundir, plan.candidates, evaluate_fn, summary, s))
     _plot(rundir, s.name, result.rows)
     end = {f"after_{k}": v for k, v in summary["after"].items()}
     rundir.log_once({"event": "end", **end}, key=("event",))
     rundir.write_summary(summary)
     rundir.close()
     return summary
+
+
+def _evaluate_candidates(rundir, candidates, evaluate_fn, summary, s) -> dict:
+    """Every alternative the method chose among, on the test set (`candidates.jsonl`), and
+    the one a test-set choice would keep (`oracle_candidate_at_delta`: the lowest test ASR
+    within Δ of the undefended test accuracy — how the reference implementations pick ANP's
+    threshold). Evaluation only: the returned model was chosen before, without these."""
+    rows = []
+    for i, label in enumerate(candidates.labels):
+        measured = evaluate_fn(candidates.build(i))
+        rows.append({**label, **{f"test_{k}": v for k, v in measured.items()}})
+    path = rundir.file(CANDIDATES_FILE)
+    with open(path + ".tmp", "w") as f:
+        for row in rows:
+            f.write(json.dumps(jsonable(row), sort_keys=True) + "\n")
+    os.replace(path + ".tmp", path)
+    oracle = defenses.oracle_candidate_at_delta(rows, summary["before"]["clean_accuracy"], s.delta)
+    return {"candidates": len(rows), "oracle_candidate_at_delta": jsonable(oracle)}
 
 
 def _validator(trainer, val):

@@ -191,6 +191,26 @@ def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path,
     for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
         assert rows[0][f"test_{key}"] == trained[key] == summary["before"][key]
     assert summary["defense"] == name and rows[-1]["step"] == summary["steps"]
+    candidates_file = tmp_path / name / "candidates.jsonl"
+    if name not in ("anp", "clp"):  # no discrete alternatives to report
+        assert "candidates" not in summary and not candidates_file.exists()
+        return
+    # Every alternative the method chose among, on the test set; the oracle is the lowest
+    # test ASR within Δ of the undefended test accuracy; the method's own choice (its model
+    # was not tuned: steps = 0) is the candidate at its threshold or u, same test metrics.
+    candidates = read_jsonl(str(candidates_file))
+    grid = c.defense[name].grid if name == "anp" else c.defense[name].curve_us
+    assert summary["candidates"] == len(candidates) == len(grid)
+    base = summary["before"]["clean_accuracy"]
+    eligible = [r for r in candidates if r["test_clean_accuracy"] >= base - c.defense.delta - 1e-12]
+    expected = min(eligible, key=lambda r: r["test_attack_success_rate"]) if eligible else None
+    assert summary["oracle_candidate_at_delta"] == expected
+    key = "threshold" if name == "anp" else "u"
+    chosen = [r for r in candidates if r[key] == summary["details"][key]]
+    if summary["details"][key] is not None and summary["steps"] == 0:
+        (row,) = chosen
+        for metric in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
+            assert row[f"test_{metric}"] == summary["after"][metric], metric
 
 
 # Each repair's own work at toy size (teacher fine-tuning, trigger reverse-engineering).

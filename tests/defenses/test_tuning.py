@@ -104,3 +104,28 @@ def test_patience_tolerates_noisy_rows_and_still_returns_the_last_in_budget(ctx_
     assert result.stopped_early and result.returned_step == 20
     with pytest.raises(ValueError, match="patience"):
         defenses.tune(ctx, plan, patience=0)
+
+
+def test_oracle_asr_at_delta_reads_the_curve_within_the_test_accuracy_budget():
+    rows = [
+        {"test_clean_accuracy": 0.80, "test_attack_success_rate": 0.99},
+        {"test_clean_accuracy": 0.79, "test_attack_success_rate": 0.40},
+        {"test_clean_accuracy": 0.70, "test_attack_success_rate": 0.01},  # out of Δ = 0.02
+    ]
+    assert defenses.oracle_asr_at_delta(rows, 0.02) == 0.40
+    assert defenses.oracle_asr_at_delta(rows, 0.10) == 0.01
+    assert defenses.oracle_asr_at_delta([{"val_accuracy": 0.5}], 0.02) is None
+
+
+def test_oracle_candidate_is_the_lowest_test_asr_within_delta():
+    rows = [
+        {"threshold": 0.0, "test_clean_accuracy": 0.80, "test_attack_success_rate": 0.90},
+        {"threshold": 0.1, "test_clean_accuracy": 0.785, "test_attack_success_rate": 0.30},
+        {"threshold": 0.2, "test_clean_accuracy": 0.79, "test_attack_success_rate": 0.30},
+        {"threshold": 0.3, "test_clean_accuracy": 0.60, "test_attack_success_rate": 0.00},
+        {"threshold": 0.4, "test_clean_accuracy": 0.80, "test_attack_success_rate": float("nan")},
+    ]
+    best = defenses.oracle_candidate_at_delta(rows, base_clean_accuracy=0.80, delta=0.02)
+    assert best["threshold"] == 0.1  # the tie at 0.30 goes to the earlier row
+    assert defenses.oracle_candidate_at_delta(rows, 0.80, 0.25)["threshold"] == 0.3
+    assert defenses.oracle_candidate_at_delta(rows[3:4], 0.80, 0.02) is None
