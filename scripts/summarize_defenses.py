@@ -4,7 +4,8 @@
 
 Reads every `<folder>/*/summary.json` written by `scripts/defend.py` (and its `curve.jsonl`),
 prints a Markdown table — before/after clean accuracy, ASR and robust accuracy, DER, the
-oracle ASR at Δ, steps, seconds — and draws every curve on one figure (ASR against clean
+oracle ASR at Δ (for ANP and CLP also the test-set choice among their thresholds or u
+values), steps, seconds — and draws every curve on one figure (ASR against clean
 accuracy, test set), one panel per defender budget.
 """
 
@@ -57,6 +58,19 @@ def _name(summary) -> str:
     return f"{name} ({', '.join(changed)})" if changed else name
 
 
+def _oracle(summary) -> str:
+    """The curve's oracle ASR at Δ, and for a method with discrete alternatives the
+    test-set choice among them (`oracle_candidate_at_delta`) with what identifies it."""
+    text = _pct(summary["oracle_asr_at_delta"])
+    if "oracle_candidate_at_delta" not in summary:
+        return text
+    best = summary["oracle_candidate_at_delta"]
+    if best is None:
+        return f"{text}; candidates: none within Δ"
+    label = ", ".join(f"{k} {best[k]:g}" for k in ("threshold", "rate", "u") if k in best)
+    return f"{text}; candidates: {_pct(best['test_attack_success_rate'])} ({label})"
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}%"
 
@@ -83,7 +97,7 @@ def main() -> None:
             f"{_pct(b['clean_accuracy'])} → {_pct(a['clean_accuracy'])} | "
             f"{_pct(b['attack_success_rate'])} → {_pct(a['attack_success_rate'])} | "
             f"{_pct(b['robust_accuracy'])} → {_pct(a['robust_accuracy'])} | "
-            f"{summary['der']:.3f} | {_pct(summary['oracle_asr_at_delta'])} | "
+            f"{summary['der']:.3f} | {_oracle(summary)} | "
             f"{summary['steps']} ({summary['returned_step']}) | {summary['wall_seconds']:.0f} |"
         )
         panels[_budget(config)][name] = curve
