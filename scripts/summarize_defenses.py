@@ -6,7 +6,8 @@ Reads every `<folder>/*/summary.json` written by `scripts/defend.py` (and its `c
 prints a Markdown table — before/after clean accuracy, ASR and robust accuracy, DER, the
 oracle ASR at Δ (for ANP and CLP also the test-set choice among their thresholds or u
 values), steps, seconds — and draws every curve on one figure (ASR against clean
-accuracy, test set), one panel per defender budget.
+accuracy, test set), one panel per defender budget, with ANP's and CLP's candidates
+(`candidates.jsonl`) dashed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def _load(folder: str):
             curve = [json.loads(line) for line in f if line.strip()]
         with open(os.path.join(os.path.dirname(path), "config.json")) as f:
             config = json.load(f)
+        candidates_path = os.path.join(os.path.dirname(path), "candidates.jsonl")
+        if os.path.exists(candidates_path):  # ANP's thresholds, CLP's u values (test set)
+            with open(candidates_path) as f:
+                summary["_candidates"] = [json.loads(line) for line in f if line.strip()]
         runs.append((summary, curve, config))
     return runs
 
@@ -101,6 +106,8 @@ def main() -> None:
             f"{summary['steps']} ({summary['returned_step']}) | {summary['wall_seconds']:.0f} |"
         )
         panels[_budget(config)][name] = curve
+        if summary.get("_candidates"):
+            panels[_budget(config)][f"{name}: candidates"] = summary["_candidates"]
     _figure(panels, args.figure or os.path.join(args.folder, "curves.png"))
 
 
@@ -112,11 +119,18 @@ def _figure(panels, path) -> None:
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     names = sorted({name for curves in panels.values() for name in curves})
-    colors = {name: f"C{i}" for i, name in enumerate(names)}  # one colour per repair
+    # One colour per repair (a repair's candidates share its colour, dashed); tab20 has
+    # enough distinct colours for every row of the table.
+    cmap = plt.get_cmap("tab20")
+    runs = sorted({name.split(": ")[0] for name in names})
+    colors = {name: cmap(runs.index(name.split(": ")[0]) % 20) for name in names}
     for ax, (budget, curves) in zip(axes[0], sorted(panels.items()), strict=True):
         for name, rows in sorted(curves.items()):
             xs = [r["test_clean_accuracy"] for r in rows]
             ys = [r["test_attack_success_rate"] for r in rows]
+            if name.endswith(": candidates"):  # not a curve over steps: no start marker
+                ax.plot(xs, ys, ls="--", marker="x", label=name, color=colors[name])
+                continue
             ax.plot(xs, ys, marker=".", label=name, color=colors[name])
             ax.plot(xs[:1], ys[:1], marker="o", color=colors[name], markersize=8)
         ax.set_title(f"defender {budget} (circle: undefended)", fontsize=9)
