@@ -6,7 +6,7 @@
 Prints three Markdown tables from what has finished:
 
 - STRIP (`strip_<attack>/summary.json`, scripts/detect.py): the examined model's clean
-  accuracy and ASR (its source run's summary), the threshold, FRR on the clean test set, FAR
+  accuracy and ASR (its source run's summary, where that run is at hand), the threshold, FRR on the clean test set, FAR
   on the triggered non-target test images, ROC AUC;
 - the training-set detectors as selection methods (`select/results.csv`, scripts/sweep.py),
   with rows of a reference grid's `results.csv` at the same settings beside them: removed-set
@@ -51,8 +51,11 @@ def strip_table(folder: str) -> list[str]:
     for path in sorted(glob.glob(os.path.join(folder, "strip_*", "summary.json"))):
         with open(path) as f:
             s = json.load(f)
-        with open(os.path.join(s["source"], "summary.json")) as f:
-            src = json.load(f)
+        source_summary = os.path.join(s["source"], "summary.json")
+        src = {"clean_accuracy": None, "attack_success_rate": None}  # source not at hand
+        if os.path.exists(source_summary):
+            with open(source_summary) as f:
+                src = json.load(f)
         lines.append(
             f"| {s['attack']} | {_pct(src['clean_accuracy'])} | "
             f"{_pct(src['attack_success_rate'])} | {s['threshold']:.3f} | {_pct(s['frr'])} | "
