@@ -6,8 +6,8 @@
 Prints three Markdown tables from what has finished:
 
 - STRIP (`strip_<attack>/summary.json`, scripts/detect.py): the examined model's clean
-  accuracy and ASR (its source run's summary, where that run is at hand), the threshold, FRR on the clean test set, FAR
-  on the triggered non-target test images, ROC AUC;
+  accuracy and ASR (its source run's summary, where that run is at hand), the threshold,
+  FRR on the clean test set, FAR on the triggered non-target test images, ROC AUC;
 - the training-set detectors as selection methods (`select/results.csv`, scripts/sweep.py),
   with rows of a reference grid's `results.csv` at the same settings beside them: removed-set
   precision and recall, poison retention, the dense model's clean accuracy and ASR after
