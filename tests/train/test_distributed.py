@@ -93,3 +93,18 @@ def test_an_epochs_done_part_survives_json_exactly():
     again = EpochProgress.from_json(json.loads(json.dumps(progress.to_json())))
     assert again == progress
     assert np.array_equal(np.asarray(again.losses, np.float32), values)
+
+
+def test_the_command_line_reports_a_runtime_that_cannot_start_in_one_line(capsys):
+    from jaxbd.configs import base_config
+
+    config = base_config()
+    config.runtime.distributed = "maybe"
+    with pytest.raises(SystemExit) as code:
+        cli.start_runtime(config)
+    assert code.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: config.runtime.distributed: must be one of ['auto', 'off', 'on'], got 'maybe'\n"
+    )
+    config.runtime.distributed = "off"
+    assert cli.start_runtime(config).distributed == "off"
