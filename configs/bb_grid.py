@@ -14,6 +14,8 @@ selection methods (`sweep.methods`: the victim trains on what they keep, ε = 10
 scores a 20-epoch pretraining run of its seed, BackdoorBench a fully trained model), so
 the table also shows every post-training defense on top of each sanitised training set.
 Not implemented here: ABL, DBD, i-BAU and the other defenses of BackdoorBench's list. 3 seeds.
+STRIP's detection AUC per attack: `--config.sweep.detectors='("strip",)'` (not counted in
+the wall time below).
 Training: SGD lr 0.01, momentum 0.9, weight decay 5e-4, cosine to 0 per step (BackdoorBench
 steps per epoch), 100 epochs, batch 128, crop + flip; no pruned arm.
 

@@ -212,6 +212,11 @@ def sweep_section(**fields) -> ml_collections.ConfigDict:
     # delta, patience, and defense.<name>.* per repair.
     s.defense = d.defense
     del s.defense["name"]
+    # Detectors run on every cell's model at every budget (jaxbd.pipeline.detect.DETECTORS:
+    # strip, neural_cleanse, cti), with configs/detect.py's detector.<name>.* settings.
+    s.detectors = ()
+    s.detector = detect_config().detector
+    del s.detector["name"]
     # Execution (may change between invocations of one grid): seeds of a method trained
     # together as one vmap-batched model (1: one at a time, faster on the CPU), and the
     # share of the grid this job runs: whole (attack, seed) groups g with g % num_shards ==

@@ -220,6 +220,30 @@ def test_a_defense_added_to_a_finished_grid_trains_no_attacked_model(finished, t
     assert "finetune@lr=0.01 r=25%" in header and "finetune@lr=0.01 r=50%" in header
 
 
+def test_a_detector_added_to_a_finished_grid_runs_only_detections(finished, tmp_path):
+    workdir, _, _, _ = finished
+    copy = str(tmp_path / "g")
+    shutil.copytree(workdir, copy)
+    config = grid_config()
+    config.sweep.detectors = ("strip",)
+    config.sweep.detector.strip.overlays = 16
+    config.sweep.defender_budgets = (0.5,)  # the budget axis may shrink too
+    with pytest.MonkeyPatch.context() as mp:
+        counts = Counts(mp)
+        sweep.run(config, copy)
+    assert counts.cells == [] and counts.epochs == 0 and counts.tunes == 0
+    assert counts.rebuilds == 4  # once per cell
+    rows = read_csv(os.path.join(copy, defense_report.DETECTIONS_FILE))
+    assert len(rows) == 4 and all(0 <= float(r["roc_auc"]) <= 1 for r in rows)
+    with open(os.path.join(copy, defense_report.DETECTION_TABLE)) as f:
+        lines = f.read().splitlines()
+    assert "| attack | strip r=50% |" in lines
+    line = next(x for x in lines if x.startswith("| blended |"))
+    chosen = [r for r in rows if (r["attack"], r["budget"]) == ("blended", "r=50%")]
+    auc = np.array([float(r["roc_auc"]) for r in chosen])
+    assert line.split(" | ")[1].startswith(f"AUC {auc.mean():.3f} ± {auc.std(ddof=1):.3f} · FRR")
+
+
 def test_another_grid_is_refused(finished):
     workdir, _, _, _ = finished
     changed = grid_config()
@@ -253,6 +277,8 @@ def _recorded(workdir):
         ("defender_budgets", (1.5,), r"a fraction r must be in \(0, 1\]"),
         ("defender_budgets", (0.05,), r"batch_size=16 \(finetune\) exceeds the defender's"),
         ("attacks", ("badnets", "moonlight"), r"config\.sweep\.attacks"),
+        ("detectors", ("strip", "tea_leaves"), r"config\.sweep\.detectors: must be distinct"),
+        ("detectors", ("strip",), r"overlays=100 exceeds the defender's .* at r=25%"),
         ("shard", 2, r"config\.sweep\.shard: must be an integer in \[0, num_shards=2\)"),
     ],
 )

@@ -17,9 +17,11 @@ std (ddof = 1) over seeds with n (docs/metrics.md).
   aggregates, a line per (attack, method, defense, budget), defense `none` = undefended.
 - `table_backdoorbench.md`: BackdoorBench's leaderboard layout, per budget: a line per
   attack × defense, the undefended model first, with C-Acc, ASR, RA and DER.
-- `table_detection.md` (grids with selection methods): each method's removed set read as a
-  poison detector — precision, recall, poisons kept — and the ASR of the model trained on
-  what it kept.
+- `table_detection.md` (grids with selection methods or detectors): each selection method's
+  removed set read as a poison detector — precision, recall, poisons kept — and the ASR of
+  the model trained on what it kept; each detector's result on each attack's models per
+  budget (STRIP: ROC AUC, FRR and FAR on the test set; a model-level detector: its score and
+  how many models it flagged); `detection_results.csv`, one row per detection run.
 - figures (`jaxbd.pipeline.defense_figures`): per attack, every defense's trade-off curve
   (`tradeoff_<attack>[_<method>].png`, one panel per budget, the Δ band marked) and per
   budget a heat map of remaining ASR, attacks × defenses (`heatmap_<budget>.png`).
@@ -48,6 +50,20 @@ TABLE_MD = "table_defenses.md"
 TABLE_CSV = "table_defenses.csv"
 BB_TABLE = "table_backdoorbench.md"
 DETECTION_TABLE = "table_detection.md"
+DETECTIONS_FILE = "detection_results.csv"
+DETECTION_COLUMNS = (
+    "attack",
+    "method",
+    "seed",
+    "detector",
+    "budget",
+    "roc_auc",
+    "frr",
+    "far",
+    "score",
+    "flagged",
+    "wall_seconds",
+)
 
 RUN_COLUMNS = (
     "attack",
@@ -108,7 +124,7 @@ def collect(workdir: str, g: grid_lib.Grid, *, curves: bool = False) -> dict[str
         `RUN_COLUMNS` row per finished defense run, and with `curves` its rows under
         (attack, method, defense label, budget label, seed).
     """
-    cells, rows, found = [], [], {}
+    cells, rows, detections, found = [], [], [], {}
     for cell in g.cells():
         path = os.path.join(g.cell_dir(workdir, cell), SUMMARY_FILE)
         if not os.path.exists(path):
@@ -140,7 +156,14 @@ def collect(workdir: str, g: grid_lib.Grid, *, curves: bool = False) -> dict[str
                 with open(os.path.join(folder, CURVE_FILE)) as f:
                     key = (cell.attack, cell.method, defense.label, budget.label, cell.seed)
                     found[key] = [json.loads(line) for line in f if line.strip()]
-    return {"cells": cells, "runs": rows, "curves": found}
+        for detector, budget in g.detection_runs():
+            path = os.path.join(g.detection_dir(workdir, cell, detector, budget), SUMMARY_FILE)
+            if os.path.exists(path):
+                s = _read(path)
+                row = {"attack": cell.attack, "method": cell.method, "seed": cell.seed}
+                row |= {"detector": detector, "budget": budget.label}
+                detections.append(row | {k: s.get(k) for k in DETECTION_COLUMNS if k not in row})
+    return {"cells": cells, "runs": rows, "detections": detections, "curves": found}
 
 
 def write(
@@ -166,9 +189,13 @@ def write(
         _write_csv(workdir, TABLE_CSV, AGGREGATE_COLUMNS, aggregate_csv(g, cells, rows)),
         _write_text(workdir, BB_TABLE, backdoorbench_table(g, cells, rows)),
     ]
-    if any(m != grid_lib.FULL for m in g.methods):
-        summaries = _cell_summaries(workdir, g)
-        written.append(_write_text(workdir, DETECTION_TABLE, detection_table(g, summaries)))
+    selection = any(m != grid_lib.FULL for m in g.methods)
+    if selection or g.detectors:
+        summaries = _cell_summaries(workdir, g) if selection else []
+        text = detection_table(g, summaries, found["detections"])
+        written.append(_write_text(workdir, DETECTION_TABLE, text))
+    if g.detectors:
+        written.append(_write_csv(workdir, DETECTIONS_FILE, DETECTION_COLUMNS, found["detections"]))
     if plots and rows:
         try:
             import matplotlib
@@ -303,34 +330,78 @@ def _bb_line(label: str, defense: str, items: list[dict], *, der: bool) -> str:
     )
 
 
-def detection_table(g: grid_lib.Grid, summaries: list[dict]) -> str:
-    """`table_detection.md`: each selection method's removed set as a poison detector."""
-    lines = [
-        "| attack | method | removed precision | removed recall | poisons kept (%) | "
-        "backdoor poisons kept (%) | clean acc. (%) | ASR (%) | n |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for attack in g.attacks:
-        for method in g.methods:
-            if method == grid_lib.FULL:
-                continue
-            own = [s for s in summaries if s["_attack"] == attack and s["_method"] == method]
+def detection_table(g: grid_lib.Grid, summaries: list[dict], detections: list[dict]) -> str:
+    """`table_detection.md`: selection methods as training-set detectors; detectors' results."""
+    parts = []
+    if any(m != grid_lib.FULL for m in g.methods):
+        parts += [
+            "### Selection methods as training-set poison detectors\n",
+            "| attack | method | removed precision | removed recall | poisons kept (%) | "
+            "backdoor poisons kept (%) | clean acc. (%) | ASR (%) | n |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for attack in g.attacks:
+            for method in g.methods:
+                if method == grid_lib.FULL:
+                    continue
+                own = [s for s in summaries if s["_attack"] == attack and s["_method"] == method]
 
-            def col(key, scale=100.0, digits=1, own=own):
-                return mean_std([s.get(key) for s in own], scale, digits)
+                def col(key, scale=100.0, digits=1, own=own):
+                    return mean_std([s.get(key) for s in own], scale, digits)
 
-            lines.append(
-                f"| {attack} | {method} | {col('removed_precision', 1, 3)} | "
-                f"{col('removed_recall', 1, 3)} | {col('poison_retention')} | "
-                f"{col('backdoor_retention')} | {col('clean_accuracy', 100, 2)} | "
-                f"{col('attack_success_rate', 100, 2)} | {len(own)} |"
-            )
-    return (
-        "\n".join(lines)
-        + "\n\nA selection method read as a training-set poison detector: the examples it "
-        "removed are its flags (precision: poisons among them; recall: poisons found), "
-        "then the model trained on what it kept (dense arm). Mean ± sample std over seeds.\n"
-    )
+                parts.append(
+                    f"| {attack} | {method} | {col('removed_precision', 1, 3)} | "
+                    f"{col('removed_recall', 1, 3)} | {col('poison_retention')} | "
+                    f"{col('backdoor_retention')} | {col('clean_accuracy', 100, 2)} | "
+                    f"{col('attack_success_rate', 100, 2)} | {len(own)} |"
+                )
+        parts.append(
+            "\nThe examples a selection method removed read as its flags (precision: poisons "
+            "among them; recall: poisons found), then the model trained on what it kept (dense "
+            "arm). Mean ± sample std over seeds.\n"
+        )
+    if g.detectors:
+        columns = g.detection_runs()
+        header = ["attack" if len(g.methods) == 1 else "attack / method"]
+        header += [f"{d} {b.label}" for d, b in columns]
+        parts += [
+            "### Detectors on the trained models\n",
+            "| " + " | ".join(header) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        for attack in g.attacks:
+            for method in g.methods:
+                entries = [row_label(g, attack, method)]
+                for detector, budget in columns:
+                    own = [
+                        r
+                        for r in detections
+                        if (r["attack"], r["method"], r["detector"], r["budget"])
+                        == (attack, method, detector, budget.label)
+                    ]
+                    entries.append(_detection_entry(own))
+                parts.append("| " + " | ".join(entries) + " |")
+        parts.append(
+            "\nAn input detector (STRIP): ROC AUC of its scores on the clean against the "
+            "triggered test images, and at the threshold set on the defender's held-out images "
+            "its FRR (clean images rejected) and FAR (triggered images accepted), in %. A "
+            "model-level detector: its score and how many of the n models it flagged. Mean ± "
+            "sample std over seeds.\n"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def _detection_entry(own: list[dict]) -> str:
+    if not own:
+        return "–"
+    if any(r.get("roc_auc") is not None for r in own):
+        return (
+            f"AUC {mean_std([r['roc_auc'] for r in own], 1, 3)} · FRR "
+            f"{mean_std([r['frr'] for r in own])} · FAR {mean_std([r['far'] for r in own])} "
+            f"(n={len(own)})"
+        )
+    flagged = sum(1 for r in own if r.get("flagged"))
+    return f"score {mean_std([r['score'] for r in own], 1, 2)} · flagged {flagged}/{len(own)}"
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -62,7 +62,6 @@ from absl import logging
 from jaxbd import defenses, rng, runs
 from jaxbd.data import augment
 from jaxbd.defenses.base import Variables, jsonable
-from jaxbd.pipeline import engine, setup
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.pipeline.detectors import (
@@ -168,7 +167,12 @@ def _apply_logits(model, mean, std, params, batch_stats, images):
     return logits.astype(jnp.float32)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | None = None,
+    *,
+    rebuilt: source_lib.Rebuilt | None = None,
+) -> dict[str, Any]:
     """Runs one detector on a finished run's model and returns its summary.
 
     Args:
@@ -177,6 +181,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
             missing; an unfinished detection of the same configuration is redone (detectors
             are fast; `summary.json` marks a finished one), a finished or different one is
             refused.
+        rebuilt: the source's data and model, already rebuilt (`source.rebuild`) by a caller
+            that examines one model several times (a grid); must be of `config.source`.
 
     Returns:
         The summary also written to `workdir/summary.json`.
@@ -190,22 +196,30 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
     workdir = workdir or default_workdir(config)
     rundir = runs.RunDir(workdir)
     rundir.check_not_finished()
+    if rebuilt is not None and (
+        rebuilt.source.path != s.source.path or rebuilt.source.model != s.source.model
+    ):
+        raise ValueError(
+            f"rebuilt holds {rebuilt.source.path} ({rebuilt.source.model}), but the config "
+            f"examines {s.source.path} ({s.source.model})"
+        )
     exp = s.experiment
-    splits = setup.load_data(exp)
-    trainer = engine.make_trainer(exp, splits.train.num_classes)
-    attack = setup.check(exp, trainer, splits)
+    claimed: list[bool] = []
 
-    def claim() -> bool:
-        resumed = rundir.open(config.to_dict())
-        rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
-        return resumed
+    def claim() -> runs.RunDir:
+        if not claimed:
+            resumed = rundir.open(config.to_dict())
+            rundir.log({"event": "start", "resumed": resumed, "time": time.time()})
+            claimed.append(resumed)
+        return rundir
 
     try:
         # Only an attack that needs a trained surrogate writes while the data are rebuilt
         # (its phase, into this directory), so otherwise the defender's draw and the
         # detector's own checks come before the directory is claimed.
-        resumed = claim() if attack is None else None
-        stage = setup.build(exp, trainer, splits, rundir, attack)
+        if rebuilt is None:
+            rebuilt = source_lib.rebuild(s.source, rundir=claim)
+        splits, trainer, stage = rebuilt.splits, rebuilt.trainer, rebuilt.stage
         try:
             defender = defenses.defender_data(
                 rng.stream(s.seed, "defender"), splits.train, stage.poisoned.is_poison, s.defender
@@ -214,9 +228,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[s
             raise ConfigError(f"config.defender: {e}") from None
         if s.detector.check is not None:
             s.detector.check(s.hparams, defender)
-        if resumed is None:
-            resumed = claim()
-        variables = source_lib.restore_model(s.source, trainer, splits.train.image_shape)
+        claim()
+        resumed = claimed[0]
+        variables = rebuilt.model_copy()
         logging.info(
             "defender: %d tuning + %d held-out clean images", len(defender.tune), len(defender.val)
         )

@@ -13,7 +13,10 @@ A grid config is an experiment config with a `sweep` section (`jaxbd.configs.swe
   `<cell>/defenses/<defense>/<budget>`. A defense is a registry name (`finetune`) or a
   variant with its own hyper-parameters (`finetune@lr=0.01`: `defense.finetune` with lr
   replaced); a budget is r, a fraction of the training set (`r0.01`), or images per class
-  (`spc10`). A data-free repair (`clp`) runs once per cell (`none`), whatever the budgets.
+  (`spc10`). A data-free repair (`clp`) runs once per cell (`none`), whatever the budgets;
+- a **detection run** is one detector (`jaxbd.pipeline.detect.DETECTORS`: STRIP, Neural
+  Cleanse's score, CTI) × budget on a cell's model through the detection pipeline
+  (`scripts/detect.py`'s), in `<cell>/detections/<detector>/<budget>`.
 
 **The same grid.** `sweep.json` records the configuration. A later invocation may change
 the axes (attacks, methods, seeds, defenses, budgets: new entries run, finished ones are
@@ -40,7 +43,7 @@ import numpy as np
 from jaxbd import attacks, defenses, runs, select
 from jaxbd.defenses.registry import make_repair
 from jaxbd.pipeline import experiment
-from jaxbd.settings import ConfigError
+from jaxbd.settings import ConfigError, from_config
 
 SWEEP_FILE = "sweep.json"
 FULL = "full"
@@ -52,6 +55,7 @@ AXES = (
     "sweep.seeds",
     "sweep.defenses",
     "sweep.defender_budgets",
+    "sweep.detectors",
 )
 """The grid's axes: a later invocation may add (or drop) entries."""
 
@@ -146,6 +150,7 @@ class Grid:
         together: seeds of a method trained as one batched model.
         defenses: the defenses, in table order.
         budgets: the defender budgets, in table order.
+        detectors: the detectors (`jaxbd.pipeline.detect.DETECTORS` names).
         source_arm: the model defended ("dense" or "pruned").
         shard, num_shards: this job's share of the grid.
     """
@@ -160,6 +165,7 @@ class Grid:
     source_arm: str
     shard: int
     num_shards: int
+    detectors: tuple[str, ...] = ()
 
     def cells(self) -> list[Cell]:
         """Every cell in report order: seed-major, then attack, then method."""
@@ -206,6 +212,14 @@ class Grid:
     def defense_runs(self) -> list[tuple[Defense, Budget]]:
         """Every (defense, budget) applied to each cell, in table order."""
         return [(d, b) for d in self.defenses for b in self.budgets_of(d)]
+
+    def detection_runs(self) -> list[tuple[str, Budget]]:
+        """Every (detector, budget) applied to each cell, in table order."""
+        return [(d, b) for d in self.detectors for b in self.budgets]
+
+    def detection_dir(self, workdir: str, cell: Cell, detector: str, budget: Budget) -> str:
+        """Where a detection run of a cell lives: `<cell>/detections/<detector>/<budget>`."""
+        return os.path.join(self.cell_dir(workdir, cell), "detections", detector, budget.dirname)
 
     def cell_dir(self, workdir: str, cell: Cell) -> str:
         """Where a cell's run directory lives."""
@@ -285,6 +299,38 @@ def defense_config(
     for name in list(defenses.REPAIRS):
         if name != defense.name:
             del d.defense[name]
+    with d.unlocked():
+        d.runtime = copy.deepcopy(config.runtime)
+    return d
+
+
+def detect_config(
+    config: ml_collections.ConfigDict,
+    grid: Grid,
+    cell: Cell,
+    detector: str,
+    budget: Budget,
+    source: str,
+) -> ml_collections.ConfigDict:
+    """The `scripts/detect.py` configuration of one detection run (the defender's streams of
+    the cell's seed, as its defenses draw them; only the detector's own section kept)."""
+    from jaxbd.configs import detect_config as defaults  # scripts/detect.py's defaults
+    from jaxbd.pipeline.detect import DETECTORS
+
+    sweep = _sweep(config)
+    d = defaults()
+    d.source = source
+    d.source_arm = grid.source_arm
+    d.seed = cell.seed
+    d.defender.fraction = budget.fraction
+    d.defender.per_class = budget.per_class
+    d.defender.val_fraction = sweep.defender.val_fraction
+    d.detector.name = detector
+    if detector in sweep.detector:
+        d.detector[detector].update(sweep.detector[detector].to_dict())
+    for name in list(DETECTORS):
+        if name != detector:
+            del d.detector[name]
     with d.unlocked():
         d.runtime = copy.deepcopy(config.runtime)
     return d
@@ -411,6 +457,16 @@ def validate(config: ml_collections.ConfigDict) -> Grid:
         )
     if any(not d.data_free for d in found) and not budgets:
         raise ConfigError("config.sweep.defender_budgets: a defense that needs data needs one")
+    from jaxbd.pipeline.detect import DETECTORS
+
+    detectors = tuple(sweep.detectors)
+    if any(d not in DETECTORS for d in detectors) or len(set(detectors)) < len(detectors):
+        raise ConfigError(
+            f"config.sweep.detectors: must be distinct names from {sorted(DETECTORS)}, "
+            f"got {detectors}"
+        )
+    if detectors and not budgets:
+        raise ConfigError("config.sweep.defender_budgets: a detector needs one")
     grid = Grid(
         attacks=names,
         per_attack=bool(sweep.attacks),
@@ -422,7 +478,12 @@ def validate(config: ml_collections.ConfigDict) -> Grid:
         source_arm=sweep.source_arm,
         shard=shard,
         num_shards=num_shards,
+        detectors=detectors,
     )
+    for name in detectors:  # its settings, checked by its dataclass
+        from_config(
+            DETECTORS[name].settings, sweep.detector.get(name), f"config.sweep.detector.{name}"
+        )
     for d in found:
         if d.needs_trigger and not sweep.defender.trigger_knowledge:
             raise ConfigError(
@@ -478,6 +539,18 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
             )
         except ValueError as e:
             raise ConfigError(f"config.sweep.defender_budgets: {budget.label}: {e}") from None
+        for name in grid.detectors:  # e.g. STRIP: no more overlays than tuning images
+            from jaxbd.pipeline.detect import DETECTORS
+
+            detector = DETECTORS[name]
+            if detector.check is not None:
+                field = f"config.sweep.detector.{name}"
+                try:
+                    detector.check(
+                        from_config(detector.settings, sweep.detector.get(name), field), drawn
+                    )
+                except ConfigError as e:
+                    raise ConfigError(f"{e} (sweep.detectors at {budget.label})") from None
         for defense in grid.defenses:
             if defense.data_free:
                 continue
@@ -535,7 +608,10 @@ def _identity(config: dict, other: dict) -> dict[str, Any]:
         other_sweep["attacks"] or [other["attack"]["name"]]
     )
     repairs = _repair_names(sweep["defenses"]) & _repair_names(other_sweep["defenses"])
+    detectors = set(sweep.get("detectors", [])) & set(other_sweep.get("detectors", []))
     defended = bool(sweep["defenses"]) and bool(other_sweep["defenses"])
+    # The defender's data and the model examined matter to defenses and detectors alike.
+    examined = defended or bool(detectors)
     kept = {}
     for key, value in flat.items():
         parts = key.split(".")
@@ -543,10 +619,14 @@ def _identity(config: dict, other: dict) -> dict[str, Any]:
             continue  # each cell names its attack
         if parts[0] == "attack" and len(parts) > 2 and parts[1] not in used:
             continue  # hyper-parameters of an attack one of the two does not run
-        if key.startswith(("sweep.defense.", "sweep.defender.", "sweep.source_arm")):
+        if key.startswith("sweep.detector.") and parts[2] not in detectors:
+            continue  # settings of a detector one of the two does not run
+        if key.startswith(("sweep.defender.", "sweep.source_arm")) and not examined:
+            continue
+        if key.startswith("sweep.defense."):
             if not defended:
                 continue
-            own = key.startswith("sweep.defense.") and not key.startswith(_DEFENSE_COMMON)
+            own = not key.startswith(_DEFENSE_COMMON)
             if own and parts[2] not in repairs:
                 continue  # a repair one of the two does not run
         kept[key] = value

@@ -4,15 +4,18 @@ defense × defender budget applied to each model.
 `run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell (`jaxbd.pipeline.grid`:
 the axes, the directories, what makes two invocations the same grid) as
 `jaxbd.pipeline.experiment.run_group`, then each of the cell's defense runs through the
-defense pipeline (`jaxbd.pipeline.defend.run`, what `scripts/defend.py` runs), and writes the
-grid's report: the selection study's `results.csv`, `table.md` and plots
-(`jaxbd.pipeline.report`), and with defenses `table_defenses.md`/`.csv`, the
-BackdoorBench-style table and the figures (`jaxbd.pipeline.defense_report`).
+defense pipeline (`jaxbd.pipeline.defend.run`, what `scripts/defend.py` runs) and each of its
+detection runs through the detection pipeline (`jaxbd.pipeline.detect.run`,
+`scripts/detect.py`'s), and writes the grid's report: the selection study's `results.csv`,
+`table.md` and plots (`jaxbd.pipeline.report`), and with defenses or detectors
+`table_defenses.md`/`.csv`, the BackdoorBench-style table, `table_detection.md` and the
+figures (`jaxbd.pipeline.defense_report`).
 
 - **Nothing is recomputed.** A finished cell or defense run (its `summary.json` exists) is
   read, not run; an interrupted one resumes from its last checkpoint; re-running the same
-  command continues the grid, and adding attacks, methods, seeds, defenses or budgets runs
-  only what is new — a defense added to a finished grid trains no attacked model.
+  command continues the grid, and adding attacks, methods, seeds, defenses, budgets or
+  detectors runs only what is new — a defense added to a finished grid trains no attacked
+  model.
 - **Work shared is done once.** A cell's model is trained once and defended by every
   defense and budget; its data, rebuilt once per cell (`jaxbd.pipeline.source.rebuild`),
   stay on the devices for all of them, and the compiled steps are shared by every run in
@@ -46,7 +49,7 @@ import ml_collections
 from absl import logging
 
 from jaxbd import runs
-from jaxbd.pipeline import defend, defense_report, experiment, grid, report, setup
+from jaxbd.pipeline import defend, defense_report, detect, experiment, grid, report, setup
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.runs.rundir import SUMMARY_FILE
@@ -88,7 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     """
     g = grid.validate(config)
     workdir = os.path.abspath(workdir)
-    if g.defenses:
+    if g.defenses or g.detectors:
         first = grid.cell_config(config, g, g.cells()[0], "-")
         train = setup.load_data(ExperimentSettings.from_config(first)).train
         grid.check_defender_sizes(config, g, train)
@@ -128,11 +131,15 @@ def _run_batch(config, g: grid.Grid, workdir: str, batch: list[grid.Cell]) -> No
 
 
 def _defend_cell(config, g: grid.Grid, workdir: str, cell: grid.Cell) -> None:
-    """Every unfinished defense run of one (finished) cell, on its data rebuilt once."""
+    """Every unfinished defense and detection run of one (finished) cell, on its data rebuilt
+    once."""
     todo = [
         (d, b) for d, b in g.defense_runs() if not _finished(g.defense_dir(workdir, cell, d, b))
     ]
-    if not todo:
+    checks = [
+        (d, b) for d, b in g.detection_runs() if not _finished(g.detection_dir(workdir, cell, d, b))
+    ]
+    if not todo and not checks:
         return
     source_dir = g.cell_dir(workdir, cell)
     src = source_lib.open_source(
@@ -157,6 +164,13 @@ def _defend_cell(config, g: grid.Grid, workdir: str, cell: grid.Cell) -> None:
                 g.defense_dir(workdir, cell, defense, budget),
                 rebuilt=rebuilt,
             )
+        for detector, budget in checks:
+            logging.info("cell %s: %s at %s: running", _name(cell), detector, budget.label)
+            detect.run(
+                grid.detect_config(config, g, cell, detector, budget, source_dir),
+                g.detection_dir(workdir, cell, detector, budget),
+                rebuilt=rebuilt,
+            )
     finally:
         for rundir in holder:
             rundir.close()
@@ -177,7 +191,7 @@ def write_report(
     """
     rows = _cell_rows(g, workdir)
     report.write(workdir, rows, grid_seconds=grid_seconds, plots=plots)
-    if g.defenses:
+    if g.defenses or g.detectors:
         defense_report.write(workdir, g, config, plots=plots)
     return rows
 
@@ -345,6 +359,7 @@ def _unfinished(g: grid.Grid, workdir: str) -> list[str]:
     for cell in g.cells():
         paths.append(g.cell_dir(workdir, cell))
         paths += [g.defense_dir(workdir, cell, d, b) for d, b in g.defense_runs()]
+        paths += [g.detection_dir(workdir, cell, d, b) for d, b in g.detection_runs()]
     return [p for p in paths if not _finished(p)]
 
 
