@@ -322,6 +322,12 @@ def test_a_shard_job_of_a_finished_grid_writes_the_report(finished, tmp_path, mo
     shutil.copytree(workdir, copy)
     for name in (defense_report.TABLE_MD, "table.md"):
         os.remove(os.path.join(copy, name))
+    # What scripts/summarize.py --grid runs: the report from the recorded configuration.
+    sweep.report_only(copy)
+    for name in (defense_report.TABLE_MD, defense_report.TABLE_CSV, "table.md"):
+        assert os.path.exists(os.path.join(copy, name)), name
+    for name in (defense_report.TABLE_MD, "table.md"):
+        os.remove(os.path.join(copy, name))
     c = grid_config()
     c.sweep.shard, c.sweep.num_shards = 1, 2
     sweep.run(c, copy)  # nothing left to train: the grid is complete, so it reports
