@@ -24,6 +24,9 @@ read) and the execution settings (`jaxbd.runs.identity.EXECUTION`, `sweep.seeds_
 `sweep.shard`, `sweep.num_shards`), nothing else that shapes a result: `differences` names
 what changed. Hyper-parameters of an attack or a repair count only where both invocations use
 it, so adding a repair to the registry, or to the grid, never invalidates a grid.
+
+One file (over 500 lines) because the three change together: an axis, the run
+configurations derived from it and what it means for the same grid.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
 from jaxbd import attacks, defenses, runs, select
 from jaxbd.defenses.registry import make_repair
 from jaxbd.pipeline import experiment
+from jaxbd.pipeline.detect import DETECTORS
 from jaxbd.settings import ConfigError, from_config
 
 SWEEP_FILE = "sweep.json"
@@ -315,7 +320,6 @@ def detect_config(
     """The `scripts/detect.py` configuration of one detection run (the defender's streams of
     the cell's seed, as its defenses draw them; only the detector's own section kept)."""
     from jaxbd.configs import detect_config as defaults  # scripts/detect.py's defaults
-    from jaxbd.pipeline.detect import DETECTORS
 
     sweep = _sweep(config)
     d = defaults()
@@ -457,8 +461,6 @@ def validate(config: ml_collections.ConfigDict) -> Grid:
         )
     if any(not d.data_free for d in found) and not budgets:
         raise ConfigError("config.sweep.defender_budgets: a defense that needs data needs one")
-    from jaxbd.pipeline.detect import DETECTORS
-
     detectors = tuple(sweep.detectors)
     if any(d not in DETECTORS for d in detectors) or len(set(detectors)) < len(detectors):
         raise ConfigError(
@@ -525,8 +527,6 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
         ConfigError: naming the budget and the repair.
     """
     sweep = _sweep(config)
-    import jax  # the defender's draw takes a key; its value does not change the counts
-
     for budget in grid.budgets:
         settings = defenses.DefenderDataSettings(
             fraction=budget.fraction,
@@ -534,14 +534,13 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
             val_fraction=sweep.defender.val_fraction,
         )
         try:
+            # Any key: the draw's sizes do not depend on it.
             drawn = defenses.defender_data(
                 jax.random.key(0), train, np.zeros(len(train), bool), settings
             )
         except ValueError as e:
             raise ConfigError(f"config.sweep.defender_budgets: {budget.label}: {e}") from None
         for name in grid.detectors:  # e.g. STRIP: no more overlays than tuning images
-            from jaxbd.pipeline.detect import DETECTORS
-
             detector = DETECTORS[name]
             if detector.check is not None:
                 field = f"config.sweep.detector.{name}"
