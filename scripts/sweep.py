@@ -39,6 +39,7 @@ def main(argv):
         lambda: sweep.run(_CONFIG.value, workdir),
         on_interrupt=f"re-run the same command to continue the grid in {workdir}",
         workdir=workdir,
+        preemptible=True,  # a SIGTERM stops a cell's training at the next step, saved
     )
     shown = []
     for name in ("table.md", defense_report.TABLE_MD):
