@@ -164,9 +164,9 @@ def defend_config() -> ml_collections.ConfigDict:
     c.defense.delta = 0.02  # budget: stop when validation accuracy drops more than this
     # ... for this many curve rows in a row (the last model within the budget is returned)
     c.defense.patience = 3
-    # One sub-dict per repair with its factory's defaults (Pick your Poison, r = 1%).
-    for name, factory in defenses.REPAIRS.items():
-        c.defense[name] = hparams_config(factory)
+    # One sub-dict per repair with its class's defaults (Pick your Poison, r = 1%).
+    for name, repair_class in defenses.REPAIRS.items():
+        c.defense[name] = hparams_config(repair_class)
 
     # How the run executes, not what it computes: may change when resuming.
     c.runtime = ml_collections.ConfigDict()

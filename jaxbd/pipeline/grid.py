@@ -492,7 +492,7 @@ def validate(config: ml_collections.ConfigDict) -> Grid:
                 f"config.sweep.defender.trigger_knowledge: {d.name} assumes the defender knows "
                 "the trigger; set it to True to grant that knowledge"
             )
-        repair_config(config, grid, d)  # its hyper-parameters, checked by the factory
+        repair_config(config, grid, d)  # its hyper-parameters, checked by its class
     first = seeds[0]
     for name in names:
         for method in methods:
@@ -504,7 +504,7 @@ def repair_config(config: ml_collections.ConfigDict, grid: Grid, defense: Defens
     """The repair one defense of the grid runs (its hyper-parameters validated).
 
     Raises:
-        ConfigError: naming the defense, for hyper-parameters its factory rejects.
+        ConfigError: naming the defense, for hyper-parameters its class rejects.
     """
     cell = Cell(grid.attacks[0], grid.methods[0], grid.seeds[0])
     d = defense_config(config, grid, cell, defense, grid.budgets_of(defense)[0], "-")
