@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_repair_context
 
-from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables
 from jaxbd.defenses import anp as anp_lib
 from jaxbd.defenses.anp import (
@@ -34,12 +34,11 @@ from jaxbd.defenses.anp import (
     sweep_accuracy,
     sweep_program,
 )
-from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
 from jaxbd.models import tiny_cnn
 from jaxbd.models.resnet import ResNet, resnet18
 from jaxbd.prune.masks import apply_mask
 from jaxbd.settings import InvalidSettingError
-from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
+from jaxbd.train import dense_mask, init_variables
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 MODEL = tiny_cnn(width=4)
@@ -56,37 +55,7 @@ def model_variables():
 
 
 def _context(repair: ANP, key=0) -> RepairContext:
-    splits = make_synthetic(num_train=80, num_test=8, image_size=8, seed=0)
-    train = splits.train
-    defender = defender_data(
-        jax.random.key(7), train, np.zeros(len(train), bool), DefenderDataSettings(per_class=4)
-    )
-    trainer = Trainer(
-        MODEL,
-        make_mesh(1),
-        batch_size=repair.batch_size,
-        eval_batch_size=16,
-        momentum=repair.momentum,
-        weight_decay=repair.weight_decay,
-        mean=MEAN,
-        std=STD,
-        steps_per_call=1,
-        progress=False,
-    )
-    val = defender.val
-
-    def validate(params, batch_stats):
-        logits, _ = trainer.predict_variables(params, batch_stats, val.images)
-        return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == val.labels))
-
-    return RepairContext(
-        trainer=trainer,
-        defender=defender,
-        tune_data=trainer.put(defender.tune.images, defender.tune.labels),
-        key=jax.random.key(key),
-        validate=validate,
-        num_classes=C,
-    )
+    return tiny_repair_context(repair, MODEL, mean=MEAN, std=STD, key=key)
 
 
 def _small(**overrides) -> ANP:

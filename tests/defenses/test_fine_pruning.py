@@ -17,10 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_repair_context
 
-from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, tune
-from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
 from jaxbd.defenses.fine_pruning import (
     FinePruning,
     candidate_counts,
@@ -30,7 +29,7 @@ from jaxbd.defenses.fine_pruning import (
 )
 from jaxbd.models import tiny_cnn
 from jaxbd.settings import InvalidSettingError
-from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
+from jaxbd.train import dense_mask, init_variables
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 B = 8
@@ -42,37 +41,7 @@ D, C = 8, 10
 
 
 def _context(repair: FinePruning, key=0) -> RepairContext:
-    splits = make_synthetic(num_train=80, num_test=8, image_size=8, seed=0)
-    train = splits.train
-    defender = defender_data(
-        jax.random.key(7), train, np.zeros(len(train), bool), DefenderDataSettings(per_class=4)
-    )
-    trainer = Trainer(
-        MODEL,
-        make_mesh(1),
-        batch_size=repair.batch_size,
-        eval_batch_size=16,
-        momentum=repair.momentum,
-        weight_decay=repair.weight_decay,
-        mean=MEAN,
-        std=STD,
-        steps_per_call=1,
-        progress=False,
-    )
-    val = defender.val
-
-    def validate(params, batch_stats):
-        logits, _ = trainer.predict_variables(params, batch_stats, val.images)
-        return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == val.labels))
-
-    return RepairContext(
-        trainer=trainer,
-        defender=defender,
-        tune_data=trainer.put(defender.tune.images, defender.tune.labels),
-        key=jax.random.key(key),
-        validate=validate,
-        num_classes=C,
-    )
+    return tiny_repair_context(repair, MODEL, mean=MEAN, std=STD, key=key)
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_repair_context
 
-from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, tune
 from jaxbd.defenses import grad_prune as gp
-from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
 from jaxbd.defenses.registry import hparams_config
 from jaxbd.models import preact_resnet18, tiny_cnn
 from jaxbd.prune import conv_bn_pairs
 from jaxbd.settings import InvalidSettingError
-from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
+from jaxbd.train import dense_mask, init_variables
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 IMAGE = (8, 8, 3)
@@ -41,37 +40,8 @@ def patch_trigger(key, images, labels):
 
 
 def _context(repair, *, trigger=patch_trigger, validate=None) -> RepairContext:
-    splits = make_synthetic(num_train=80, num_test=8, image_size=8, seed=0)
-    train = splits.train
-    defender = defender_data(
-        jax.random.key(7), train, np.zeros(len(train), bool), DefenderDataSettings(per_class=4)
-    )
-    trainer = Trainer(
-        MODEL,
-        make_mesh(1),
-        batch_size=repair.batch_size,
-        eval_batch_size=16,
-        momentum=repair.momentum,
-        weight_decay=repair.weight_decay,
-        mean=MEAN,
-        std=STD,
-        steps_per_call=1,
-        progress=False,
-    )
-    val = defender.val
-
-    def val_accuracy(params, batch_stats):
-        logits, _ = trainer.predict_variables(params, batch_stats, val.images)
-        return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == val.labels))
-
-    return RepairContext(
-        trainer=trainer,
-        defender=defender,
-        tune_data=trainer.put(defender.tune.images, defender.tune.labels),
-        key=jax.random.key(0),
-        validate=validate or val_accuracy,
-        num_classes=10,
-        trigger=trigger,
+    return tiny_repair_context(
+        repair, MODEL, mean=MEAN, std=STD, trigger=trigger, validate=validate
     )
 
 
