@@ -205,6 +205,12 @@ def test_every_repair_starts_its_curve_at_the_undefended_model(source, tmp_path,
     eligible = [r for r in candidates if r["test_clean_accuracy"] >= base - c.defense.delta - 1e-12]
     expected = min(eligible, key=lambda r: r["test_attack_success_rate"]) if eligible else None
     assert summary["oracle_candidate_at_delta"] == expected
+    # η_Δ covers every model the method could return: the curve's rows and the candidates.
+    curve_eta = defenses.oracle_asr_at_delta(rows, c.defense.delta)
+    etas = [
+        v for v in (curve_eta, expected and expected["test_attack_success_rate"]) if v is not None
+    ]
+    assert summary["oracle_asr_at_delta"] == (min(etas) if etas else None)
     key = "threshold" if name == "anp" else "u"
     chosen = [r for r in candidates if r[key] == summary["details"][key]]
     if summary["details"][key] is not None and summary["steps"] == 0:
