@@ -24,6 +24,7 @@ def tiny_zoo(**overrides):
     z.backdoored = 2
     z.clean = 2
     z.bootstrap = 200
+    z.min_asr = 0.0  # 1-epoch models: examine every one (the bar has its own test)
     z.defender.fraction = 0.25  # 64 of the 256 training images
     z.defender.val_fraction = 0.2
     z.detector.neural_cleanse.update(epochs=2, batch_size=16, early_stop_patience=1)
@@ -110,6 +111,31 @@ def test_resume_trains_only_a_missing_model(built, monkeypatch, tmp_path):
     assert trained == [zoo.model_dir(workdir, "clean", 2)]
 
 
+def test_a_model_that_did_not_learn_its_backdoor_is_left_out(built, monkeypatch):
+    workdir, result = built
+    backdoored = [r for r in result["models"] if r["backdoored"]]
+    bar = max(r["attack_success_rate"] for r in backdoored)  # the weaker model falls below
+    calls = []
+    monkeypatch.setattr(detect, "run", lambda *a, **k: calls.append("detect"))
+    again = zoo.run(tiny_zoo(**{"zoo.min_asr": bar}), workdir)  # the bar may change
+    assert calls == []  # nothing newly admitted: every examined model was examined before
+    below = {r["model"] for r in backdoored if r["attack_success_rate"] < bar}
+    assert below  # the two backdoored models' ASRs differ at this seed
+    for row in again["models"]:
+        assert row["learned"] == (None if not row["backdoored"] else row["model"] not in below)
+        if row["model"] in below:
+            assert row["neural_cleanse_score"] is None and row["cti_score"] is None
+    kept = [r for r in again["models"] if r["model"] not in below]
+    for name in ("neural_cleanse", "cti"):
+        a = again["auc"][name]
+        assert set(a["excluded"]) == below and a["positives"] == len(backdoored) - len(below)
+        scores = np.array([r[f"{name}_score"] for r in kept])
+        truth = np.array([r["backdoored"] for r in kept])
+        assert a["auc"] == pytest.approx(float(metrics.roc_auc(scores, truth)))
+    with open(os.path.join(workdir, "models.md")) as f:
+        assert sorted(below)[0] in f.read().split("\n")[4]  # named in the AUC table
+
+
 def test_a_different_zoo_is_refused(built):
     workdir, _ = built
     with pytest.raises(runs.RunDirError, match="different configuration"):
@@ -121,6 +147,7 @@ def test_bad_settings_are_refused(tmp_path):
         ("zoo.attacks", ("nope",)),
         ("zoo.detectors", ("strip_x",)),
         ("zoo.clean", 0),
+        ("zoo.min_asr", 1.5),
         ("zoo.detector.cti.steps", 0),
     ):
         with pytest.raises(ConfigError, match=field):

@@ -14,11 +14,14 @@ backdoored models (Pick your Poison's protocol, Lukas & Kerschbaum 2023).
    that model's clean training images, in `workdir/detections/<detector>/<attack|clean>/
    seed<k>` (finished ones read back);
 3. **the report**: `models.csv` and `models.md` (one row per model: its attack, seed, clean
-   accuracy, ASR, each detector's score), `auc.json` (per detector: the ROC AUC with
-   backdoored models as positives, `jaxbd.metrics.roc_auc`, and its bootstrap interval:
+   accuracy, ASR, whether its backdoor was learned, each detector's score), `auc.json` (per
+   detector: the ROC AUC with backdoored models as positives, `jaxbd.metrics.roc_auc`, and
+   its bootstrap interval:
    `config.zoo.bootstrap` resamples of the models with replacement, seeded by
    `config.zoo.bootstrap_seed`, the 2.5th and 97.5th percentiles; a resample without both
    kinds of model has no AUC and is left out, and counted), and `roc.png` (matplotlib).
+   A backdoored model whose ASR is below `config.zoo.min_asr` did not learn its backdoor: it
+   is listed (`learned` = no), not examined, and left out of the AUC (`excluded`).
 
 `workdir/zoo.json` records the zoo's configuration; a different one (other than its sizes,
 detector list, bootstrap settings and the execution settings) is refused, since the finished
@@ -49,12 +52,14 @@ ZOO_FILE = "zoo.json"
 CLEAN = "clean"
 """The directory name (and `attack` column) of the zoo's clean models."""
 
-# What may change between invocations: the zoo's size, the detectors run, the bootstrap.
+# What may change between invocations: the zoo's size, the detectors run, the learned-backdoor
+# bar (a model it newly admits is examined then), the bootstrap.
 _ZOO_EXECUTION = (
     *runs.EXECUTION,
     "zoo.backdoored",
     "zoo.clean",
     "zoo.detectors",
+    "zoo.min_asr",
     "zoo.bootstrap",
     "zoo.bootstrap_seed",
 )
@@ -137,6 +142,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     for d in dets:
         from_config(detect.DETECTORS[d].settings, z.detector.get(d), f"config.zoo.detector.{d}")
+    if (
+        not isinstance(z.min_asr, (int, float))
+        or isinstance(z.min_asr, bool)
+        or not (0.0 <= z.min_asr <= 1.0)
+    ):
+        raise ConfigError(f"config.zoo.min_asr: must be a number in [0, 1], got {z.min_asr!r}")
     if not isinstance(z.bootstrap, int) or z.bootstrap < 1:
         raise ConfigError(f"config.zoo.bootstrap: must be an integer >= 1, got {z.bootstrap!r}")
     for attack in [*names, CLEAN]:
@@ -210,8 +221,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 "backdoored": attack != CLEAN,
                 "clean_accuracy": summary["clean_accuracy"],
                 "attack_success_rate": summary["attack_success_rate"],
+                "learned": learned(attack, summary["attack_success_rate"], config.zoo.min_asr),
             }
             for name in config.zoo.detectors:
+                if row["learned"] is False:  # no backdoor to detect: not in the AUC
+                    row[f"{name}_score"] = None
+                    continue
                 out = detection_dir(workdir, name, attack, seed)
                 found = _finished(out)
                 if found is None:
@@ -219,19 +234,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     found = detect.run(detection_config(config, name, path), out)
                 row[f"{name}_score"] = found["score"]
             rows.append(row)
+        judged = [r for r in rows if r["learned"] is not False]
         auc = {
-            name: auc_with_interval(
-                np.array([r[f"{name}_score"] for r in rows], np.float64),
-                np.array([r["backdoored"] for r in rows]),
-                draws=config.zoo.bootstrap,
-                seed=config.zoo.bootstrap_seed,
-            )
+            name: {
+                **auc_with_interval(
+                    np.array([r[f"{name}_score"] for r in judged], np.float64),
+                    np.array([r["backdoored"] for r in judged]),
+                    draws=config.zoo.bootstrap,
+                    seed=config.zoo.bootstrap_seed,
+                ),
+                "excluded": [r["model"] for r in rows if r["learned"] is False],
+            }
             for name in config.zoo.detectors
         }
         write_report(workdir, rows, auc, seconds=time.perf_counter() - started)
     finally:
         lock.release()
     return {"models": rows, "auc": auc}
+
+
+def learned(attack: str, attack_success_rate: float, min_asr: float) -> bool | None:
+    """Whether a backdoored model learned its backdoor (ASR ≥ `min_asr`); None for a clean
+    model. A poisoned model that did not learn it carries no backdoor to detect: counting it
+    as a positive would charge the detector for the attack's failure."""
+    if attack == CLEAN:
+        return None
+    return bool(attack_success_rate >= min_asr)
 
 
 def auc_with_interval(
@@ -309,13 +337,15 @@ def write_report(
     lines = [
         "# Model-level detection over the zoo",
         "",
-        "| detector | ROC AUC | 95% bootstrap interval | backdoored | clean |",
-        "| --- | --- | --- | --- | --- |",
+        "| detector | ROC AUC | 95% bootstrap interval | backdoored | clean | excluded |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, a in auc.items():
         interval = f"[{_fmt(a['low'])}, {_fmt(a['high'])}] ({a['valid_draws']} draws)"
+        excluded = ", ".join(a["excluded"]) or "none"
         lines.append(
-            f"| {name} | {_fmt(a['auc'])} | {interval} | {a['positives']} | {a['negatives']} |"
+            f"| {name} | {_fmt(a['auc'])} | {interval} | {a['positives']} | {a['negatives']} "
+            f"| {excluded} |"
         )
     lines += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
