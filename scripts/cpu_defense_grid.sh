@@ -32,6 +32,7 @@ EPOCHS=${EPOCHS:-14}
 STEPS=${STEPS:-100}
 TRAIN=${TRAIN:-5000}
 TEST=${TEST:-2000}
+FRACTION=${FRACTION:-0.1}
 
 if [[ -n ${SMOKE:-} ]]; then
   OUT=${OUT:-runs/defense_grid_smoke}
@@ -54,7 +55,7 @@ grid_flags() {  # the grid's settings, from the variables above (each flag given
   local every=$(( STEPS / 4 > 0 ? STEPS / 4 : 1 ))
   printf '%s\n' \
     --config.model.width=8 --config.model.dtype=float32 \
-    --config.attack.fraction=0.05 --config.attack.surrogate_epochs=4 \
+    --config.attack.fraction="$FRACTION" --config.attack.surrogate_epochs=4 \
     --config.train.epochs="$EPOCHS" --config.train.eval_every_epochs=0 \
     --config.runtime.progress=false \
     "--config.sweep.attacks=$ATTACKS" "--config.sweep.defenses=$DEFENSES" \

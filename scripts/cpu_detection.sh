@@ -57,7 +57,7 @@ for step in $STEPS; do
         strip "$OUT/source_$attack" $attack
       done ;;
     select)
-      OUT=$OUT/select METHODS='("spectral","activation_clustering")' \
+      OUT=$OUT/select METHODS='("spectral","activation_clustering")' FRACTION=0.05 \
         bash scripts/cpu_grid.sh --config.select.spectral.poison_rate=0.3333 ;;
     zoo)
       if [[ ! -f $OUT/zoo/auc.json ]]; then

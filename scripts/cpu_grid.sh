@@ -28,11 +28,12 @@ DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_grid}
 SEEDS=${SEEDS:-(0,1,2,3,4)}
 SEEDS_TOGETHER=${SEEDS_TOGETHER:-1}
+FRACTION=${FRACTION:-0.1}
 python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.data.path="$DATA" \
   --config.data.train_limit=4000 \
   --config.data.test_limit=2000 \
-  --config.attack.fraction=0.05 \
+  --config.attack.fraction="$FRACTION" \
   --config.model.width=8 \
   --config.model.dtype=float32 \
   "--config.sweep.seeds=$SEEDS" \
