@@ -65,6 +65,22 @@ def require(condition: bool, field: str, message: str, value: Any = dataclasses.
         raise InvalidSettingError(field, message)
 
 
+def require_int(value: Any, field: str, minimum: int) -> None:
+    """Raises `InvalidSettingError` unless `value` is an integer (not a bool) >= `minimum`.
+
+    Args:
+        value: the setting's value.
+        field: the field's name within its settings class.
+        minimum: the least allowed value.
+    """
+    require(
+        isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum,
+        field,
+        f"must be an integer >= {minimum}",
+        value,
+    )
+
+
 def require_finite(value: Any, field: str, message: str = "must be a finite number") -> None:
     """Raises `InvalidSettingError` unless `value` is a finite int or float (not a bool).
 

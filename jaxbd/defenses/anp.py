@@ -74,7 +74,7 @@ from jaxbd.defenses.base import Candidates, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.curve import within_budget
 from jaxbd.defenses.finetune import check_optimizer
 from jaxbd.prune.masks import apply_mask, check_mask, path_name
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 from jaxbd.train.epoch_order import largest_divisor_at_most
 
 PyTree = Any
@@ -576,23 +576,13 @@ class ANP:
 
     def __post_init__(self):
         check_optimizer(self)
-        require(
-            isinstance(self.iterations, int) and self.iterations >= 1,
-            "iterations",
-            "must be an integer >= 1",
-            self.iterations,
-        )
+        require_int(self.iterations, "iterations", 1)
         require(0 < self.mask_lr < float("inf"), "mask_lr", "must be > 0", self.mask_lr)
         require(
             0 <= self.mask_momentum < 1, "mask_momentum", "must be in [0, 1)", self.mask_momentum
         )
         require(0 <= self.anp_eps < float("inf"), "anp_eps", "must be >= 0", self.anp_eps)
-        require(
-            isinstance(self.anp_steps, int) and self.anp_steps >= 1,
-            "anp_steps",
-            "must be an integer >= 1",
-            self.anp_steps,
-        )
+        require_int(self.anp_steps, "anp_steps", 1)
         require(0 <= self.anp_alpha <= 1, "anp_alpha", "must be in [0, 1]", self.anp_alpha)
         require(
             self.prune_by in ("threshold", "count"),

@@ -63,15 +63,11 @@ from jaxbd.defenses.base import RepairContext, Variables
 from jaxbd.defenses.neural_cleanse import anomaly_index
 from jaxbd.defenses.pivotal_tuning import PivotalTuning
 from jaxbd.defenses.tuning import TuneResult, tune
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 """`logits_fn(images01 float32[B, H, W, 3] in [0, 1]) -> float32[B, C]`, normalization
 included; jittable (ideally a `jax.tree_util.Partial`, whose leaves jit traces)."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # -- Calibrated Trigger Inversion --------------------------------------------------------
@@ -126,13 +122,13 @@ class CTISettings:
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_batch_size", "repair_batch_size"):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+            require_int(value, name, 1)
         for name in ("repair_steps",):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 0, name, "must be an integer >= 0", value)
+            require_int(value, name, 0)
         for name in ("repair_eval_every", "repair_patience"):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+            require_int(value, name, 1)
         require(self.lr > 0, "lr", "must be > 0", self.lr)
         require(self.repair_lr > 0, "repair_lr", "must be > 0", self.repair_lr)
         for name in ("b1", "b2", "repair_momentum"):
@@ -553,7 +549,7 @@ class NeuralCleanseDetectSettings:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "early_stop_patience"):
             value = getattr(self, name)
-            require(_is_int(value) and value >= 1, name, "must be an integer >= 1", value)
+            require_int(value, name, 1)
         require(self.lr > 0, "lr", "must be > 0", self.lr)
         require(self.init_cost >= 0, "init_cost", "must be >= 0", self.init_cost)
         require(

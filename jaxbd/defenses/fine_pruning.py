@@ -46,7 +46,7 @@ from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
 from jaxbd.defenses.curve import within_budget
 from jaxbd.defenses.finetune import check_optimizer
 from jaxbd.prune.masks import apply_mask, check_mask, path_name
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 
 PyTree = Any
 
@@ -251,12 +251,7 @@ class FinePruning:
 
     def __post_init__(self):
         check_optimizer(self)
-        require(
-            isinstance(self.batches, int) and self.batches >= 1,
-            "batches",
-            "must be an integer >= 1",
-            self.batches,
-        )
+        require_int(self.batches, "batches", 1)
         require(0 < self.prune_step <= 1, "prune_step", "must be in (0, 1]", self.prune_step)
         require(0 < self.max_rate < 1, "max_rate", "must be in (0, 1)", self.max_rate)
         require(0 <= self.delta_prune <= 1, "delta_prune", "must be in [0, 1]", self.delta_prune)

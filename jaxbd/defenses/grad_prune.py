@@ -115,7 +115,7 @@ from jaxbd.defenses.curve import within_budget
 from jaxbd.defenses.finetune import check_optimizer
 from jaxbd.prune.channels import ConvBN, conv_bn_pairs, filter_mask, module_params
 from jaxbd.prune.masks import apply_mask, check_mask
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -537,18 +537,8 @@ class GradPrune:
     def __post_init__(self):
         check_optimizer(self)
         require(0 <= self.alpha <= 1, "alpha", "must be in [0, 1]", self.alpha)
-        require(
-            isinstance(self.prune_patience, int) and self.prune_patience >= 1,
-            "prune_patience",
-            "must be an integer >= 1",
-            self.prune_patience,
-        )
-        require(
-            isinstance(self.max_rounds, int) and self.max_rounds >= 0,
-            "max_rounds",
-            "must be an integer >= 0",
-            self.max_rounds,
-        )
+        require_int(self.prune_patience, "prune_patience", 1)
+        require_int(self.max_rounds, "max_rounds", 0)
         require(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}", self.variant)
 
     def plan(self, ctx: RepairContext, variables: Variables) -> TuningPlan:

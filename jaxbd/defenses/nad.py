@@ -37,7 +37,7 @@ import optax
 
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables, copy_tree
 from jaxbd.defenses.finetune import check_optimizer
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 from jaxbd.train import PLAIN, CosineSchedule, LossOutput, StepVariant
 
 _EPS = 1e-6
@@ -177,12 +177,7 @@ class NAD:
 
     def __post_init__(self):
         check_optimizer(self)
-        require(
-            isinstance(self.teacher_steps, int) and self.teacher_steps >= 0,
-            "teacher_steps",
-            "must be an integer >= 0",
-            self.teacher_steps,
-        )
+        require_int(self.teacher_steps, "teacher_steps", 0)
         require(
             self.teacher_lr is None or 0 < self.teacher_lr < float("inf"),
             "teacher_lr",

@@ -22,7 +22,7 @@ from jaxbd.select.greedy import GREEDY
 from jaxbd.select.ranking import KEEP
 from jaxbd.select.registry import METHODS
 from jaxbd.select.spectral import REMOVAL_MARGIN
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 
 VARIANTS = ("standard", "study")
 """`SelectSettings.variant`: "standard" methods, or the earlier study's reproduction."""
@@ -160,12 +160,7 @@ class ActivationClusteringSettings:
     min_cluster: float = 0.35
 
     def __post_init__(self):
-        require(
-            isinstance(self.dims, int) and not isinstance(self.dims, bool) and self.dims >= 1,
-            "dims",
-            "must be an integer >= 1",
-            self.dims,
-        )
+        require_int(self.dims, "dims", 1)
         require(
             self.reduction in REDUCTIONS,
             "reduction",
