@@ -60,7 +60,7 @@ import optax
 
 from jaxbd.data.augment import normalize
 from jaxbd.defenses.base import RepairContext, Variables
-from jaxbd.defenses.neural_cleanse import anomaly_index
+from jaxbd.defenses.neural_cleanse import TriggerSearch, anomaly_index
 from jaxbd.defenses.pivotal_tuning import PivotalTuning
 from jaxbd.defenses.tuning import TuneResult, tune
 from jaxbd.settings import require, require_int
@@ -529,45 +529,23 @@ def calibrated_trigger_inversion(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NeuralCleanseDetectSettings:
-    """Neural Cleanse detection's settings (`config.detector.neural_cleanse`): the
-    reverse-engineering budget of `jaxbd.defenses.neural_cleanse.reverse_engineer` (its
-    defaults: the released code's and BackdoorBench's) and the flagging threshold."""
+class NeuralCleanseDetectSettings(TriggerSearch):
+    """Neural Cleanse detection's settings (`config.detector.neural_cleanse`): the trigger
+    search's (`jaxbd.defenses.neural_cleanse.TriggerSearch`: epochs, the cost schedule, the
+    early stop, the flagging threshold) and its batch and learning rate.
 
-    epochs: int = 80
+    Attributes:
+        batch_size: reverse-engineering images per step.
+        lr: Adam's learning rate for the masks and patterns.
+    """
+
     batch_size: int = 128
     lr: float = 0.1
-    init_cost: float = 1e-3
-    attack_threshold: float = 0.99
-    patience: int = 5
-    cost_multiplier: float = 2.0
-    early_stop: bool = True
-    early_stop_threshold: float = 0.99
-    early_stop_patience: int = 25
-    anomaly_threshold: float = 2.0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience", "early_stop_patience"):
-            value = getattr(self, name)
-            require_int(value, name, 1)
+        super().__post_init__()
+        require_int(self.batch_size, "batch_size", 1)
         require(self.lr > 0, "lr", "must be > 0", self.lr)
-        require(self.init_cost >= 0, "init_cost", "must be >= 0", self.init_cost)
-        require(
-            0 < self.attack_threshold <= 1,
-            "attack_threshold",
-            "must be in (0, 1]",
-            self.attack_threshold,
-        )
-        require(self.cost_multiplier > 1, "cost_multiplier", "must be > 1", self.cost_multiplier)
-        require(
-            0 < self.early_stop_threshold <= 1,
-            "early_stop_threshold",
-            "must be in (0, 1]",
-            self.early_stop_threshold,
-        )
-        require(
-            self.anomaly_threshold > 0, "anomaly_threshold", "must be > 0", self.anomaly_threshold
-        )
 
 
 def neural_cleanse_score(norms: jax.Array | np.ndarray) -> float:

@@ -43,6 +43,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,7 +52,7 @@ import optax
 from jaxbd.data.augment import normalize
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables, jsonable
 from jaxbd.defenses.finetune import check_optimizer
-from jaxbd.settings import require
+from jaxbd.settings import require, require_int
 
 PyTree = Any
 
@@ -478,20 +479,14 @@ def stamp_uint8(images: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NeuralCleanse:
-    """Neural Cleanse: reverse-engineer every label's trigger, flag outliers, unlearn.
+class TriggerSearch:
+    """Neural Cleanse's trigger search and outlier test: the settings the repair
+    (`NeuralCleanse`) and the detector (`jaxbd.defenses.cti.NeuralCleanseDetectSettings`)
+    share. Defaults: the released code's and BackdoorBench's.
 
     Attributes:
-        steps: fine-tuning (unlearning) SGD steps.
-        lr: fine-tuning learning rate (constant unless `cosine`).
-        momentum: SGD momentum.
-        weight_decay: L2 coefficient added to the gradient (PyTorch's convention).
-        batch_size: fine-tuning images per step.
-        cosine: decay the fine-tuning learning rate to 0 over the steps.
         epochs: reverse-engineering passes over the tuning images (per label, early stop
             may end sooner).
-        reverse_batch_size: reverse-engineering images per step (at most the tuning images).
-        mask_lr: Adam's learning rate for the masks and patterns.
         init_cost: the ℓ₁ cost's initial weight.
         attack_threshold: the attack success an epoch must reach (0.99).
         patience: epochs on one side of the threshold before the cost changes.
@@ -501,6 +496,106 @@ class NeuralCleanse:
         early_stop_threshold: relative improvement that resets the stall counter (0.99).
         early_stop_patience: stalled epochs before stopping (25).
         anomaly_threshold: anomaly index above which a label below the median is flagged.
+
+    Raises:
+        InvalidSettingError: for a value out of range.
+    """
+
+    epochs: int = 80
+    init_cost: float = 1e-3
+    attack_threshold: float = 0.99
+    patience: int = 5
+    cost_multiplier: float = 2.0
+    early_stop: bool = True
+    early_stop_threshold: float = 0.99
+    early_stop_patience: int = 25
+    anomaly_threshold: float = 2.0
+
+    def __post_init__(self):
+        for name in ("epochs", "patience", "early_stop_patience"):
+            require_int(getattr(self, name), name, 1)
+        require(self.init_cost >= 0, "init_cost", "must be >= 0", self.init_cost)
+        require(
+            0 < self.attack_threshold <= 1,
+            "attack_threshold",
+            "must be in (0, 1]",
+            self.attack_threshold,
+        )
+        require(self.cost_multiplier > 1, "cost_multiplier", "must be > 1", self.cost_multiplier)
+        require(
+            0 < self.early_stop_threshold <= 1,
+            "early_stop_threshold",
+            "must be in (0, 1]",
+            self.early_stop_threshold,
+        )
+        require(
+            self.anomaly_threshold > 0, "anomaly_threshold", "must be > 0", self.anomaly_threshold
+        )
+
+    def search(
+        self,
+        model: nn.Module,
+        variables: Variables,
+        images: jax.Array | np.ndarray,
+        num_classes: int,
+        *,
+        key: jax.Array,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        lr: float,
+    ) -> ReversedTriggers:
+        """Every label's trigger reversed on `images` (`reverse_engineer` with these
+        settings) for the masked parameters of `variables`.
+
+        Args:
+            model: the Flax module (`(logits, features)` outputs).
+            variables: the examined model.
+            images: uint8[N, H, W, 3] the defender's tuning images.
+            num_classes: C.
+            key: the search's randomness.
+            mean, std: the model's input normalization.
+            batch_size: images per search step.
+            lr: Adam's learning rate for the masks and patterns.
+        """
+        params = jax.tree.map(jnp.multiply, variables.params, variables.mask)
+        return reverse_engineer(
+            logits_fn(model),
+            {"params": params, "batch_stats": variables.batch_stats},
+            images,
+            num_classes,
+            key=key,
+            mean=mean,
+            std=std,
+            epochs=self.epochs,
+            batch_size=batch_size,
+            lr=lr,
+            init_cost=self.init_cost,
+            threshold=self.attack_threshold,
+            patience=self.patience,
+            cost_multiplier=self.cost_multiplier,
+            early_stop=self.early_stop,
+            early_stop_threshold=self.early_stop_threshold,
+            early_stop_patience=self.early_stop_patience,
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NeuralCleanse(TriggerSearch):
+    """Neural Cleanse: reverse-engineer every label's trigger, flag outliers, unlearn.
+
+    The trigger search's settings are `TriggerSearch`'s (epochs, init_cost, attack_threshold,
+    patience, cost_multiplier, the early stop, anomaly_threshold).
+
+    Attributes:
+        steps: fine-tuning (unlearning) SGD steps.
+        lr: fine-tuning learning rate (constant unless `cosine`).
+        momentum: SGD momentum.
+        weight_decay: L2 coefficient added to the gradient (PyTorch's convention).
+        batch_size: fine-tuning images per step.
+        cosine: decay the fine-tuning learning rate to 0 over the steps.
+        reverse_batch_size: reverse-engineering images per step (at most the tuning images).
+        mask_lr: Adam's learning rate for the masks and patterns.
         unlearn_fraction: the fraction of the tuning images stamped with a flagged label's
             trigger (split among the flagged labels), keeping their true labels.
 
@@ -514,60 +609,16 @@ class NeuralCleanse:
     weight_decay: float = 5e-4
     batch_size: int = 128
     cosine: bool = False
-    epochs: int = 80
     reverse_batch_size: int = 128
     mask_lr: float = 0.1
-    init_cost: float = 1e-3
-    attack_threshold: float = 0.99
-    patience: int = 5
-    cost_multiplier: float = 2.0
-    early_stop: bool = True
-    early_stop_threshold: float = 0.99
-    early_stop_patience: int = 25
-    anomaly_threshold: float = 2.0
     unlearn_fraction: float = 0.2
     name: ClassVar[str] = "neural_cleanse"
 
     def __post_init__(self):
+        super().__post_init__()
         check_optimizer(self)
-        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        require(is_int(self.epochs) and self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
-        require(
-            is_int(self.reverse_batch_size) and self.reverse_batch_size >= 1,
-            "reverse_batch_size",
-            "must be >= 1",
-            self.reverse_batch_size,
-        )
+        require_int(self.reverse_batch_size, "reverse_batch_size", 1)
         require(self.mask_lr > 0, "mask_lr", "must be > 0", self.mask_lr)
-        require(self.init_cost >= 0, "init_cost", "must be >= 0", self.init_cost)
-        require(
-            0 < self.attack_threshold <= 1,
-            "attack_threshold",
-            "must be in (0, 1]",
-            self.attack_threshold,
-        )
-        require(
-            is_int(self.patience) and self.patience >= 1, "patience", "must be >= 1", self.patience
-        )
-        require(self.cost_multiplier > 1, "cost_multiplier", "must be > 1", self.cost_multiplier)
-        require(
-            0 < self.early_stop_threshold <= 1,
-            "early_stop_threshold",
-            "must be in (0, 1]",
-            self.early_stop_threshold,
-        )
-        require(
-            is_int(self.early_stop_patience) and self.early_stop_patience >= 1,
-            "early_stop_patience",
-            "must be >= 1",
-            self.early_stop_patience,
-        )
-        require(
-            self.anomaly_threshold > 0,
-            "anomaly_threshold",
-            "must be > 0",
-            self.anomaly_threshold,
-        )
         require(
             0 < self.unlearn_fraction <= 1,
             "unlearn_fraction",
@@ -578,26 +629,16 @@ class NeuralCleanse:
     def reverse(self, ctx: RepairContext, variables: Variables) -> ReversedTriggers:
         """Reverse-engineers every label's trigger on the defender's tuning images."""
         trainer = ctx.trainer
-        mean, std = trainer.mean, trainer.std
-        params = jax.tree.map(jnp.multiply, variables.params, variables.mask)
-        return reverse_engineer(
-            logits_fn(trainer.model),
-            {"params": params, "batch_stats": variables.batch_stats},
+        return self.search(
+            trainer.model,
+            variables,
             ctx.tune_data.images,
             ctx.num_classes,
             key=jax.random.fold_in(ctx.key, zlib.crc32(b"neural_cleanse/reverse")),
-            mean=mean,
-            std=std,
-            epochs=self.epochs,
+            mean=trainer.mean,
+            std=trainer.std,
             batch_size=self.reverse_batch_size,
             lr=self.mask_lr,
-            init_cost=self.init_cost,
-            threshold=self.attack_threshold,
-            patience=self.patience,
-            cost_multiplier=self.cost_multiplier,
-            early_stop=self.early_stop,
-            early_stop_threshold=self.early_stop_threshold,
-            early_stop_patience=self.early_stop_patience,
         )
 
     def plan(self, ctx: RepairContext, variables: Variables) -> TuningPlan:

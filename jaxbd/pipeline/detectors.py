@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -25,8 +24,7 @@ from jaxbd import defenses, metrics
 from jaxbd.defenses import cti as cti_lib
 from jaxbd.defenses import strip as strip_lib
 from jaxbd.defenses.base import Variables
-from jaxbd.defenses.neural_cleanse import anomaly_index, flag_labels, reverse_engineer
-from jaxbd.defenses.neural_cleanse import logits_fn as nc_logits_fn
+from jaxbd.defenses.neural_cleanse import anomaly_index, flag_labels
 from jaxbd.pipeline import engine, setup
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.settings import ConfigError
@@ -218,27 +216,18 @@ def plot_entropy(clean: np.ndarray, triggered: np.ndarray, threshold: float, pat
 def _neural_cleanse(ctx: DetectContext, settings: cti_lib.NeuralCleanseDetectSettings) -> Detection:
     """Neural Cleanse (Wang et al. 2019) as a model score: every label's trigger reversed on
     the defender's tuning images; the largest anomaly index below the median."""
-    trainer, v = ctx.trainer, ctx.model
-    params = jax.tree.map(jnp.multiply, v.params, v.mask)
+    trainer = ctx.trainer
     triggers = jax.device_get(
-        reverse_engineer(
-            nc_logits_fn(trainer.model),
-            {"params": params, "batch_stats": v.batch_stats},
+        settings.search(
+            trainer.model,
+            ctx.model,
             ctx.defender.tune.images,
             ctx.num_classes,
             key=ctx.key,
             mean=trainer.mean,
             std=trainer.std,
-            epochs=settings.epochs,
             batch_size=settings.batch_size,
             lr=settings.lr,
-            init_cost=settings.init_cost,
-            threshold=settings.attack_threshold,
-            patience=settings.patience,
-            cost_multiplier=settings.cost_multiplier,
-            early_stop=settings.early_stop,
-            early_stop_threshold=settings.early_stop_threshold,
-            early_stop_patience=settings.early_stop_patience,
         )
     )
     norms = np.asarray(triggers.norms)
