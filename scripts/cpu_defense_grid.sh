@@ -2,14 +2,19 @@
 # The attack × defense grid (configs/pyp_grid.py) at the scale this 2-core CPU allows in about
 # an hour, for results/defense_grid_cpu: a class-stratified 5,000 of a CIFAR-10 copy's
 # training images and 2,000 of its test images, ResNet-18 at width 8 (fp32), 14 epochs at
-# batch 128 and lr 0.1, 5% poisons — the settings at which README's attack table saw the
-# backdoor learned (one seed each): badnets 99.9%, cl_badnets 99.2%, adv_clean_label 98.4%
-# (its surrogate 4 epochs) — × every repair that needs no trigger knowledge (finetune,
+# batch 128 and lr 0.1, 10% poisons (500 images; the clean-label attacks poison every one of
+# the target class's 500) — × every repair that needs no trigger knowledge (finetune,
 # fine_pruning, nad, neural_cleanse, pivotal_tuning, anp; clp data-free) × r = 5% and 10%
-# (250 and 500 defender images, 10% held out) × 2 seeds. The repairs' step budgets are cut to
-# STEPS (default 100; their own: 1,000–2,000) with a curve row every STEPS/4, Neural Cleanse's
-# trigger search to 5 epochs, NAD's teacher to STEPS steps, ANP's mask search to STEPS
-# iterations: at their own budgets one cell's defenses alone would take over an hour here.
+# (250 and 500 defender images, 10% held out) × 2 seeds, for the three attacks whose
+# backdoors models of this size learn (badnets, cl_badnets, adv_clean_label; its surrogate 4
+# epochs). The repairs' step budgets are cut to STEPS (default 100; their own: 1,000–2,000)
+# with a curve row every STEPS/4, Neural Cleanse's trigger search to 5 epochs, NAD's teacher
+# to STEPS steps, ANP's mask search to STEPS iterations: at their own budgets one cell's
+# defenses alone would take over an hour here.
+#
+# Calibrated (results/defense_grid_cpu/README.md): at 5% poisons BadNets' seed 1 ended at
+# 25.4% ASR (seed 0: 99.6%; the clean-label attacks 97.3-99.5%); at 10% every attack × seed
+# learned its backdoor (98.8-99.9%), which is what the undefended column of the tables shows.
 #
 #   export DATA=/path/to/cifar10        # a local CIFAR-10 copy (any layout load_cifar10 reads)
 #   bash scripts/cpu_defense_grid.sh     # the grid -> runs/defense_grid_cpu (resumable)
@@ -19,9 +24,8 @@
 #       # same size: 1 attack, 1 seed, 2 epochs, r = 5%, 20 steps) and the projected wall time
 #       # of the full command (scripts/project_grid.py; runs/defense_grid_reduced)
 #
-# Not calibrated yet: the attack table's settings learned each backdoor in one seed; whether
-# every seed learns it (ASR >= 90%) at these settings is what the grid's undefended column
-# shows. Set OUT, ATTACKS, SEEDS, BUDGETS, DEFENSES, EPOCHS, STEPS to override.
+# Set OUT, ATTACKS, SEEDS, BUDGETS, DEFENSES, EPOCHS, STEPS, FRACTION to override (e.g.
+# DEFENSES='()' trains the attacked models only: the calibration runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ATTACKS=${ATTACKS:-'("badnets","cl_badnets","adv_clean_label")'}
