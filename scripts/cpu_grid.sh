@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The reference grid (configs/paper.py: full, random, el2n, forgetting, craig, grad_align,
+# The reference grid (configs/paper.py's full, random, el2n, forgetting, craig, grad_align,
+# and the training-set detectors spectral and activation_clustering as selection methods,
 # each dense and pruned) at the scale a 2-core CPU allows in about an hour, as committed
 # under results/cpu_grid: a class-stratified 4,000 of a CIFAR-10 copy's training images
 # and 2,000 of its test images (the committed grid: a JPEG image-folder copy), ResNet-18 at
@@ -8,10 +9,12 @@
 # the backdoor in every seed: at 2% (80 poisons) it was not learned at this size (ASR 14%
 # after 6 epochs on all 4,000); at 5% (200) it was a coin flip (seeds 0-4: 99.5-99.8% but
 # 20.8% for seed 1); at 10%, full's dense arm alone (METHODS='("full",)' with
-# --config.prune.rounds=0), seeds 0-4 reached 99.7-99.9%. The committed grid: seeds 0-2.
+# --config.prune.rounds=0), seeds 0-4 reached 99.7-99.9%. The committed grid: SEEDS="(0,1,2)".
 # Batch 32 at lr 0.05, 8 epochs per arm, a 3-epoch pretraining run (EL2N: 2-model ensemble
 # scored after epoch 2), IMP with 2 rounds of 30% on 2-epoch rounds rewound to epoch 1 (51%
-# sparsity), the final sparse network trained the full 8 epochs.
+# sparsity), the final sparse network trained the full 8 epochs. Spectral Signatures'
+# expected poison rate is 1/3, so that it removes 1.5·ε = 50% of every class: the coresets'
+# budget.
 #
 #   export DATA=/path/to/cifar10       # required: a local CIFAR-10 copy (any layout
 #                                      # jaxbd.data.load_cifar10 reads)
@@ -19,7 +22,7 @@
 #
 # Arguments after the script's name are passed on to scripts/sweep.py (more overrides).
 # Re-running continues the grid (finished cells are skipped); more SEEDS run only the new
-# cells. Set OUT, SEEDS (default "(0,1,2,3,4)"), METHODS (default: the config's), FRACTION
+# cells. Set OUT, SEEDS (default "(0,1,2,3,4)"), METHODS (default: the eight above), FRACTION
 # and SEEDS_TOGETHER (default 1) to override; e.g. the seed-batching measurement in BENCHMARKS.md:
 #
 #   OUT=runs/seeds_apart METHODS='("random",)' SEEDS="(0,1)" bash scripts/cpu_grid.sh
@@ -31,6 +34,7 @@ DATA=${DATA:?set DATA to a local CIFAR-10 copy, e.g. DATA=/path/to/cifar10}
 OUT=${OUT:-runs/cpu_grid}
 SEEDS=${SEEDS:-(0,1,2,3,4)}
 SEEDS_TOGETHER=${SEEDS_TOGETHER:-1}
+METHODS=${METHODS:-'("full","random","el2n","forgetting","craig","grad_align","spectral","activation_clustering")'}
 FRACTION=${FRACTION:-0.1}
 python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.data.path="$DATA" \
@@ -41,7 +45,8 @@ python scripts/sweep.py --config configs/paper.py --workdir "$OUT" \
   --config.model.dtype=float32 \
   "--config.sweep.seeds=$SEEDS" \
   "--config.sweep.seeds_together=$SEEDS_TOGETHER" \
-  ${METHODS:+"--config.sweep.methods=$METHODS"} \
+  "--config.sweep.methods=$METHODS" \
+  --config.select.spectral.poison_rate=0.3333 \
   --config.train.epochs=8 \
   --config.train.batch_size=32 \
   --config.train.lr=0.05 \

@@ -1,17 +1,18 @@
 """The detection tables of a folder written by scripts/cpu_detection.sh.
 
     python scripts/summarize_detection.py runs/cpu_detection \
-        [--reference results/cpu_grid/results.csv --reference_methods craig,grad_align]
+        [--reference results/cpu_grid/results.csv \
+         --reference_methods spectral,activation_clustering,craig,grad_align]
 
 Prints three Markdown tables from what has finished:
 
 - STRIP (`strip_<attack>/summary.json`, scripts/detect.py): the examined model's clean
   accuracy and ASR (its source run's summary, where that run is at hand), the threshold,
   FRR on the clean test set, FAR on the triggered non-target test images, ROC AUC;
-- the training-set detectors as selection methods (`select/results.csv`, scripts/sweep.py),
-  with rows of a reference grid's `results.csv` at the same settings beside them: removed-set
-  precision and recall, poison retention, the dense model's clean accuracy and ASR after
-  training on what was kept — mean ± sample std over seeds (n);
+- the training-set detectors as selection methods, read from the reference grid's
+  `results.csv` (scripts/cpu_grid.sh runs them beside the coresets; `--reference_methods`
+  picks the rows): removed-set precision and recall, poison retention, the dense model's
+  clean accuracy and ASR after training on what was kept — mean ± sample std over seeds (n);
 - the model zoo (`zoo/auc.json`, scripts/zoo.py): each detector's ROC AUC with its bootstrap
   interval.
 """
@@ -73,20 +74,18 @@ def _rows(path: str, methods=None):
     return by_method
 
 
-def selection_table(folder: str, reference: str | None, reference_methods) -> list[str]:
+def selection_table(reference: str | None, reference_methods) -> list[str]:
     lines = [
         "| method | removed precision (%) | removed recall (%) | poison retention (%) | "
         "dense clean acc. (%) | dense ASR (%) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    groups = []
-    path = os.path.join(folder, "select", "results.csv")
-    if os.path.exists(path):
-        groups.append(_rows(path))
     if reference and os.path.exists(reference):
-        groups.append(_rows(reference, set(reference_methods)))
-    for by_method in groups:
-        for method, rows in by_method.items():
+        by_method = _rows(reference, set(reference_methods))
+        for method in reference_methods:
+            rows = by_method.get(method)
+            if not rows:
+                continue
             lines.append(
                 f"| {method} | {_mean_std(rows, 'removed_precision')} | "
                 f"{_mean_std(rows, 'removed_recall')} | "
@@ -104,14 +103,18 @@ def zoo_table(folder: str) -> list[str]:
     with open(path) as f:
         report = json.load(f)
     lines = [
-        "| detector | ROC AUC | 95% bootstrap interval | backdoored | clean |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| detector | ROC AUC | 95% bootstrap interval | backdoored | clean | excluded |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, a in sorted(report["auc"].items()):
         auc = "–" if a["auc"] is None else f"{a['auc']:.3f}"
         low = "–" if a["low"] is None else f"{a['low']:.3f}"
         high = "–" if a["high"] is None else f"{a['high']:.3f}"
-        lines.append(f"| {name} | {auc} | [{low}, {high}] | {a['positives']} | {a['negatives']} |")
+        excluded = ", ".join(a.get("excluded", [])) or "none"
+        lines.append(
+            f"| {name} | {auc} | [{low}, {high}] | {a['positives']} | {a['negatives']} "
+            f"| {excluded} |"
+        )
     lines.append(f"\n{report['models']} models, {report['seconds'] / 60:.1f} min.")
     return lines
 
@@ -119,15 +122,17 @@ def zoo_table(folder: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
-    parser.add_argument("--reference", help="a reference grid's results.csv (same settings)")
-    parser.add_argument("--reference_methods", default="craig,grad_align")
+    parser.add_argument("--reference", help="the reference grid's results.csv")
+    parser.add_argument(
+        "--reference_methods", default="spectral,activation_clustering,craig,grad_align"
+    )
     args = parser.parse_args()
     if not os.path.isdir(args.folder):
         parser.error(f"no folder {args.folder}")
     methods = [m for m in args.reference_methods.split(",") if m]
     for title, lines in (
         ("STRIP", strip_table(args.folder)),
-        ("Training-set detectors", selection_table(args.folder, args.reference, methods)),
+        ("Training-set detectors", selection_table(args.reference, methods)),
         ("Model zoo", zoo_table(args.folder)),
     ):
         print(f"## {title}\n")
