@@ -2,8 +2,8 @@
 # The attack × defense grid (configs/pyp_grid.py) at the scale this 2-core CPU allows in about
 # an hour, for results/defense_grid_cpu: a class-stratified 5,000 of a CIFAR-10 copy's
 # training images and 2,000 of its test images, ResNet-18 at width 8 (fp32), 14 epochs at
-# batch 128 and lr 0.1, 10% poisons (500 images; the clean-label attacks poison every one of
-# the target class's 500) — × every repair that needs no trigger knowledge (finetune,
+# batch 128 and lr 0.1, 9% poisons (450 images; the clean-label attacks poison 450 of the
+# target class's 500, leaving the defender 50 clean ones) — × every repair that needs no trigger knowledge (finetune,
 # fine_pruning, nad, neural_cleanse, pivotal_tuning, anp; clp data-free) × r = 5% and 10%
 # (250 and 500 defender images, 10% held out) × 2 seeds, for the three attacks whose
 # backdoors models of this size learn (badnets, cl_badnets, adv_clean_label; its surrogate 4
@@ -14,7 +14,8 @@
 #
 # Calibrated (results/defense_grid_cpu/README.md): at 5% poisons BadNets' seed 1 ended at
 # 25.4% ASR (seed 0: 99.6%; the clean-label attacks 97.3-99.5%); at 10% every attack × seed
-# learned its backdoor (98.8-99.9%), which is what the undefended column of the tables shows.
+# learned its backdoor (98.8-99.9%), but the clean-label attacks then poison every image of
+# the target class and the defender, who draws clean training images, gets none of it.
 #
 #   export DATA=/path/to/cifar10        # a local CIFAR-10 copy (any layout load_cifar10 reads)
 #   bash scripts/cpu_defense_grid.sh     # the grid -> runs/defense_grid_cpu (resumable)
@@ -36,7 +37,7 @@ EPOCHS=${EPOCHS:-14}
 STEPS=${STEPS:-100}
 TRAIN=${TRAIN:-5000}
 TEST=${TEST:-2000}
-FRACTION=${FRACTION:-0.1}
+FRACTION=${FRACTION:-0.09}
 
 if [[ -n ${SMOKE:-} ]]; then
   OUT=${OUT:-runs/defense_grid_smoke}
