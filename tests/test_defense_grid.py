@@ -277,6 +277,8 @@ def _recorded(workdir):
         ("defender_budgets", (1.5,), r"a fraction r must be in \(0, 1\]"),
         ("defender_budgets", (0.05,), r"batch_size=16 \(finetune\) exceeds the defender's"),
         ("attacks", ("badnets", "moonlight"), r"config\.sweep\.attacks"),
+        # 10% of 256 images is every one of class 0's: no clean one left for the defender.
+        ("attacks", ("badnets", "cl_badnets"), r"r=25% with cl_badnets's poisons: class 0 gets 0"),
         ("detectors", ("strip", "tea_leaves"), r"config\.sweep\.detectors: must be distinct"),
         ("detectors", ("strip",), r"overlays=100 exceeds the defender's .* at r=25%"),
         ("shard", 2, r"config\.sweep\.shard: must be an integer in \[0, num_shards=2\)"),

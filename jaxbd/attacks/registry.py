@@ -67,12 +67,16 @@ class Recipe:
         trains: a training-time attack: the training set stays clean, and the built attack's
             `make_epoch_fn(trainer, train_set, *, key, fraction, exclude_target)` supplies the
             epoch function the victim trains with.
+        clean_label: it poisons target-class images only and keeps their labels (the built
+            attack's `clean_label`), so `fraction` of the training set comes out of that one
+            class: known before the attack is built, e.g. to size a defender's clean draw.
     """
 
     surrogate: bool = False
     victim: bool = False
     trigger: str | None = None
     trains: bool = False
+    clean_label: bool = False
 
     @property
     def groupable(self) -> bool:
@@ -82,11 +86,14 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "adv_clean_label": Recipe(surrogate=True),
+    "adv_clean_label": Recipe(surrogate=True, clean_label=True),
+    "cl_badnets": Recipe(clean_label=True),
+    "sig": Recipe(clean_label=True),
     "pcb": Recipe(victim=True, trigger="badnets", trains=True),
 }
-"""The attacks that need more than their hyper-parameters; every other attack's recipe is
-`Recipe()` (a data-poisoning transform built from its hyper-parameters alone)."""
+"""The attacks that need more than their hyper-parameters or poison with clean labels; every
+other attack's recipe is `Recipe()` (a dirty-label data-poisoning transform built from its
+hyper-parameters alone)."""
 
 
 def recipe(name: str) -> Recipe:

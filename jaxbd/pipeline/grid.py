@@ -517,14 +517,18 @@ def repair_config(config: ml_collections.ConfigDict, grid: Grid, defense: Defens
 
 
 def check_defender_sizes(config, grid: Grid, train) -> None:
-    """Refuses, before any training, a budget too small for a repair's batch size.
+    """Refuses, before any training, a budget the defender cannot draw or too small for a
+    repair's batch size.
 
     Counts the defender's tuning images as `jaxbd.defenses.defender_data` draws them from
-    `train` (the clean training set); the poisons it never draws move a class's share by an
-    image or so, and the defense pipeline checks the exact count again.
+    `train` (the clean training set), never a poison: a clean-label attack's poisons are
+    `attack.fraction` of the training set taken from the target class alone (possibly all of
+    it), so its draw is checked with that class reduced; a dirty-label attack's, drawn from
+    every class, move a class's share by an image or so, and the defense pipeline checks the
+    exact count again.
 
     Raises:
-        ConfigError: naming the budget and the repair.
+        ConfigError: naming the budget and the repair or the attack.
     """
     sweep = _sweep(config)
     for budget in grid.budgets:
@@ -533,13 +537,19 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
             per_class=budget.per_class,
             val_fraction=sweep.defender.val_fraction,
         )
-        try:
-            # Any key: the draw's sizes do not depend on it.
-            drawn = defenses.defender_data(
-                jax.random.key(0), train, np.zeros(len(train), bool), settings
-            )
-        except ValueError as e:
-            raise ConfigError(f"config.sweep.defender_budgets: {budget.label}: {e}") from None
+        draws = {}
+        for attack, is_poison in _poison_counts(config, grid, train).items():
+            try:
+                # Any key: the draw's sizes do not depend on it.
+                draws[attack] = defenses.defender_data(
+                    jax.random.key(0), train, is_poison, settings
+                )
+            except ValueError as e:
+                where = f" with {attack}'s poisons" if attack else ""
+                raise ConfigError(
+                    f"config.sweep.defender_budgets: {budget.label}{where}: {e}"
+                ) from None
+        drawn = draws[""]  # the sizes every attack's draw shares (same total per budget)
         for name in grid.detectors:  # e.g. STRIP: no more overlays than tuning images
             detector = DETECTORS[name]
             if detector.check is not None:
@@ -560,6 +570,21 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
                     f"({defense.label}) exceeds the defender's {len(drawn.tune)} tuning images "
                     f"at {budget.label}: lower it, or drop that budget"
                 )
+
+
+def _poison_counts(config, grid: Grid, train) -> dict[str, np.ndarray]:
+    """Poison flags with each attack's per-class poison counts: no poisons (key ""), and for
+    each clean-label attack of the grid `round(attack.fraction · N)` target-class images
+    (which ones does not matter to the defender's sizes)."""
+    masks = {"": np.zeros(len(train), bool)}
+    target = np.flatnonzero(np.asarray(train.labels) == config.attack.target)
+    count = min(round(config.attack.fraction * len(train)), len(target))
+    for name in grid.attacks:
+        if attacks.recipe(name).clean_label:
+            mask = np.zeros(len(train), bool)
+            mask[target[:count]] = True
+            masks[name] = mask
+    return masks
 
 
 def complete(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ def test_every_attack_poisons_and_triggers_by_its_rules(name):
     if name in ("badnets", "cl_badnets", "adv_clean_label", "all_to_all"):
         config[name].size = 3
     attack = attacks.make_attack(config, num_classes=4, logits_fn=linear_logits)
+    assert attacks.recipe(name).clean_label == attack.clean_label  # known before it is built
     fraction = 0.1
     poisoned = attacks.poison_dataset(jax.random.key(1), DATA.train, attack, fraction=fraction)
     labels, original = poisoned.dataset.labels, poisoned.original_labels
