@@ -531,6 +531,7 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
         ConfigError: naming the budget and the repair or the attack.
     """
     sweep = _sweep(config)
+    poisons = _poison_counts(config, grid, train)
     for budget in grid.budgets:
         settings = defenses.DefenderDataSettings(
             fraction=budget.fraction,
@@ -538,7 +539,7 @@ def check_defender_sizes(config, grid: Grid, train) -> None:
             val_fraction=sweep.defender.val_fraction,
         )
         draws = {}
-        for attack, is_poison in _poison_counts(config, grid, train).items():
+        for attack, is_poison in poisons.items():
             try:
                 # Any key: the draw's sizes do not depend on it.
                 draws[attack] = defenses.defender_data(
