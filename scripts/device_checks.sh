@@ -19,6 +19,15 @@
 #      (scripts/project_grid.py --reduced; jaxbd.pipeline.grid_cost says how). About 4
 #      minutes: with it the script needs about 15 minutes, so run it in a session of its own
 #      if the others' budget is tight (ONLY=pyp_grid bash scripts/device_checks.sh).
+#   6. Optional, in a session of its own (ONLY=zoo_scale; skipped otherwise): Calibrated
+#      Trigger Inversion and Neural Cleanse at the paper's scale, which the CPU cannot reach
+#      (tests/defenses/test_cti.py measures why CTI does not separate small models): the
+#      configs/zoo.py protocol with ZOO_MODELS BadNets + ZOO_MODELS clean ResNet-18s at width
+#      64 on all of CIFAR-10 (10% poisons, ZOO_EPOCHS epochs with crop and flip, bf16), the
+#      defender's r = 1% (500 clean images), CTI's repair at Pivotal Tuning's 2000 steps; the
+#      report (auc.json, models.md, roc.png) comes back under $OUT. It needs the CIFAR-10 copy
+#      carried: `mkdir -p .data && cp /path/to/cifar10/{train,test}.tgz .data/` (with /.data/
+#      in .git/info/exclude), carry [".whl", ".data"]; ZOO_DATA says where it is (.data).
 #
 # Preparation, once, on the machine that sends the working tree (the device has no
 # internet): the wheels its image lacks, into .whl. torch is in the accelerator image
@@ -47,10 +56,12 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+OPTIONAL=" zoo_scale "  # steps that run only when ONLY names them
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a limit, logged to $OUT/NAME.log
   local name=$1 limit=$2
   shift 2
   if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return; fi
+  if [ -z "${ONLY:-}" ] && [[ $OPTIONAL == *" $name "* ]]; then return; fi
   echo "== $name ($limit s): $*" | tee "$OUT/$name.log"
   local start=$SECONDS
   timeout "$limit" "$@" >>"$OUT/$name.log" 2>&1
@@ -85,3 +96,16 @@ step pyp_grid 300 bash -c "python3 scripts/sweep.py --config configs/pyp_grid.py
   --config.runtime.progress=false $GRID_EXTRA \
   && python3 scripts/project_grid.py --config configs/pyp_grid.py \
   --reduced $OUT/pyp_grid_reduced --config.model.width=$WIDTH $GRID_EXTRA"
+ZOO_DATA=${ZOO_DATA:-.data} ZOO_MODELS=${ZOO_MODELS:-2} ZOO_EPOCHS=${ZOO_EPOCHS:-12}
+ZOO_WORKDIR=${ZOO_WORKDIR:-/tmp/zoo_scale} ZOO_EXTRA=${ZOO_EXTRA:-}
+# The zoo's run directories (checkpoints) stay outside $OUT; only the report comes back.
+step zoo_scale 560 bash -c "python3 scripts/zoo.py --config configs/zoo.py \
+  --workdir $ZOO_WORKDIR --config.data.name=cifar10 --config.data.path=$ZOO_DATA \
+  --config.model.width=$WIDTH --config.model.dtype=bfloat16 --config.train.epochs=$ZOO_EPOCHS \
+  --config.train.batch_size=128 --config.train.lr=0.1 --config.train.crop_padding=4 \
+  --config.train.flip=true --config.attack.fraction=0.1 '--config.zoo.attacks=(\"badnets\",)' \
+  --config.zoo.backdoored=$ZOO_MODELS --config.zoo.clean=$ZOO_MODELS \
+  --config.zoo.defender.fraction=0.01 --config.zoo.detector.cti.repair_steps=2000 \
+  --config.zoo.detector.cti.repair_batch_size=128 --config.zoo.detector.cti.batch_size=128 \
+  --config.runtime.progress=false $ZOO_EXTRA \
+  && cp $ZOO_WORKDIR/auc.json $ZOO_WORKDIR/models.md $ZOO_WORKDIR/roc.png $OUT/"
