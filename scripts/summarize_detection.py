@@ -7,7 +7,8 @@
 Prints three Markdown tables from what has finished:
 
 - STRIP (`strip_<attack>/summary.json`, scripts/detect.py): the examined model's clean
-  accuracy and ASR (its source run's summary, where that run is at hand), the threshold,
+  accuracy and ASR (the detection's `model_test`; for an older detection, its source run's
+  summary where that run is at hand), the threshold,
   FRR on the clean test set, FAR on the triggered non-target test images, ROC AUC;
 - the training-set detectors as selection methods, read from the reference grid's
   `results.csv` (scripts/cpu_grid.sh runs them beside the coresets; `--reference_methods`
@@ -52,9 +53,11 @@ def strip_table(folder: str) -> list[str]:
     for path in sorted(glob.glob(os.path.join(folder, "strip_*", "summary.json"))):
         with open(path) as f:
             s = json.load(f)
+        # The examined model's test metrics: the detection's own record (`model_test`), or,
+        # for a detection written before it kept one, its source run's summary if at hand.
+        src = s.get("model_test") or {"clean_accuracy": None, "attack_success_rate": None}
         source_summary = os.path.join(s["source"], "summary.json")
-        src = {"clean_accuracy": None, "attack_success_rate": None}  # source not at hand
-        if os.path.exists(source_summary):
+        if "model_test" not in s and os.path.exists(source_summary):
             with open(source_summary) as f:
                 src = json.load(f)
         lines.append(

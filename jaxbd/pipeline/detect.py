@@ -14,7 +14,8 @@
 3. the detector named by `config.detector.name` (a key of `DETECTORS`) runs on a
    `DetectContext` and returns a `Detection`: summary fields, optional arrays
    (`scores.npz`) and optional figures (PNG);
-4. `summary.json` (which marks the detection finished), `config.json`, `metrics.jsonl`.
+4. `summary.json` (which marks the detection finished; with the examined model's test
+   metrics, `model_test`, for the report), `config.json`, `metrics.jsonl`.
 
 Every decision a detector makes (a threshold, a flagged class) reads the defender's data
 only; the test set is for reporting.
@@ -99,6 +100,7 @@ PIPELINE_KEYS = (
     "defender_examples",
     "defender_tune",
     "defender_val",
+    "model_test",
     "resumed",
     "wall_seconds",
 )
@@ -244,6 +246,9 @@ def run(
             num_classes=splits.train.num_classes,
             experiment=exp,
         )
+        # The examined model's test metrics, for the report only (nothing decides on them):
+        # they make the detection's summary readable without its source at hand.
+        model_test = rebuilt.evaluate_fn(trainer)(variables)
         detection = s.detector.detect(ctx, s.hparams)
         clash = sorted(set(detection.summary) & set(PIPELINE_KEYS))
         if clash:
@@ -258,6 +263,7 @@ def run(
             "source_model": s.source.model,
             "attack": exp.attack.name,
             "target": stage.attack.target,
+            "model_test": model_test,
             **jsonable(dict(detection.summary)),
             "defender_examples": len(defender),
             "defender_tune": len(defender.tune),

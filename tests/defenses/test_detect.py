@@ -61,7 +61,7 @@ def detected(source):
 
 
 def test_outputs_and_summary(source, detected):
-    source_dir, _ = source
+    source_dir, source_summary = source
     summary, workdir = detected
     for name in ("config.json", "metrics.jsonl", "summary.json", "scores.npz", "entropy.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
@@ -72,6 +72,9 @@ def test_outputs_and_summary(source, detected):
     assert summary["overlays"] == 8 and summary["blend"] == "sum"
     assert summary["hparams"] == {"overlays": 8, "blend": "sum", "frr": 0.1, "batch_size": 32}
     assert summary["defender_tune"] == 54 and summary["defender_val"] == 10
+    # The examined model's test metrics, recomputed: those its training run reported.
+    for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
+        assert summary["model_test"][key] == pytest.approx(source_summary[key]), key
     scores = np.load(os.path.join(workdir, "scores.npz"))
     assert scores["val"].shape == (10,) and scores["clean"].shape == (64,)
     assert summary["num_clean"] == 64 and summary["num_triggered"] == len(scores["triggered"])
