@@ -35,14 +35,13 @@ ones.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbd.models.resnet import BN_EPSILON, BN_MOMENTUM, conv_init, torch_linear_init
+from jaxbd.models.layers import batch_norm, conv, pooled_head, residual_stages, stem_conv
 
 
 class PreActBlock(nn.Module):
@@ -60,23 +59,16 @@ class PreActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-        )
+        c, norm = conv(self.dtype), batch_norm(train, self.dtype)
         a = nn.relu(norm(name="bn1")(x))
         if self.strides != 1 or x.shape[-1] != self.features:
             # BackdoorBench's shortcut: a bare 1×1 conv of the pre-activated input.
-            shortcut = conv(self.features, (1, 1), self.strides, padding=0, name="shortcut_conv")(a)
+            shortcut = c(self.features, (1, 1), self.strides, padding=0, name="shortcut_conv")(a)
         else:
             shortcut = x
-        y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(a)
+        y = c(self.features, (3, 3), self.strides, padding=1, name="conv1")(a)
         y = nn.relu(norm(name="bn2")(y))
-        y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        y = c(self.features, (3, 3), 1, padding=1, name="conv2")(y)
         return y + shortcut
 
 
@@ -108,38 +100,10 @@ class PreActResNet(nn.Module):
             (logits float32[B, C], features float32[B, 8·width]) where features are the
             globally pooled last residual sum (no final BN–ReLU, as in BackdoorBench).
         """
-        x = x.astype(self.dtype)
-        x = nn.Conv(
-            self.width,
-            (3, 3),
-            1,
-            padding=1,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            name="stem_conv",
-        )(x)
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            for block in range(num_blocks):
-                strides = 2 if stage > 0 and block == 0 else 1
-                x = PreActBlock(
-                    self.width * 2**stage,
-                    strides,
-                    self.dtype,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                )(x, train)
-            # A no-op unless the caller makes "intermediates" mutable (see the module docstring).
-            self.sow("intermediates", f"stage{stage + 1}", x)
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        head_init = torch_linear_init(features.shape[-1])
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=jnp.float32,
-            kernel_init=head_init,
-            bias_init=head_init,
-            name="head",
-        )(features)
-        return logits, features
+        # No BatchNorm after the stem: the first block's bn1 normalizes it.
+        x = stem_conv(x.astype(self.dtype), self.width, self.dtype)
+        x = residual_stages(self, PreActBlock, x, train)
+        return pooled_head(x, self.num_classes)
 
 
 def preact_resnet18(

@@ -23,30 +23,13 @@ returned in float32 so losses and metrics never see reduced precision.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch's BatchNorm momentum 0.1 (weight of the new batch) is flax's 0.9 (weight of the
-# running average); eps matches PyTorch's default.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
-# Kaiming-normal with fan_out, as torchvision's ResNets initialize their convolutions.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def torch_linear_init(fan_in: int):
-    """PyTorch's nn.Linear default, U(−1/√fan_in, 1/√fan_in), for its weight and bias."""
-
-    def init(key, shape, dtype=jnp.float32):
-        bound = 1.0 / fan_in**0.5
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+from jaxbd.models.layers import batch_norm, conv, pooled_head, residual_stages, stem_conv
 
 
 class BasicBlock(nn.Module):
@@ -64,20 +47,13 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-        )
-        y = conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+        c, norm = conv(self.dtype), batch_norm(train, self.dtype)
+        y = c(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
-        y = conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+        y = c(self.features, (3, 3), 1, padding=1, name="conv2")(y)
         y = norm(name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
-            x = conv(self.features, (1, 1), self.strides, padding=0, name="shortcut_conv")(x)
+            x = c(self.features, (1, 1), self.strides, padding=0, name="shortcut_conv")(x)
             x = norm(name="shortcut_bn")(x)
         return nn.relu(y + x)
 
@@ -110,46 +86,10 @@ class ResNet(nn.Module):
             (logits float32[B, C], features float32[B, 8·width]) where features are the
             globally pooled penultimate activations.
         """
-        x = x.astype(self.dtype)
-        x = nn.Conv(
-            self.width,
-            (3, 3),
-            1,
-            padding=1,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            name="stem_conv",
-        )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            name="stem_bn",
-        )(x)
-        x = nn.relu(x)
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            for block in range(num_blocks):
-                strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(
-                    self.width * 2**stage,
-                    strides,
-                    self.dtype,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                )(x, train)
-            # A no-op unless the caller makes "intermediates" mutable (see the module docstring).
-            self.sow("intermediates", f"stage{stage + 1}", x)
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        head_init = torch_linear_init(features.shape[-1])
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=jnp.float32,
-            kernel_init=head_init,
-            bias_init=head_init,
-            name="head",
-        )(features)
-        return logits, features
+        x = stem_conv(x.astype(self.dtype), self.width, self.dtype)
+        x = nn.relu(batch_norm(train, self.dtype)(name="stem_bn")(x))
+        x = residual_stages(self, BasicBlock, x, train)
+        return pooled_head(x, self.num_classes)
 
 
 def resnet18(num_classes: int = 10, width: int = 64, dtype: jnp.dtype = jnp.float32) -> ResNet:

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbd.models.resnet import BN_EPSILON, BN_MOMENTUM, conv_init, torch_linear_init
+from jaxbd.models.layers import batch_norm, conv, pooled_head
 
 
 class TinyCNN(nn.Module):
@@ -57,35 +57,10 @@ class TinyCNN(nn.Module):
         """
         x = x.astype(self.dtype)
         for stage, (channels, strides) in enumerate(((self.width, 1), (2 * self.width, 2))):
-            x = nn.Conv(
-                channels,
-                (3, 3),
-                strides,
-                padding=1,
-                use_bias=False,
-                kernel_init=conv_init,
-                dtype=self.dtype,
-                name=f"conv{stage + 1}",
-            )(x)
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=BN_MOMENTUM,
-                epsilon=BN_EPSILON,
-                dtype=self.dtype,
-                name=f"bn{stage + 1}",
-            )(x)
-            x = nn.relu(x)
+            x = conv(self.dtype)(channels, (3, 3), strides, padding=1, name=f"conv{stage + 1}")(x)
+            x = nn.relu(batch_norm(train, self.dtype)(name=f"bn{stage + 1}")(x))
             self.sow("intermediates", f"stage{stage + 1}", x)
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        head_init = torch_linear_init(features.shape[-1])
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=jnp.float32,
-            kernel_init=head_init,
-            bias_init=head_init,
-            name="head",
-        )(features)
-        return logits, features
+        return pooled_head(x, self.num_classes)
 
 
 def tiny_cnn(num_classes: int = 10, width: int = 8, dtype: jnp.dtype = jnp.float32) -> TinyCNN:
