@@ -14,33 +14,21 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The tiny grid: 2 attacks × 2 seeds on the tiny network (conftest.tiny_config's settings),
-# one defense at one budget.
+# The tiny grid: 2 attacks × 2 seeds of conftest.tiny_config's experiment (3 epochs, no
+# intermediate evaluation), one defense at one budget. The config file imports conftest from
+# this folder (which also asks JAX for four CPU devices; the runs use one).
 CONFIG = textwrap.dedent(
-    """
-    from jaxbd.configs import base_config, sweep_section
+    f"""
+    import sys
+
+    sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+
+    from conftest import tiny_config
+    from jaxbd.configs import sweep_section
 
 
     def get_config():
-        c = base_config()
-        c.data.name = "synthetic"
-        c.data.num_train = 256
-        c.data.num_test = 64
-        c.data.image_size = 16
-        c.attack.fraction = 0.1
-        c.attack.badnets.size = 3
-        c.model.name = "tiny_cnn"
-        c.model.width = 8
-        c.model.dtype = "float32"
-        c.train.epochs = 3
-        c.train.batch_size = 64
-        c.train.lr = 0.05
-        c.train.eval_every_epochs = 0
-        c.prune.rounds = 0
-        c.runtime.num_devices = 1
-        c.runtime.eval_batch_size = 64
-        c.runtime.steps_per_call = 2
-        c.runtime.progress = False
+        c = tiny_config(**{{"train.epochs": 3, "train.eval_every_epochs": 0}})
         c.sweep = sweep_section(
             attacks=("badnets", "blended"), seeds=(0, 1), defenses=("finetune",),
             defender_budgets=(0.25,),
