@@ -1,14 +1,9 @@
 """Neural Cleanse: the anomaly index, trigger reverse-engineering for all labels in one
 program, and the repair's plan (flagged: unlearning data; nothing flagged: 0 steps).
 
-The planted-trigger tests train a small CNN here, on 16×16 synthetic images (data seed 0,
-noise 0.1, 10 classes, 768 training images) with a 3×3 yellow BadNets patch in the
-bottom-right corner on 20% of them (target 3), without crop or flip so that the patch stays
-where it was planted; the defender has 22 clean images per class to reverse-engineer on.
-The network is defined here rather than `jaxbd.models.tiny_cnn`: the tiny CNN pools
-globally, so it learns "a yellow patch anywhere" and its reversed mask lands anywhere (on
-16×16 images its target's mask was flagged but had 0.2% of its mass on the patch); this one
-flattens its last feature map, so the trigger it learns has a place.
+The planted-trigger tests train the position-aware toy of tests/defenses/patch_toy.py (a
+3×3 yellow patch on 20% of 768 synthetic 16×16 images, target 3); the defender has 22 clean
+images per class to reverse-engineer on.
 
 Margins, measured on a 2-core CPU over training seeds 0-6 (the tests use seed 0): clean
 accuracy ≥ 0.99 and ASR ≥ 0.97; the target's mask is always the smallest (norm 3.6-7.5
@@ -21,17 +16,14 @@ seed 0's largest below-median index is 1.6.
 
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from patch_toy import CLASSES, MEAN, PATCH, SIZE, STD, TARGET, PatchNet
+from patch_toy import trained as toy_trained
 
-from jaxbd.attacks import badnets
-from jaxbd.attacks.poison import poison_dataset
-from jaxbd.data import make_synthetic
-from jaxbd.defenses.base import RepairContext, Variables
-from jaxbd.defenses.defender_data import DefenderDataSettings, defender_data
+from jaxbd.defenses.defender_data import DefenderDataSettings
 from jaxbd.defenses.neural_cleanse import (
     NeuralCleanse,
     anomaly_index,
@@ -41,87 +33,14 @@ from jaxbd.defenses.neural_cleanse import (
     stamp_uint8,
 )
 from jaxbd.settings import InvalidSettingError
-from jaxbd.train import CosineSchedule, Trainer, dense_mask, make_mesh
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-SIZE, CLASSES, TARGET, PATCH = 16, 10, 3, 3
 # Reverse-engineering budget of these tests: 60 epochs of 3 batches of 64 tuning images.
 REVERSE = dict(epochs=60, reverse_batch_size=64)
 
 
-class PatchNet(nn.Module):
-    """Two strided 3×3 convs and a dense head on the flattened map (position-aware)."""
-
-    num_classes: int = CLASSES
-
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = nn.relu(nn.Conv(16, (3, 3), strides=2)(x))
-        x = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
-        features = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes)(features), features
-
-
-ATTACK = badnets(target=TARGET, size=PATCH, color=(255, 255, 0), location="bottom_right")
-
-
 def trained(poisoned: bool, seed: int = 0):
-    """A model trained on the synthetic set (poisoned or not) and its repair context (every
-    random choice offset by `seed`, to check that the margins are not one seed's luck)."""
-    splits = make_synthetic(
-        num_train=768, num_test=256, num_classes=CLASSES, image_size=SIZE, seed=0, noise=0.1
-    )
-    clean = splits.train
-    train, is_poison = clean, np.zeros(len(clean), bool)
-    if poisoned:
-        poisoned_set = poison_dataset(jax.random.key(seed + 1), clean, ATTACK, fraction=0.2)
-        train, is_poison = poisoned_set.dataset, poisoned_set.is_poison
-    trainer = Trainer(
-        PatchNet(),
-        make_mesh(1),
-        batch_size=64,
-        eval_batch_size=256,
-        mean=MEAN,
-        std=STD,
-        crop_padding=0,
-        flip=False,
-        steps_per_call=4,
-        progress=False,
-    )
-    data = trainer.put(train.images, train.labels)
-    epochs = 8
-    state = trainer.init_state(
-        jax.random.key(seed),
-        (SIZE, SIZE, 3),
-        CosineSchedule.create(0.05, epochs * trainer.steps_per_epoch(len(train))),
-        rng=jax.random.key(seed + 2),
-    )
-    for epoch in range(epochs):
-        state, _, _ = trainer.train_epoch(state, data, jax.random.key(seed + 10 + epoch))
-    test = splits.test
-    accuracy = float(np.mean(trainer.predict_labels(state, test.images) == test.labels))
-    triggered, _ = ATTACK.apply_test(jax.random.key(0), test.images, test.labels)
-    others = test.labels != TARGET
-    asr = float(np.mean(trainer.predict_labels(state, np.asarray(triggered))[others] == TARGET))
-    # The defender's images are clean training images, 22 per class to tune on.
-    defender = defender_data(
-        jax.random.key(seed + 3), clean, is_poison, DefenderDataSettings(per_class=24)
-    )
-
-    def validate(params, batch_stats):
-        logits, _ = trainer.predict_variables(params, batch_stats, defender.val.images)
-        return float(np.mean(np.argmax(np.asarray(logits), -1) == defender.val.labels))
-
-    ctx = RepairContext(
-        trainer=trainer,
-        defender=defender,
-        tune_data=trainer.put(defender.tune.images, defender.tune.labels),
-        key=jax.random.key(seed + 4),
-        validate=validate,
-        num_classes=CLASSES,
-    )
-    variables = Variables(state.params, state.batch_stats, dense_mask(state.params))
-    return ctx, variables, accuracy, asr
+    """The toy trained poisoned or clean, the defender's 22 tuning images per class."""
+    return toy_trained(poisoned, seed, defender=DefenderDataSettings(per_class=24))
 
 
 @pytest.fixture(scope="module")
