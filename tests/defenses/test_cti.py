@@ -1,7 +1,9 @@
 """Calibrated Trigger Inversion (Lukas & Kerschbaum 2023): a planted patch backdoor scores
-higher than the same recipe trained clean; every class inverts in one compiled program;
-class c's own images are weighted out; the scores are the success difference on held-out
-images; the settings validate.
+higher than the same recipe trained clean; a reference that lacks exactly the backdoor (a
+hand-made linear model and its backdoored copy) singles out the target, and a model that is
+its own reference scores 0; every class inverts in one compiled program; class c's own
+images are weighted out; the scores are the success difference on held-out images; the
+settings validate.
 
 The models: the position-aware toy of tests/defenses/patch_toy.py (two strided 3×3 convs, a
 dense head on the flattened map) on 768 synthetic 16×16 images, with a 3×3 yellow BadNets
@@ -151,6 +153,43 @@ def test_scores_are_the_success_difference_on_the_judged_images():
         assert out.poisoned_success[c] == pytest.approx(hit_p[judged].mean())
         assert out.repaired_success[c] == pytest.approx(hit_r[judged].mean())
         assert out.scores[c] == pytest.approx(hit_p[judged].mean() - hit_r[judged].mean())
+
+
+def _backdoored_apply(w, images01):
+    """`_apply` plus a hand-made backdoor: a smooth bump on the target's logit when the
+    bottom-right pixel turns yellow (R + G − B above 1.5; uniform pixels average 0.5)."""
+    pixel = images01[:, -1, -1, :]
+    bump = 8.0 * jax.nn.softplus(4.0 * (pixel[:, 0] + pixel[:, 1] - pixel[:, 2] - 1.5))
+    return _apply(w, images01) + bump[:, None] * jax.nn.one_hot(TARGET, CLASSES)
+
+
+def test_a_reference_without_exactly_the_backdoor_singles_out_the_target():
+    # CTI's premise made exact: the repaired reference is the examined model minus its
+    # backdoor. Then only the target's perturbation works on one model and not the other,
+    # and a model that is its own reference (a clean model perfectly repaired) scores 0.
+    w = jax.random.normal(jax.random.key(0), (H * H * 3, CLASSES))
+    backdoored = jax.tree_util.Partial(_backdoored_apply, w)
+    reference = jax.tree_util.Partial(_apply, w)
+    images = np.random.default_rng(0).integers(0, 256, (200, H, H, 3), dtype=np.uint8)
+    labels = np.asarray(jnp.argmax(reference(images / 255.0), -1))  # what the reference says
+    tune, held = slice(0, 150), slice(150, None)
+    for examined, expect_target in ((backdoored, True), (reference, False)):
+        deltas, _ = cti.invert_triggers(
+            examined, reference, images[tune], labels[tune], CLASSES, key=jax.random.key(1)
+        )
+        out = jax.device_get(
+            cti.cti_scores(examined, reference, deltas, images[held], labels[held])
+        )
+        scores = np.asarray(out.scores)
+        if expect_target:
+            assert np.argmax(scores) == TARGET and scores[TARGET] > 0.5, scores
+            assert np.all(np.abs(np.delete(scores, TARGET)) < 0.1), scores
+            # The target's perturbation turned the pixel yellow.
+            r, g, b = np.asarray(deltas[TARGET])[-1, -1]
+            assert r > 0.2 and g > 0.2 and b < -0.2, (r, g, b)
+        else:
+            np.testing.assert_array_equal(scores, 0.0)
+            assert np.all(np.asarray(out.poisoned_success) > 0.5)  # δ still fools it
 
 
 def test_settings_validate():
