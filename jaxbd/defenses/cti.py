@@ -20,6 +20,10 @@ a *repaired* copy of the model, so what it finds must be a shortcut the repair r
    measured it on the test set; a defender has no test set). The model's score is
    max_c score_c: a backdoor's target gives a δ that works on the backdoored model only.
 
+The calibration presumes a repair that removes the backdoor while the repaired copy stays as
+easy to perturb as the examined model everywhere else; on small models that fails in one
+direction or the other (docs/detection.md), so judge CTI at the scale it was made for.
+
 `invert_triggers` optimizes every class at once: one jitted program, `vmap` over c, the
 steps in `lax.scan`, each step's batch shared by every class (class c's own images are
 weighted out, not indexed away, so every shape is fixed). `cti_scores` scores every class in
