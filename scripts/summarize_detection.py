@@ -118,7 +118,10 @@ def zoo_table(folder: str) -> list[str]:
             f"| {name} | {auc} | [{low}, {high}] | {a['positives']} | {a['negatives']} "
             f"| {excluded} |"
         )
-    lines.append(f"\n{report['models']} models, {report['seconds'] / 60:.1f} min.")
+    took = f"{report['seconds'] / 60:.1f} min in the last invocation"
+    if "model_seconds" in report:  # older reports kept only the last invocation's time
+        took = f"{report['model_seconds'] / 60:.1f} min of runs ({took})"
+    lines.append(f"\n{report['models']} models, {took}.")
     return lines
 
 

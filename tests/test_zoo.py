@@ -4,6 +4,7 @@ unpoisoned, resuming without retraining or redetecting, a different zoo refused,
 bootstrap against a direct NumPy resampling."""
 
 import csv
+import glob
 import json
 import os
 
@@ -70,7 +71,16 @@ def test_outputs(built):
         with open(os.path.join(summary_path, "summary.json")) as f:
             assert json.load(f)["detector"] == name
     with open(os.path.join(workdir, "auc.json")) as f:
-        assert json.load(f)["auc"]["cti"]["auc"] == result["auc"]["cti"]["auc"]
+        report = json.load(f)
+    assert report["auc"]["cti"]["auc"] == result["auc"]["cti"]["auc"]
+    # The zoo's cost: the wall time every model's training and detection runs recorded.
+    recorded = []
+    for pattern in ("models/*/*/summary.json", "detections/*/*/*/summary.json"):
+        for path in glob.glob(os.path.join(workdir, pattern)):
+            with open(path) as f:
+                recorded.append(json.load(f)["wall_seconds"])
+    assert len(recorded) == 4 + 2 * 4
+    assert report["model_seconds"] == pytest.approx(sum(recorded)) and report["seconds"] > 0
     with open(os.path.join(workdir, "models.md")) as f:
         text = f.read()
     assert "| neural_cleanse |" in text and "clean/seed1" in text
