@@ -22,6 +22,24 @@ def within_budget(val_accuracy: float, base_val_accuracy: float, delta: float) -
     return val_accuracy >= base_val_accuracy - delta - 1e-12
 
 
+def tolerated_errors(delta: float, num_val: int) -> int:
+    """How many more validation errors than the undefended model's a repair may make and
+    stay within the budget Δ on `num_val` held-out images (`within_budget`'s rule)."""
+    return math.floor(delta * num_val + 1e-12 * num_val)
+
+
+def budget_warning(delta: float, num_val: int, field: str) -> str | None:
+    """A warning when Δ tolerates no validation error at all (Δ·n < 1), else None: then the
+    first row with one more error ends the repair, and it may return the undefended model."""
+    if num_val < 1 or tolerated_errors(delta, num_val) >= 1:
+        return None
+    return (
+        f"{field}={delta} tolerates no error on the defender's {num_val} held-out images "
+        f"(one is {100 / num_val:.2f}%): one extra error stops the repair, possibly at step 0; "
+        f"raise it to at least 1/{num_val}, or give the defender more images"
+    )
+
+
 def oracle_asr_at_delta(rows: Sequence[Mapping[str, Any]], delta: float) -> float | None:
     """η_Δ: the lowest test ASR among curve rows whose test clean accuracy is at least the
     step-0 (undefended) row's minus `delta`; None if the rows carry no test metrics."""

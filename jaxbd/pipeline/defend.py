@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 
 from jaxbd import defenses, metrics, rng, runs
-from jaxbd.defenses import tuning
+from jaxbd.defenses import curve, tuning
 from jaxbd.defenses.base import RepairContext, jsonable
 from jaxbd.defenses.registry import make_repair
 from jaxbd.pipeline import engine
@@ -217,6 +217,9 @@ def run(
             f"config.defense.{s.name}.batch_size={repair.batch_size} exceeds the defender's "
             f"{len(defender.tune)} tuning images: lower it, or raise config.defender.fraction"
         )
+    warning = curve.budget_warning(s.delta, len(defender.val), "config.defense.delta")
+    if warning and not data_free:
+        logging.warning(warning)
     claim()
     resumed = claimed[0]
     undefended = rebuilt.model_copy()

@@ -22,6 +22,7 @@ from ml_collections import config_dict
 
 from jaxbd import defenses, metrics
 from jaxbd.defenses import cti as cti_lib
+from jaxbd.defenses import curve
 from jaxbd.defenses import strip as strip_lib
 from jaxbd.defenses.base import Variables
 from jaxbd.defenses.neural_cleanse import anomaly_index, flag_labels
@@ -256,6 +257,11 @@ def _check_cti(settings: cti_lib.CTISettings, defender: defenses.DefenderData) -
             f"defender's {len(defender.tune)} tuning images: lower it, or raise "
             "config.defender.fraction"
         )
+    warning = curve.budget_warning(
+        settings.repair_delta, len(defender.val), "config.detector.cti.repair_delta"
+    )
+    if warning:
+        logging.warning(warning)
 
 
 def _cti(ctx: DetectContext, settings: cti_lib.CTISettings) -> Detection:

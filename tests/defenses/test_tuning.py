@@ -129,3 +129,25 @@ def test_oracle_candidate_is_the_lowest_test_asr_within_delta():
     assert best["threshold"] == 0.1  # the tie at 0.30 goes to the earlier row
     assert defenses.oracle_candidate_at_delta(rows, 0.80, 0.25)["threshold"] == 0.3
     assert defenses.oracle_candidate_at_delta(rows[3:4], 0.80, 0.02) is None
+
+
+def test_tolerated_errors_is_the_budget_rule_counted_in_images():
+    from jaxbd.defenses.curve import budget_warning, tolerated_errors, within_budget
+
+    for delta in (0.0, 0.02, 0.05, 0.1):
+        for n in (1, 10, 25, 40, 49, 50, 51, 100, 500):
+            for base_errors in (0, 1, 3):
+                if base_errors > n:
+                    continue
+                base = (n - base_errors) / n
+                # The most extra errors a row may have and stay within the budget, by brute force.
+                most = max(
+                    k
+                    for k in range(n - base_errors + 1)
+                    if within_budget((n - base_errors - k) / n, base, delta)
+                )
+                assert tolerated_errors(delta, n) == most, (delta, n, base_errors)
+            warning = budget_warning(delta, n, "config.defense.delta")
+            assert (warning is None) == (tolerated_errors(delta, n) >= 1), (delta, n)
+    assert "40 held-out images" in budget_warning(0.02, 40, "config.defense.delta")
+    assert budget_warning(0.02, 50, "config.defense.delta") is None
