@@ -1,5 +1,8 @@
 """Ensembles trained with vmap equal their members trained one by one, with shared data (an
-ensemble) or one dataset per member (replicate seeds)."""
+ensemble) or one dataset per member (replicate seeds).
+
+On the tiny test network (convolutions, BatchNorm statistics, a dense head: what vmap must
+batch in any model), which compiles in a second where a width-2 ResNet-18 took 25."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxbd.data import make_synthetic
-from jaxbd.models import resnet18
+from jaxbd.models import tiny_cnn
 from jaxbd.train import CosineSchedule, Trainer, make_mesh
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -16,7 +19,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 @pytest.fixture(scope="module")
 def trainer():
     return Trainer(
-        resnet18(num_classes=10, width=2, dtype=jnp.float32),
+        tiny_cnn(num_classes=10, width=4, dtype=jnp.float32),
         make_mesh(1),
         batch_size=16,
         eval_batch_size=16,
