@@ -349,6 +349,10 @@ def zoo_config() -> ml_collections.ConfigDict:
     c.zoo.detector.neural_cleanse.batch_size = 64
     c.zoo.detector.cti.repair_steps = 200
     c.zoo.detector.cti.repair_batch_size = 64
+    # The reference repair's Δ: 40 held-out images per model, so the default 2% would
+    # tolerate no error at all (one is 2.5%) and a single one would stop the repair at step
+    # 0, leaving the examined model as its own reference; 5% tolerates two.
+    c.zoo.detector.cti.repair_delta = 0.05
     # The inversion's cost is steps × classes × batch × 2 models: at 64 of the ≈ 164 tuning
     # images it halves (one CTI examination took 8-13 minutes at 128 on two busy cores).
     c.zoo.detector.cti.batch_size = 64
