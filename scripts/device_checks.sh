@@ -21,7 +21,8 @@
 #      if the others' budget is tight (ONLY=pyp_grid bash scripts/device_checks.sh).
 #   6. Optional, in a session of its own (ONLY=zoo_scale; skipped otherwise): Calibrated
 #      Trigger Inversion and Neural Cleanse at the paper's scale, which the CPU cannot reach
-#      (tests/defenses/test_cti.py measures why CTI does not separate small models): the
+#      (tests/defenses/test_cti.py measures why its Pivotal Tuning reference does not
+#      separate small models): the
 #      configs/zoo.py protocol with ZOO_MODELS BadNets + ZOO_MODELS clean ResNet-18s at width
 #      64 on all of CIFAR-10 (10% poisons, ZOO_EPOCHS epochs with crop and flip, bf16), the
 #      defender's r = 1% (500 clean images), CTI's repair at Pivotal Tuning's 2000 steps; the

@@ -21,8 +21,10 @@ a *repaired* copy of the model, so what it finds must be a shortcut the repair r
    max_c score_c: a backdoor's target gives a δ that works on the backdoored model only.
 
 The calibration presumes a repair that removes the backdoor while the repaired copy stays as
-easy to perturb as the examined model everywhere else; on small models that fails in one
-direction or the other (docs/detection.md), so judge CTI at the scale it was made for.
+easy to perturb as the examined model everywhere else. On small models Pivotal Tuning's SLOL
+repair fails in one direction or the other, and a gentle weight-decay fine-tuning
+(`slol_weight=0, param_weight=0, repair_weight_decay=0.5`, a small step) serves instead
+(docs/detection.md); judge the paper's setting at the scale it was made for.
 
 `invert_triggers` optimizes every class at once: one jitted program, `vmap` over c, the
 steps in `lax.scan`, each step's batch shared by every class (class c's own images are
