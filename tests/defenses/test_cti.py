@@ -12,22 +12,24 @@ tune on, 10 held out). Both models reach clean accuracy ≥ 0.996 (ASR 1.0 and 0
 
 The reference repair of the planted-patch tests is Pivotal Tuning reduced to its fine-tuning
 part: λ_S = λ_P = 0, weight decay 0.5 at lr 0.005 (momentum 0.9, batch 64) for 75 steps,
-validated every 25 within Δ = 5%. With 0.0025 of every weight decayed per step and a small
-step, the copy shrinks gently, the clean images' gradient restoring what they use and not
-the patch's pathway, so it loses the patch while its other decisions stay the examined
-model's. The paper's SLOL repair does not do that at this scale (below), so the toy's
-reference is this one; CTI's scoring is the paper's.
+validated every 25 within Δ = 5%; the inversion takes 64 tuning images per step. With 0.0025
+of every weight decayed per step and a small step, the copy shrinks gently, the clean
+images' gradient restoring what they use and not the patch's pathway, so it loses the patch
+while its other decisions stay the examined model's. The paper's SLOL repair does not do
+that at this scale (below), so the toy's reference is this one; the inversion and the
+scoring are the paper's.
 
-MEASURED (2-core CPU), backdoored vs clean score with this repair:
+MEASURED (2-core CPU), backdoored vs clean score with this repair (inversion batch 64; at
+128 every figure is within 0.07):
 
 | seed | 60 steps | 75 steps | backdoored argmax (75) | copy's ASR (75) |
 |------|---------------|---------------|------------------|-----------------|
-| 0 | 0.578 / 0.411 | 0.900 / 0.567 | 3 (the target) | 0.03 |
-| 1 | 0.500 / 0.256 | 0.778 / 0.389 | 3 | 0.02 |
-| 2 | 0.489 / 0.322 | 0.289 / 0.189 | 3 | 0.57 (Δ stopped it at 50) |
-| 3 | 0.533 / 0.433 | 0.744 / 0.556 | 9 (the target 0.67) | 0.15 |
+| 0 | 0.589 / 0.422 | 0.900 / 0.578 | 3 (the target; next 0.567) | 0.03 |
+| 1 | 0.433 / 0.244 | 0.767 / 0.367 | 3 | 0.02 |
+| 2 | 0.467 / 0.311 | 0.267 / 0.189 | 3 | 0.57 (Δ stopped it at 50) |
+| 3 | 0.511 / 0.433 | 0.722 / 0.556 | 9 (the target 0.600) | 0.15 |
 
-The backdoored model scores higher in every cell (by 0.10-0.39). At 100 steps and more the
+The backdoored model scores higher in every cell (by 0.08-0.40). At 100 steps and more the
 clean model's copy drifts too (seed 0: clean 0.756 at 100 steps, 1.000 at 200); at 25 steps
 the patch is intact and both score ≈ 0.1. The same decay rate at weight decay 1.0 and lr
 0.0025 separates seed 0 (0.589 vs 0.189) but not seeds 1-2 (0.311 vs 0.300, 0.100 vs
@@ -82,7 +84,7 @@ SETTINGS = cti.CTISettings(
     repair_batch_size=64,
     repair_eval_every=25,
     repair_delta=0.05,
-    batch_size=128,
+    batch_size=64,
 )
 """The planted-patch tests' settings: the inversion and scoring are the paper's; the
 reference repair is the gentle weight-decay fine-tuning of the module docstring."""
@@ -253,7 +255,7 @@ def _scores(seed):
 
 def test_planted_patch_scores_higher_than_clean():
     backdoored, clean = _scores(seed=0)
-    # Measured: 0.900 (the target on top, the copy's ASR 0.03) vs 0.567.
+    # Measured: 0.900 (the target on top, the next class 0.567; the copy's ASR 0.03) vs 0.578.
     assert backdoored.target == TARGET, np.asarray(backdoored.scores.scores)
     assert backdoored.score > clean.score + 0.2, (backdoored.score, clean.score)
 
@@ -261,6 +263,6 @@ def test_planted_patch_scores_higher_than_clean():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_planted_patch_scores_higher_than_clean_on_other_seeds(seed):
-    # Measured: 0.778 vs 0.389, 0.289 vs 0.189, 0.744 vs 0.556 (the module docstring).
+    # Measured: 0.767 vs 0.367, 0.267 vs 0.189, 0.722 vs 0.556 (the module docstring).
     backdoored, clean = _scores(seed)
     assert backdoored.score > clean.score + 0.05, (seed, backdoored.score, clean.score)
