@@ -20,7 +20,8 @@ that at this scale (below), so the toy's reference is this one; the inversion an
 scoring are the paper's.
 
 MEASURED (2-core CPU), backdoored vs clean score with this repair (inversion batch 64; at
-128 every figure is within 0.07):
+128 every figure is within 0.07); `pytest -s -m "slow or not slow" tests/defenses/test_cti.py
+-k planted` prints the 75-step column:
 
 | seed | 60 steps | 75 steps | backdoored argmax (75) | copy's ASR (75) |
 |------|---------------|---------------|------------------|-----------------|
@@ -250,6 +251,12 @@ def _scores(seed):
     ctx, variables, accuracy, asr = trained(poisoned=False, seed=seed)
     assert accuracy > 0.9 and asr < 0.1, (accuracy, asr)
     clean = cti.calibrated_trigger_inversion(ctx, variables, SETTINGS)
+    # The figures of the module docstring's 75-step column (`pytest -s` shows them).
+    per_class = " ".join(f"{x:.3f}" for x in np.asarray(backdoored.scores.scores))
+    print(
+        f"\nseed {seed}: backdoored {backdoored.score:.3f} (argmax {backdoored.target}; "
+        f"per class {per_class}), clean {clean.score:.3f}"
+    )
     return backdoored, clean
 
 
