@@ -31,12 +31,12 @@ MEASURED (2-core CPU), backdoored vs clean score with this repair (inversion bat
 | 3 | 0.511 / 0.433 | 0.722 / 0.556 | 9 (the target 0.600) | 0.15 |
 
 The backdoored model scores higher in every cell (by 0.08-0.40). The setting was chosen
-among four (weight decay, lr) pairs and four step counts on seeds 0-2; seed 3 was run after
-the choice. At 100 steps and more the
-clean model's copy drifts too (seed 0: clean 0.756 at 100 steps, 1.000 at 200); at 25 steps
-the patch is intact and both score ≈ 0.1. The same decay rate at weight decay 1.0 and lr
-0.0025 separates seed 0 (0.589 vs 0.189) but not seeds 1-2 (0.311 vs 0.300, 0.100 vs
-0.078); at weight decay 2.0 and lr 0.00125 the Δ budget or the patch wins on every seed.
+among six (weight decay, lr) pairs and four step counts on seeds 0-2; seed 3 was run after
+the choice. At 100 steps and more the clean model's copy drifts too (seed 0: clean 0.756 at
+100 steps, 1.000 at 200); at 25 steps the patch is intact and both score ≈ 0.1. The same
+decay rate at weight decay 1.0 and lr 0.0025 separates seed 0 (0.589 vs 0.189) but not seeds
+1-2 (0.311 vs 0.300, 0.100 vs 0.078); at weight decay 2.0 and lr 0.00125 the Δ budget or the
+patch wins on every seed.
 
 What does not separate on this toy (seed 0):
 
