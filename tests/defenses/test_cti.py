@@ -94,8 +94,9 @@ reference repair is the gentle weight-decay fine-tuning of the module docstring.
 
 
 def trained(poisoned: bool, seed: int = 0):
-    """The toy trained poisoned or clean, its repair context with Pivotal Tuning's optimizer
-    (no weight decay), the defender's 30 tuning + 10 held-out images per class."""
+    """The toy trained poisoned or clean, its repair context with the reference repair's
+    optimizer (`SETTINGS.repair_weight_decay`), the defender's 30 tuning + 10 held-out images
+    per class."""
     return toy_trained(
         poisoned,
         seed,

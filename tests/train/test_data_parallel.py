@@ -22,11 +22,13 @@ from jaxbd.data import make_synthetic
 from jaxbd.models import tiny_cnn
 from jaxbd.train import CosineSchedule, Trainer, make_mesh
 
+MODEL = tiny_cnn(num_classes=10, width=8)
+
 
 def _train(num_devices, steps=2):
     splits = make_synthetic(num_train=64, num_test=8, image_size=16, seed=3)
     trainer = Trainer(
-        tiny_cnn(num_classes=10, width=8),
+        MODEL,
         make_mesh(num_devices),
         batch_size=32,
         eval_batch_size=32,
@@ -57,8 +59,6 @@ def test_one_and_four_devices_agree():
     np.testing.assert_allclose(logits1, logits4, rtol=1e-4, atol=1e-4)
     # Training moved the parameters (so agreement is not trivial).
     init = jax.device_get(
-        tiny_cnn(num_classes=10, width=8).init(
-            jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False
-        )["params"]
+        MODEL.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)["params"]
     )
     assert not np.allclose(init["head"]["kernel"], p1["head"]["kernel"])
