@@ -24,8 +24,9 @@
 #      (tests/defenses/test_cti.py measures why its Pivotal Tuning reference does not
 #      separate small models): the configs/zoo.py protocol with ZOO_MODELS BadNets +
 #      ZOO_MODELS clean ResNet-18s at width 64 on all of CIFAR-10 (10% poisons, ZOO_EPOCHS
-#      epochs with crop and flip, bf16), the defender's r = 1% (500 clean images), CTI's repair at Pivotal Tuning's 2000 steps; the
-#      report (auc.json, models.md, roc.png) comes back under $OUT. It needs the CIFAR-10 copy
+#      epochs with crop and flip, bf16), the defender's r = 1% (500 clean images), CTI's
+#      repair at Pivotal Tuning's 2000 steps; the report (auc.json, models.md, roc.png)
+#      comes back under $OUT. It needs the CIFAR-10 copy
 #      carried: `mkdir -p .data && cp /path/to/cifar10/{train,test}.tgz .data/` (with /.data/
 #      in .git/info/exclude), carry [".whl", ".data"]; ZOO_DATA says where it is (.data).
 #
