@@ -10,129 +10,48 @@ import ml_collections
 from ml_collections import config_dict
 
 from jaxbd import attacks
-from jaxbd.data.augment import CIFAR10_MEAN, CIFAR10_STD
+from jaxbd.attacks import AttackSettings
+from jaxbd.data import DataSettings
+from jaxbd.models.settings import ModelSettings
+from jaxbd.prune import IMPSettings
+from jaxbd.select import SelectSettings
+from jaxbd.settings import config_section
+from jaxbd.train.settings import RuntimeSettings, TrainSettings
 
 
 def base_config() -> ml_collections.ConfigDict:
     """The reference study's settings: CIFAR-10, 2% BadNets, ResNet-18, 50 epochs.
 
-    Each section becomes a validated settings object (`jaxbd.pipeline.config`); the
+    Each section holds the defaults of the settings dataclass it becomes
+    (`jaxbd.pipeline.config.ExperimentSettings`), where every field is documented; the
     methods are defined in docs/methods.md.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0  # Every random stream (poison, init, shuffle, augment) derives from it.
-
-    c.data = ml_collections.ConfigDict()
-    c.data.name = "cifar10"  # "cifar10" | "synthetic"
-    c.data.path = config_dict.placeholder(str)  # local copy; None: cache, tfds, download
-    c.data.source = "auto"  # "auto" | "path" | "download" | "tfds"
-    c.data.cache_dir = config_dict.placeholder(str)  # None: $JAXBD_CACHE or ~/.cache/jaxbd
-    # Keep only the first n examples (canonical order) of each split; None: all of them.
-    c.data.train_limit = config_dict.placeholder(int)
-    c.data.test_limit = config_dict.placeholder(int)
-    c.data.mean = CIFAR10_MEAN  # per-channel normalization, in [0, 1] pixel units
-    c.data.std = CIFAR10_STD
-    # Synthetic data only:
-    c.data.num_train = 2048
-    c.data.num_test = 512
-    c.data.num_classes = 10
-    c.data.image_size = 32
-    c.data.seed = 0
-    c.data.noise = 0.25
-
-    c.attack = ml_collections.ConfigDict()
-    c.attack.name = "badnets"  # a key of jaxbd.attacks.ATTACKS
-    c.attack.fraction = 0.02  # poisoned fraction of the training set
-    c.attack.target = 0  # target class
-    c.attack.exclude_target = False  # True: never poison target-class images
-    # adv_clean_label: epochs of the surrogate trained on the clean set (train.* settings).
-    c.attack.surrogate_epochs = 10
-    # One sub-dict per attack with its factory's defaults, e.g. attack.badnets.size = 7
-    # (7×7 covers rows/cols 25–31 of a 32×32 image), attack.wanet.grid_size = 4; see each
-    # factory's docstring in jaxbd/attacks/<name>.py for what they mean.
-    for name in attacks.ATTACKS:
-        c.attack[name] = attacks.hparams_config(name)
-
+    c.data = config_section(DataSettings)  # cifar10 | synthetic (synthetic.* fields)
+    # attack.<name>: each factory's keyword defaults (jaxbd/attacks/<name>.py), e.g.
+    # attack.badnets.size = 7 (7×7 covers rows/cols 25–31 of a 32×32 image).
+    c.attack = attack_section()
     # Coreset selection before training (docs/methods.md); name None trains on the full set.
-    c.select = ml_collections.ConfigDict()
-    c.select.name = config_dict.placeholder(str)  # a key of jaxbd.select.SELECTORS
-    c.select.fraction = 0.5  # subset size: round(fraction · N), split over classes
-    c.select.variant = "standard"  # "study": the earlier study's EL2N/forgetting
-    c.select.pretrain_epochs = 20  # pretraining run on the full poisoned set (train.* settings)
-    c.select.pretrain_warmup_epochs = 0  # linear warm-up of the pretraining run
-    # Share the pretraining run between methods of the same seed (a directory, e.g. a
-    # sweep's); None: each run pretrains in its own workdir.
-    c.select.pretrain_dir = config_dict.placeholder(str)
-    c.select.score = ml_collections.ConfigDict()  # el2n and grand
-    c.select.score.ensemble_size = 4  # models averaged (the paper used 10)
-    c.select.score.score_epochs = (10,)  # scores taken after these epochs, averaged
-    c.select.score.keep = "hard"  # "hard" (highest scores) | "easy"
-    c.select.score.offset = 0.0  # fraction of each class's ranking skipped first
-    c.select.score.chunk_size = 128  # GraNd: examples per vmap(grad) call
-    # Ensemble training: "vmap" (members in one batched step), "sequential", or "auto"
-    # (sequential on the CPU, vmap on accelerators).
-    c.select.score.parallel = "auto"
-    c.select.forgetting = ml_collections.ConfigDict()
-    c.select.forgetting.keep = "hard"  # "hard" (most forgotten; never learned first) | "easy"
-    c.select.forgetting.offset = 0.0
-    c.select.craig = ml_collections.ConfigDict()
-    c.select.craig.proxy = "error"  # "error" (p - onehot) | "concat" | "outer" (last layer)
-    c.select.craig.greedy = "lazy"  # "exact" | "lazy" (same result, faster) | "stochastic"
-    c.select.craig.epsilon = 0.1  # stochastic greedy's ε
-    # Spectral Signatures keeps all but ⌈1.5·ε·n_c⌉ per class (select.fraction ignored).
-    c.select.spectral = ml_collections.ConfigDict()
-    c.select.spectral.poison_rate = 0.05  # ε, the expected poison rate: set to the study's
-    # Activation Clustering keeps what it does not flag (select.fraction ignored).
-    c.select.activation_clustering = ml_collections.ConfigDict()
-    c.select.activation_clustering.dims = 10  # features reduced to this many dimensions
-    c.select.activation_clustering.reduction = "ica"  # "ica" (FastICA) | "pca"
-    c.select.activation_clustering.min_cluster = 0.35  # flag the smaller cluster below this
-
+    c.select = config_section(SelectSettings)
     # The pruned arm (docs/methods.md): IMP with rewinding on the same data (the selection),
     # from the dense arm's initialization, then the final sparse network trained with its
-    # mask. rounds = 0 turns the arm off. See jaxbd/prune/imp.py for the exact procedure.
-    c.prune = ml_collections.ConfigDict()
-    c.prune.rounds = 3  # prune-and-retrain rounds; sparsity ≈ 1 − (1 − rate)^rounds
-    c.prune.rate = 0.3  # fraction of the remaining prunable weights pruned per round
-    c.prune.scope = "layerwise"  # "layerwise" (every conv/dense kernel) | "global"
-    c.prune.rewind_epoch = 1  # survivors rewind to their values after this epoch (0: init)
-    c.prune.round_epochs = 10  # each round trains to this epoch of a schedule this long
-    c.prune.final_epochs = config_dict.placeholder(int)  # final sparse run; None: train.epochs
-    c.prune.control = "none"  # lottery controls: "none" | "reinit" | "random_mask"
-
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "resnet18"  # a key of jaxbd.models.MODELS
-    c.model.width = 64  # 64: the standard ResNet-18 (11.17M parameters)
-    c.model.dtype = "auto"  # compute dtype: "float32" | "bfloat16" | "auto" (bf16 off CPU)
-
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 50
-    c.train.batch_size = 128  # global; must be a multiple of the device count
-    c.train.lr = 0.1
-    c.train.end_lr = 1e-5  # cosine decay per step down to this floor
-    c.train.warmup_epochs = 0  # linear warm-up from 0 (0: none)
-    c.train.momentum = 0.9
-    c.train.weight_decay = 5e-4  # added to the gradient, as PyTorch's SGD does
-    c.train.crop_padding = 4  # random crop with this zero padding (0: no crop)
-    c.train.flip = True  # random horizontal flips
-    c.train.eval_every_epochs = 10  # test accuracy/ASR logged every this many epochs (0: end)
-
+    # mask. rounds = 0 turns the arm off; final_epochs None: train.epochs.
+    c.prune = config_section(IMPSettings, final_epochs=config_dict.placeholder(int))
+    c.model = config_section(ModelSettings)
+    c.train = config_section(TrainSettings)
     # How the run executes, not what it computes: may change when resuming.
-    c.runtime = ml_collections.ConfigDict()
-    c.runtime.num_devices = config_dict.placeholder(int)  # None: every available device
-    # Train steps per jitted call (lax.scan length); None: 1 on CPU, 32 on accelerators.
-    c.runtime.steps_per_call = config_dict.placeholder(int)
-    c.runtime.eval_batch_size = 512  # must be a multiple of the device count
-    c.runtime.progress = True  # progress bar per epoch (process 0 only)
-    # Several processes (docs/scaling.md): "auto" starts jax.distributed when the cluster
-    # (Cloud TPU pod slice, SLURM, ...) or the three fields below say this is one process of
-    # several; "on" always, "off" never. None: $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
-    # $JAX_PROCESS_ID, or what the cluster says.
-    c.runtime.distributed = "auto"
-    c.runtime.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
-    c.runtime.num_processes = config_dict.placeholder(int)
-    c.runtime.process_id = config_dict.placeholder(int)
+    c.runtime = config_section(RuntimeSettings)
     return c
+
+
+def attack_section() -> ml_collections.ConfigDict:
+    """`config.attack`: `AttackSettings`' defaults, and one sub-section per attack holding
+    its factory's keyword defaults (`jaxbd.attacks.hparams_config`)."""
+    section = config_section(AttackSettings, exclude=("hparams",))
+    for name in attacks.ATTACKS:
+        section[name] = attacks.hparams_config(name)
+    return section
 
 
 def defend_config() -> ml_collections.ConfigDict:

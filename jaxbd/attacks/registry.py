@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
-import typing
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
-from ml_collections import config_dict
 
 from jaxbd.attacks.adaptive_blend import adaptive_blend
 from jaxbd.attacks.adaptive_patch import adaptive_patch
@@ -35,6 +32,7 @@ from jaxbd.attacks.refool import refool
 from jaxbd.attacks.sig import sig
 from jaxbd.attacks.tsb import tsb
 from jaxbd.attacks.wanet import wanet
+from jaxbd.settings import config_section, tuplify
 
 ATTACKS: dict[str, Callable[..., Any]] = {
     "badnets": badnets,
@@ -109,29 +107,10 @@ _NOT_CONFIGURABLE = ("target", "num_classes", "logits_fn", "params", "key", "tri
 
 
 def hparams_config(name: str) -> ml_collections.ConfigDict:
-    """A ConfigDict of an attack's configurable keyword arguments with their defaults.
-
-    Arguments whose default is None become typed placeholders (`--config.attack.<name>.x=1`
-    then works); tuples stay tuples.
-    """
-    hparams = ml_collections.ConfigDict()
-    for param in inspect.signature(ATTACKS[name]).parameters.values():
-        if param.name in _NOT_CONFIGURABLE or param.default is inspect.Parameter.empty:
-            continue
-        if param.default is None:
-            hparams[param.name] = config_dict.placeholder(_optional_type(ATTACKS[name], param))
-        else:
-            hparams[param.name] = param.default
-    return hparams
-
-
-def _optional_type(factory, param) -> type:
-    """The T of an `T | None` annotation (int or float)."""
-    hint = typing.get_type_hints(factory, localns={"Attack": Attack}).get(param.name)
-    options = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType | typing._UnionGenericAlias) and len(options) == 1:
-        return options[0]
-    raise TypeError(f"{factory.__name__}.{param.name}: cannot make a config placeholder")
+    """A ConfigDict of an attack's configurable keyword arguments with their defaults
+    (`jaxbd.settings.config_section` of its factory: None defaults become typed placeholders,
+    so `--config.attack.<name>.x=1` works; tuples stay tuples)."""
+    return config_section(ATTACKS[name], exclude=_NOT_CONFIGURABLE, localns={"Attack": Attack})
 
 
 def make_attack(
@@ -202,10 +181,4 @@ def _with_name(settings, name: str):
 
 def _to_kwargs(hparams) -> dict:
     items = hparams.to_dict() if hasattr(hparams, "to_dict") else dict(hparams)
-    return {k: _tuplify(v) for k, v in items.items() if v is not None}
-
-
-def _tuplify(value):
-    if isinstance(value, list | tuple):
-        return tuple(_tuplify(v) for v in value)
-    return value
+    return {k: tuplify(v) for k, v in items.items() if v is not None}

@@ -8,28 +8,19 @@ budget override.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
-from ml_collections import config_dict
+
+from jaxbd.settings import config_section, tuplify
 
 
 def hparams_config(repair_class: Callable) -> ml_collections.ConfigDict:
     """A ConfigDict of a repair class's keyword arguments (its dataclass fields; class-level
-    constants such as `name` are not arguments) with their defaults (None defaults become
-    typed placeholders when annotated `int | None` or `float | None`)."""
-    hparams = ml_collections.ConfigDict()
-    for param in inspect.signature(repair_class).parameters.values():
-        if param.default is inspect.Parameter.empty:
-            continue
-        if param.default is None:
-            kind = float if "float" in str(param.annotation) else int
-            hparams[param.name] = config_dict.placeholder(kind)
-        else:
-            hparams[param.name] = param.default
-    return hparams
+    constants such as `name` are not arguments) with their defaults, None defaults as typed
+    placeholders (`jaxbd.settings.config_section`)."""
+    return config_section(repair_class)
 
 
 def make_repair(
@@ -51,15 +42,9 @@ def make_repair(
         raise ValueError(f"unknown defense {name!r}; registered: {sorted(repairs)}")
     items = {} if hparams is None else dict(_as_dict(hparams))
     items.update({k: v for k, v in overrides.items() if v is not None})
-    kwargs = {k: _tuplify(v) for k, v in items.items() if v is not None}
+    kwargs = {k: tuplify(v) for k, v in items.items() if v is not None}
     return repairs[name](**kwargs)
 
 
 def _as_dict(section) -> dict:
     return section.to_dict() if hasattr(section, "to_dict") else dict(section)
-
-
-def _tuplify(value):
-    if isinstance(value, list | tuple):
-        return tuple(_tuplify(v) for v in value)
-    return value
