@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ them when it checks for foreign files)."""
 
 @contextlib.contextmanager
 def atomic_write(
-    path: str | os.PathLike, mode: str = "w", *, like: str | None = None
+    path: str | os.PathLike, mode: str = "w", *, like: str | None = None, private: bool = True
 ) -> Iterator[IO]:
     """A file opened at a temporary name beside `path`, renamed onto `path` on success.
 
@@ -33,12 +34,15 @@ def atomic_write(
         mode: "w" (text) or "wb" (binary).
         like: an existing file whose permission bits the new file gets (a temporary file is
             created private).
+        private: True: the new file is readable by its owner only (0o600), as a temporary
+            file is created; False: it gets the bits `open()` gives a new file (0o666 less
+            the umask). `like` takes precedence.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+    fd, tmp = _temporary(directory, private)
     try:
         with os.fdopen(fd, mode, **({"newline": ""} if mode == "w" else {})) as f:
             yield f
@@ -50,9 +54,24 @@ def atomic_write(
             os.remove(tmp)
 
 
-def write_text(path: str | os.PathLike, text: str, *, like: str | None = None) -> None:
-    """Writes `text` atomically."""
-    with atomic_write(path, like=like) as f:
+def _temporary(directory: str, private: bool) -> tuple[int, str]:
+    """A new temporary file in `directory`, opened for writing: (descriptor, path)."""
+    if private:
+        return tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:  # as mkstemp, but created 0o666 so that the kernel applies the umask
+        tmp = os.path.join(directory, TMP_PREFIX + secrets.token_hex(6))
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def write_text(
+    path: str | os.PathLike, text: str, *, like: str | None = None, private: bool = True
+) -> None:
+    """Writes `text` atomically (`private`: as in `atomic_write`)."""
+    with atomic_write(path, like=like, private=private) as f:
         f.write(text)
 
 
@@ -67,10 +86,15 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> N
 
 
 def write_csv(
-    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    *,
+    private: bool = True,
 ) -> None:
-    """Writes a CSV table (a header, then one line per row), atomically."""
-    with atomic_write(path) as f:
+    """Writes a CSV table (a header, then one line per row), atomically (`private`: as in
+    `atomic_write`)."""
+    with atomic_write(path, private=private) as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)

@@ -1,4 +1,5 @@
-"""Evaluation metrics: clean accuracy, ASR, robust accuracy, poison retention, DER, ROC AUC.
+"""Evaluation metrics: clean accuracy, ASR, robust accuracy, poison retention, DER, RIR,
+ROC AUC.
 
 The exact definitions, with the reasons for them, are in docs/metrics.md.
 
@@ -12,23 +13,34 @@ undefined value can never pass for a real one in a table. Shapes are checked at 
 `backdoor_metrics` evaluates any model (a `predict_fn` from images to logits) on a clean
 test set and its triggered copy: the four test metrics the pipeline reports.
 
-`aggregate` and `format_mean_std` summarize repeated runs on the host for reports.
+`robust_improvement_rate`, `aggregate` and `format_mean_std` work on the host, for reports.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-if TYPE_CHECKING:
-    from jaxbd.attacks import Attack
-    from jaxbd.data import Dataset
+
+class LabelledImages(Protocol):
+    """A clean test set, e.g. a `jaxbd.data.Dataset`."""
+
+    images: np.ndarray  # uint8[M, H, W, 3]
+    labels: np.ndarray  # int[M]
+
+
+class TriggeredImages(Protocol):
+    """A triggered test set, e.g. a `jaxbd.attacks.TriggeredTestSet`."""
+
+    images: np.ndarray  # uint8[M, H, W, 3], the trigger applied
+    labels: np.ndarray  # int[M], the attacker's labels
+    true_labels: np.ndarray  # int[M], the clean labels
 
 
 def clean_accuracy(predictions: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -200,6 +212,23 @@ def defense_effectiveness_rating(
     return (asr_drop - cda_drop + 1.0) / 2.0
 
 
+def robust_improvement_rate(
+    clean_before: float, clean_after: float, robust_before: float, robust_after: float
+) -> float:
+    """RIR (BackdoorBench): [max(0, RA_after − RA_before) − max(0, clean drop) + 1] / 2.
+
+    The robust-accuracy counterpart of `defense_effectiveness_rating`: gains in robust
+    accuracy count, rises in clean accuracy are clipped to 0. Host-side, on Python floats
+    (fractions in [0, 1]), as the defense reports compute it.
+
+    Returns:
+        A Python float in [0, 1]; 0.5 means no change.
+    """
+    gain = max(0.0, robust_after - robust_before)
+    drop = max(0.0, clean_before - clean_after)
+    return (gain - drop + 1.0) / 2.0
+
+
 def roc_auc(scores: ArrayLike, is_positive: ArrayLike) -> jax.Array:
     """Area under the ROC curve: P(score of a random positive > score of a random negative),
     ties counting one half (the Mann-Whitney U statistic / (P·N)).
@@ -234,30 +263,30 @@ def roc_auc(scores: ArrayLike, is_positive: ArrayLike) -> jax.Array:
 
 def backdoor_metrics(
     predict_fn: Callable[[jax.Array], jax.Array],
-    test_set: Dataset,
-    attack: Attack,
+    test_set: LabelledImages,
+    triggered: TriggeredImages,
     *,
-    key: jax.Array,
     batch_size: int = 512,
 ) -> dict[str, float]:
     """Clean accuracy, ASR, ASR over all images and robust accuracy of any model.
 
-    The clean test set is triggered with the attack's *test-time* transform
-    (`jaxbd.attacks.triggered_test_set`, i.e. `attack.test_fn`, never the training-time
-    `attack(...)`), and both sets are classified by `predict_fn` in fixed-shape batches: it
-    is jitted once here for one batch shape `[min(batch_size, M), H, W, 3]` and the last
-    batch is padded with zero images (their predictions are dropped), so one evaluation
-    compiles once. The figures are those of `jaxbd.pipeline.evaluate.evaluate`, for a model
-    outside the `Trainer` (your own flax/optax loop).
+    `triggered` is the clean test set triggered with the attack's *test-time* transform:
+    `jaxbd.attacks.triggered_test_set(key, test_set, attack)` (i.e. `attack.test_fn`, never
+    the training-time `attack(...)`). Both sets are classified by `predict_fn` in
+    fixed-shape batches: it is jitted once here for one batch shape
+    `[min(batch_size, M), H, W, 3]` and the last batch is padded with zero images (their
+    predictions are dropped), so one evaluation compiles once. The figures are those of
+    `jaxbd.pipeline.evaluate.evaluate`, for a model outside the `Trainer` (your own
+    flax/optax loop).
 
     Args:
         predict_fn: `images uint8[B, H, W, 3] -> logits float[B, C]`, traceable (it is
             jitted; normalize inside it, and use inference mode, e.g. BatchNorm running
             statistics).
-        test_set: the clean test set, a `jaxbd.data.Dataset` of M images.
-        attack: the attack whose test-time trigger is evaluated.
-        key: PRNG key of the test-time trigger's randomness (e.g. random patch positions);
-            the same key gives the same triggered set.
+        test_set: the clean test set of M images (a `jaxbd.data.Dataset`: `images`,
+            `labels`).
+        triggered: its triggered copy (a `jaxbd.attacks.TriggeredTestSet`: `images`,
+            `labels` (the attacker's), `true_labels`).
         batch_size: images per call of `predict_fn`, a positive int.
 
     Returns:
@@ -267,19 +296,22 @@ def backdoor_metrics(
         is eligible).
 
     Raises:
-        TypeError: if `test_set` is not a `jaxbd.data.Dataset`.
+        TypeError: if `test_set` is not a dataset (e.g. a bare array of images) or
+            `triggered` not a triggered test set.
         ValueError: for a bad `batch_size`, or logits of a shape other than `[B, C]`.
     """
-    # Imported here, not at the top: metrics is a foundation module (docs/architecture.md)
-    # that `import jaxbd.metrics` must keep light; only this helper reaches up to attacks.
-    from jaxbd.attacks.poison import triggered_test_set
-    from jaxbd.data.dataset import Dataset
-
-    if not isinstance(test_set, Dataset):
-        raise TypeError(f"test_set must be a jaxbd Dataset, got {type(test_set).__name__}")
+    # Duck-typed: this foundation module imports neither jaxbd.data nor jaxbd.attacks.
+    if not all(hasattr(test_set, name) for name in ("images", "labels")):
+        raise TypeError(
+            f"test_set must be a jaxbd Dataset (images and labels), got {type(test_set).__name__}"
+        )
+    if not all(hasattr(triggered, name) for name in ("images", "labels", "true_labels")):
+        raise TypeError(
+            f"triggered must be a jaxbd TriggeredTestSet (images, labels and true_labels; "
+            f"jaxbd.attacks.triggered_test_set), got {type(triggered).__name__}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    triggered = triggered_test_set(key, test_set, attack)
 
     def predict_labels(images):
         logits = predict_fn(images)

@@ -90,6 +90,29 @@ def test_defense_effectiveness_rating():
     np.testing.assert_allclose(seeds, [1.0, 0.95])
 
 
+def test_robust_improvement_rate():
+    # RA 0.10 → 0.70 (gain 0.6), clean 0.94 → 0.90 (drop 0.04): (0.6 − 0.04 + 1) / 2 = 0.78.
+    assert metrics.robust_improvement_rate(0.94, 0.90, 0.10, 0.70) == pytest.approx(0.78)
+    # An RA loss and a clean-accuracy gain are both clipped to zero; floats on the host.
+    assert metrics.robust_improvement_rate(0.90, 0.95, 0.7, 0.5) == 0.5
+    assert metrics.robust_improvement_rate(0.9, 0.9, 0.0, 1.0) == 1.0
+    assert metrics.robust_improvement_rate(1.0, 0.0, 0.3, 0.3) == 0.0
+    assert type(metrics.robust_improvement_rate(0.9, 0.8, 0.1, 0.2)) is float
+
+
+def test_metrics_imports_nothing_above_the_foundations():
+    # A foundation module: jaxbd.metrics reaches no jaxbd package but the layer-0 ones,
+    # not even inside a function.
+    import ast
+
+    with open(metrics.__file__) as f:
+        tree = ast.parse(f.read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    layer0 = {"jaxbd.settings", "jaxbd.rng", "jaxbd.types", "jaxbd.files"}
+    assert {m for m in imported if m.split(".")[0] == "jaxbd"} <= layer0
+
+
 def test_roc_auc():
     assert _f(metrics.roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])) == 0.75
     assert _f(metrics.roc_auc([1, 2, 2, 3], [False, True, False, True])) == 0.875  # a tie
@@ -300,7 +323,8 @@ def test_backdoor_metrics_equals_the_pipelines_evaluate(trained_tiny_model):
         return step(state.params, state.batch_stats, images)[0]
 
     # 200 images in batches of 64: the last batch is padded, as in the trainer's inference.
-    got = metrics.backdoor_metrics(predict_fn, test, attack, key=key, batch_size=64)
+    triggered = attacks.triggered_test_set(key, test, attack)
+    got = metrics.backdoor_metrics(predict_fn, test, triggered, batch_size=64)
     assert set(got) == {
         "clean_accuracy",
         "attack_success_rate",
@@ -311,31 +335,32 @@ def test_backdoor_metrics_equals_the_pipelines_evaluate(trained_tiny_model):
     assert all(isinstance(v, float) for v in got.values())
     assert got["attack_success_rate"] > 0.5  # a model with a backdoor: not a vacuous test
     # Another batch size pads differently; the figures do not depend on it.
-    assert metrics.backdoor_metrics(predict_fn, test, attack, key=key, batch_size=512) == expected
+    assert metrics.backdoor_metrics(predict_fn, test, triggered, batch_size=512) == expected
 
 
 def test_backdoor_metrics_compiles_predict_fn_once_and_checks_its_inputs(trained_tiny_model):
     import chex
 
+    from jaxbd import attacks
     from jaxbd.train import make_predict_step
 
     _, state, test, attack, model, mean, std = trained_tiny_model
     step = make_predict_step(model, mean=mean, std=std)
+    triggered = attacks.triggered_test_set(jax.random.key(0), test, attack)
 
     @chex.assert_max_traces(n=1)
     def predict_fn(images):
         return step(state.params, state.batch_stats, images)[0]
 
-    metrics.backdoor_metrics(predict_fn, test, attack, key=jax.random.key(0), batch_size=48)
+    metrics.backdoor_metrics(predict_fn, test, triggered, batch_size=48)
     chex.clear_trace_counter()
     with pytest.raises(TypeError, match="Dataset"):
-        metrics.backdoor_metrics(predict_fn, test.images, attack, key=jax.random.key(0))
+        metrics.backdoor_metrics(predict_fn, test.images, triggered)
+    with pytest.raises(TypeError, match="triggered_test_set"):
+        metrics.backdoor_metrics(predict_fn, test, attack)  # the attack, not its triggered set
     with pytest.raises(ValueError, match="batch_size"):
-        metrics.backdoor_metrics(predict_fn, test, attack, key=jax.random.key(0), batch_size=0)
+        metrics.backdoor_metrics(predict_fn, test, triggered, batch_size=0)
     with pytest.raises(ValueError, match=r"logits \[B, C\]"):
         metrics.backdoor_metrics(
-            lambda x: step(state.params, state.batch_stats, x),
-            test,
-            attack,
-            key=jax.random.key(0),
+            lambda x: step(state.params, state.batch_stats, x), test, triggered
         )

@@ -29,7 +29,6 @@ std (ddof = 1) over seeds with n (docs/metrics.md).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxbd import metrics
+from jaxbd import files, metrics
 from jaxbd.pipeline import grid as grid_lib
 from jaxbd.pipeline.defend import CURVE_FILE
 from jaxbd.runs.rundir import SUMMARY_FILE
@@ -443,20 +442,12 @@ def _read(path: str) -> dict:
 def _write_text(workdir: str, name: str, text: str) -> str:
     """Writes a file atomically (a reader never sees half of it); returns its path."""
     path = os.path.join(workdir, name)
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    files.write_text(path, text, private=False)
     return path
 
 
 def _write_csv(workdir: str, name: str, columns: Sequence[str], rows: list[dict]) -> str:
     """Writes a CSV atomically; returns its path."""
     path = os.path.join(workdir, name)
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    files.write_csv(path, rows, columns, private=False)
     return path

@@ -17,14 +17,13 @@ are `jaxbd.pipeline.defense_report`'s.
 
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any
 
 import numpy as np
 from absl import logging
 
-from jaxbd import metrics
+from jaxbd import files, metrics
 
 RESULTS_FILE = "results.csv"
 TABLE_FILE = "table.md"
@@ -131,12 +130,7 @@ def write(
         grid_seconds: this invocation's wall time, noted under the table.
         plots: also draw the PNG plots (needs matplotlib; skipped with a warning without).
     """
-    tmp = os.path.join(workdir, f".{RESULTS_FILE}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(workdir, RESULTS_FILE))
+    files.write_csv(os.path.join(workdir, RESULTS_FILE), rows, COLUMNS, private=False)
 
     cells_seconds = sum(r["wall_seconds"] or 0.0 for r in rows)
     text = table(rows) + (
@@ -145,10 +139,7 @@ def write(
     )
     if grid_seconds is not None:
         text += f"; this invocation of the grid took {grid_seconds / 60:.1f} min"
-    tmp = os.path.join(workdir, f".{TABLE_FILE}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text + ".\n")
-    os.replace(tmp, os.path.join(workdir, TABLE_FILE))
+    files.write_text(os.path.join(workdir, TABLE_FILE), text + ".\n", private=False)
     if plots and rows:
         try:
             import matplotlib

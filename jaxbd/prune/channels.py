@@ -61,7 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from jaxbd.types import PyTree
+
 Path = tuple[str, ...]
 
 

@@ -26,15 +26,14 @@ state with `replace_mask`, keeping the momentum.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxbd.prune.masks import check_mask
-
-PyTree = Any
+from jaxbd.types import PyTree
 
 
 class KeepPrunedState(NamedTuple):

@@ -21,15 +21,15 @@ stay pruned and never count towards the new quota.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.prune.masks import Prunable, check_mask, full_mask, is_kernel
+from jaxbd.types import PyTree
 
-PyTree = Any
 SCOPES = ("layerwise", "global")
 
 

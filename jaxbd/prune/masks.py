@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from jaxbd.types import PyTree
+
 Prunable = Callable[[tuple, Any], bool]
 """`prunable(path, leaf) -> bool`: whether a parameter leaf may be pruned."""
 

@@ -1,8 +1,8 @@
 """The run machinery: what makes a pipeline resumable and its outputs safe.
 
 - `rundir`: the run directory (`config.json`, `metrics.jsonl`, `summary.json`), never
-  deleted or silently overwritten, locked by one process at a time (`lock_directory` locks
-  any directory the same way);
+  deleted or silently overwritten, locked by one process at a time;
+- `lock`: that lock (`lock_directory` locks any directory the same way);
 - `identity`: what makes two runs the same run (resuming, shared stages);
 - `checkpoint`: per-epoch orbax checkpoints of a pytree with JSON metadata, falling back past
   a damaged newest one;
@@ -15,15 +15,9 @@ this package: they run in a user's own loop without a run directory.
 
 from jaxbd.runs.checkpoint import CheckpointError
 from jaxbd.runs.identity import EXECUTION, differences, fingerprint, identity
+from jaxbd.runs.lock import LOCK_FILE, DirectoryLock, RunDirError, lock_directory
 from jaxbd.runs.phase import TrainingDivergedError, train_phase, train_phase_group
-from jaxbd.runs.rundir import (
-    LOCK_FILE,
-    DirectoryLock,
-    RunDir,
-    RunDirError,
-    lock_directory,
-    write_json_atomic,
-)
+from jaxbd.runs.rundir import RunDir, write_json_atomic
 
 __all__ = [
     "EXECUTION",

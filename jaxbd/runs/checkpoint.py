@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -21,8 +20,7 @@ from absl import logging
 
 from jaxbd.runs.rundir import RunDirError
 from jaxbd.train import distributed
-
-PyTree = Any
+from jaxbd.types import PyTree
 
 DAMAGED_SUFFIX = ".damaged"
 """Damaged step folders of `<dir>` are moved to `<dir>.damaged/<step>`."""

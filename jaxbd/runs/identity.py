@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from jaxbd.types import jsonable
+
+__all__ = ["EXECUTION", "differences", "fingerprint", "flatten", "identity", "jsonable"]
 
 EXECUTION = (
     "runtime.",
@@ -28,20 +31,6 @@ EXECUTION = (
     "select.pretrain_dir",
 )
 """Dotted prefixes of the execution settings: a resumed run may change them."""
-
-
-def jsonable(value: Any) -> Any:
-    """`value` as JSON would store it: NumPy/JAX scalars as numbers, tuples as lists, NaN and
-    infinities as None, keys as strings."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:

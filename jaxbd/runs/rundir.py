@@ -3,19 +3,14 @@
 A run directory is never deleted or silently overwritten. Opening one either starts a new
 run (empty or missing directory), resumes an interrupted run (the same run, as
 `jaxbd.runs.identity` defines it, and no summary yet), or refuses with a message that says
-why and what to do.
+why and what to do. One process at a time: `RunDir.open` holds the directory's lock
+(`jaxbd.runs.lock`) until `RunDir.close()`, and claims a new directory by linking a complete
+`config.json` into place, which fails if one exists.
 
-One process at a time: `RunDir.open` takes an exclusive `flock` on `<workdir>/.lock` (which
-holds the holder's pid) and keeps it until `RunDir.close()` or the end of the process; the
-kernel releases an flock when its process dies, so the lock file a killed run leaves behind
-never blocks a resume. A new directory is claimed by linking a complete `config.json` into
-place, which fails if one exists, so two processes can never both start a run in it.
-
-With several processes (`jaxbd.train.distributed`) there is one writer: process 0 claims
-the directory, holds its lock and writes every file of this module; the other processes
-learn from it whether the run is new, resumed or refused (`RunDir.open` broadcasts the
-outcome), and their writes are no-ops. The directory must be one that every process sees
-(a shared file system), because the checkpoints are written by all of them.
+With several processes (`jaxbd.train.distributed`) process 0 is the one writer: it claims,
+locks and writes every file of this module, and `RunDir.open` broadcasts the outcome (new,
+resumed or refused) to the others, whose writes are no-ops. The directory must be on a file
+system every process sees (all of them write the checkpoints).
 
 `metrics.jsonl` is a faithful record: each row is one `write` of a line, a line torn by a
 kill mid-write is repaired when the directory is next opened, and a resumed phase drops the
@@ -26,29 +21,34 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-import threading
-import time
-import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from absl import logging
 
-from jaxbd.runs.identity import differences, jsonable
+from jaxbd.files import TMP_PREFIX, write_text
+from jaxbd.files import write_json as write_json_atomic
+from jaxbd.runs.identity import differences
+from jaxbd.runs.lock import LOCK_FILE, DirectoryLock, RunDirError, lock_directory
 from jaxbd.train import distributed
+from jaxbd.types import jsonable
+
+__all__ = [
+    "CONFIG_FILE",
+    "LOCK_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "DirectoryLock",
+    "RunDir",
+    "RunDirError",
+    "WriterRefusedError",
+    "lock_directory",
+    "write_json_atomic",
+]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-LOCK_FILE = ".lock"
-_TMP_PREFIX = ".tmp-"
-
-
-class RunDirError(RuntimeError):
-    """A run directory cannot be used for this run (finished, in use, another configuration,
-    or damaged beyond what jaxbd repairs itself)."""
 
 
 class WriterRefusedError(RunDirError):
@@ -59,176 +59,6 @@ class WriterRefusedError(RunDirError):
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if isinstance(error, RunDirError) else f"{type(error).__name__}: {text}"
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes JSON so that a reader never sees a half-written file."""
-    _write_atomic(path, json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
-
-
-def _write_atomic(path: str, text: str, *, like: str | None = None) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it over `path`.
-
-    Args:
-        path: the file to (re)write.
-        text: its whole new content.
-        like: an existing file whose permission bits the new file gets (a temporary file is
-            created private, and a rewritten log should stay as readable as before).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        if like is not None and os.path.exists(like):
-            shutil.copymode(like, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-# ---------------------------------------------------------------------------------------------
-# The lock.
-
-
-class _Held:
-    """One flock this process holds: its file descriptor, owning thread and users."""
-
-    def __init__(self, fd: int, thread: int):
-        self.fd, self.thread, self.users = fd, thread, 0
-
-
-# Lock file (real path) -> the flock this process holds on it. A second `lock_directory` of
-# the same directory from the thread that holds it shares the flock: that thread's earlier
-# run has ended (a thread runs one thing at a time), typically by an exception whose
-# traceback still references the old handle, and an in-process retry must not be refused by
-# its own leftover. Another thread is refused, like another process.
-_HELD: dict[str, _Held] = {}
-_HELD_MUTEX = threading.Lock()
-
-
-def _release(key: str) -> None:
-    with _HELD_MUTEX:
-        held = _HELD.get(key)
-        if held is None:
-            return
-        held.users -= 1
-        if held.users <= 0:
-            del _HELD[key]
-            # Closing the descriptor releases the flock; the file stays (unlinking it would
-            # let a process that opened the old file and one that creates a new one both
-            # "hold" the lock).
-            os.close(held.fd)
-
-
-class DirectoryLock:
-    """An exclusive lock on a directory, held until `release()` (or the process ends).
-
-    Made by `lock_directory`. Also a context manager, and released when garbage collected.
-
-    Attributes:
-        path: the locked directory.
-        file: its lock file (`<path>/.lock`, holding the holder's pid).
-    """
-
-    def __init__(self, path: str, key: str):
-        self.path, self.file = path, os.path.join(path, LOCK_FILE)
-        self._release = weakref.finalize(self, _release, key)
-
-    @property
-    def held(self) -> bool:
-        """Whether this handle still holds the lock."""
-        return self._release.alive
-
-    def release(self) -> None:
-        """Releases the lock (idempotent)."""
-        self._release()
-
-    def __enter__(self) -> DirectoryLock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _holder(lock_file: str) -> str:
-    """'pid N' from a lock file, or a description of why it is unknown."""
-    for _ in range(20):  # the holder writes its pid right after taking the lock
-        try:
-            with open(lock_file) as f:
-                text = f.read().strip()
-        except OSError:
-            text = ""
-        if text:
-            return f"pid {text.split()[0]}"
-        time.sleep(0.01)
-    return "a process whose pid is not recorded"
-
-
-def lock_directory(path: str | os.PathLike, *, what: str = "workdir") -> DirectoryLock:
-    """Takes the exclusive lock of directory `path` (created if missing) for this process.
-
-    The lock is an `flock` on `<path>/.lock`, which then holds this process's pid. It is held
-    until the returned handle is released, or the process ends, however it ends: a lock file
-    left by a dead process does not block anyone.
-
-    Args:
-        path: the directory (a run directory, a sweep directory, a shared stage's folder).
-        what: what the directory is, for the error message (e.g. "workdir", "sweep workdir").
-
-    Returns:
-        The lock's handle: call `release()` (or use it as a context manager) when done.
-
-    Raises:
-        RunDirError: another process, or another thread of this one, holds the lock; the
-            message names the holder's pid.
-    """
-    import fcntl  # POSIX only; imported here so that importing jaxbd.runs works anywhere
-
-    path = os.path.abspath(os.fspath(path))
-    lock_file = os.path.join(path, LOCK_FILE)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create {what} {path} ({e}): choose another {what}.") from e
-    key = os.path.realpath(lock_file)
-    thread = threading.get_ident()
-    with _HELD_MUTEX:
-        held = _HELD.get(key)
-        if held is not None:
-            if held.thread != thread:
-                raise RunDirError(
-                    f"{what} {path} is in use by another thread of this process (pid "
-                    f"{os.getpid()}): wait for that run to end, or use another {what}."
-                )
-            held.users += 1
-            return DirectoryLock(path, key)
-        try:
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise RunDirError(
-                f"cannot write the lock file {lock_file} ({e}): make {path} writable, or "
-                f"choose another {what}."
-            ) from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunDirError(
-                f"{what} {path} is in use by {_holder(lock_file)} (see {lock_file}): wait "
-                f"for that run to finish or stop it, then rerun this command to resume it; "
-                f"or choose another {what}."
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        held = _HELD[key] = _Held(fd, thread)
-        held.users = 1
-        return DirectoryLock(path, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +127,7 @@ class RunDir:
             return
         # A lock file or temporary file of a claim that was killed half-way is ours.
         foreign = [n for n in os.listdir(self.path) if n != LOCK_FILE]
-        if any(not n.startswith(_TMP_PREFIX) for n in foreign):
+        if any(not n.startswith(TMP_PREFIX) for n in foreign):
             raise RunDirError(
                 f"workdir {self.path} is not empty and holds no {CONFIG_FILE}: it is not a "
                 f"jaxbd run directory, and jaxbd will not write into it. Choose another --workdir."
@@ -367,7 +197,7 @@ class RunDir:
         path = self.file(CONFIG_FILE)
         if not os.path.exists(path):
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=_TMP_PREFIX)
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=TMP_PREFIX)
             try:
                 with os.fdopen(fd, "w") as f:
                     f.write(text)
@@ -423,7 +253,8 @@ class RunDir:
     def _rewrite(self, lines: Sequence[str]) -> None:
         """Replaces metrics.jsonl by `lines` atomically (a kill leaves the old or the new)."""
         path = self.file(METRICS_FILE)
-        _write_atomic(path, "".join(lines), like=path)
+        # `like`: the temporary file is created private; the log stays as readable as before.
+        write_text(path, "".join(lines), like=path)
 
     def _repair_tail(self) -> None:
         """Repairs a last line torn by a kill mid-write, so the next row starts on its own

@@ -13,14 +13,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from jaxbd import files
 from jaxbd.data.cifar10.decoded import Decoded, check_image_shape
 from jaxbd.data.dataset import DataError
 
@@ -93,20 +92,14 @@ class Cache:
             )
 
 
-@contextlib.contextmanager
-def atomic_write(dest: Path) -> Iterator[io.BufferedWriter]:
-    """A binary file at a temporary name in `dest`'s folder, renamed onto `dest` on success.
+def atomic_write(dest: Path) -> contextlib.AbstractContextManager[io.BufferedWriter]:
+    """A binary file at a temporary name in `dest`'s folder, renamed onto `dest` on success
+    (`jaxbd.files.atomic_write` in binary mode).
 
     Readers never see a half-written file, and concurrent writers of the same file are safe:
     each writes its own temporary file and the last rename wins.
     """
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # no-op after the rename
+    return files.atomic_write(dest, "wb")
 
 
 def key(payload: dict) -> str:
