@@ -5,26 +5,11 @@ a sharded grid, and `scripts/summarize.py --grid`, writes the same report. All f
 percentages of the test set (ASR excludes target-class images); aggregates are mean ± sample
 std (ddof = 1) over seeds with n (docs/metrics.md).
 
-- `defense_results.csv`: one row per defense run — attack, method, seed, defense, budget —
-  with the undefended and the returned model's clean accuracy, ASR and robust accuracy,
-  DER, RIR, the oracle ASR at Δ, steps and seconds (`RUN_COLUMNS`).
-- `table_defenses.md` / `table_defenses.csv`: Pick your Poison's table. A line per attack
-  (× selection method when there are several), a column per defense × budget; each entry is
-  the remaining ASR of the model the defense returned — chosen on the defender's own
-  validation images: the deployable figure — with its clean accuracy, and beside them η_Δ,
-  the oracle ASR at Δ (the lowest test ASR on the trade-off curve within Δ of the undefended
-  test accuracy: read off the test set, so not deployable). The CSV holds the same
-  aggregates, a line per (attack, method, defense, budget), defense `none` = undefended.
-- `table_backdoorbench.md`: BackdoorBench's leaderboard layout, per budget: a line per
-  attack × defense, the undefended model first, with C-Acc, ASR, RA and DER.
-- `table_detection.md` (grids with selection methods or detectors): each selection method's
-  removed set read as a poison detector — precision, recall, poisons kept — and the ASR of
-  the model trained on what it kept; each detector's result on each attack's models per
-  budget (STRIP: ROC AUC, FRR and FAR on the test set; a model-level detector: its score and
-  how many models it flagged); `detection_results.csv`, one row per detection run.
-- figures (`jaxbd.pipeline.defense_figures`): per attack, every defense's trade-off curve
-  (`tradeoff_<attack>[_<method>].png`, one panel per budget, the Δ band marked) and per
-  budget a heat map of remaining ASR, attacks × defenses (`heatmap_<budget>.png`).
+The files (`write` says what each holds): `defense_results.csv`, one row per defense run;
+`table_defenses.md` / `.csv`, Pick your Poison's table (remaining ASR per attack × defense ×
+budget); `table_backdoorbench.md`, BackdoorBench's leaderboard layout; `table_detection.md`
+and `detection_results.csv`, selection methods read as poison detectors and the detectors'
+results; the figures of `jaxbd.pipeline.defense_figures`.
 """
 
 from __future__ import annotations
@@ -169,6 +154,27 @@ def write(
     workdir: str, g: grid_lib.Grid, config: ml_collections.ConfigDict, *, plots: bool = False
 ) -> list[str]:
     """Writes the defense tables (and with `plots` the figures) into `workdir`.
+
+    - `defense_results.csv`: one row per defense run — attack, method, seed, defense, budget —
+      with the undefended and the returned model's clean accuracy, ASR and robust accuracy,
+      DER, RIR, the oracle ASR at Δ, steps and seconds (`RUN_COLUMNS`).
+    - `table_defenses.md` / `table_defenses.csv`: Pick your Poison's table. A line per attack
+      (× selection method when there are several), a column per defense × budget; each entry is
+      the remaining ASR of the model the defense returned — chosen on the defender's own
+      validation images: the deployable figure — with its clean accuracy, and beside them η_Δ,
+      the oracle ASR at Δ (the lowest test ASR on the trade-off curve within Δ of the undefended
+      test accuracy: read off the test set, so not deployable). The CSV holds the same
+      aggregates, a line per (attack, method, defense, budget), defense `none` = undefended.
+    - `table_backdoorbench.md`: BackdoorBench's leaderboard layout, per budget: a line per
+      attack × defense, the undefended model first, with C-Acc, ASR, RA and DER.
+    - `table_detection.md` (grids with selection methods or detectors): each selection method's
+      removed set read as a poison detector — precision, recall, poisons kept — and the ASR of
+      the model trained on what it kept; each detector's result on each attack's models per
+      budget (STRIP: ROC AUC, FRR and FAR on the test set; a model-level detector: its score and
+      how many models it flagged); `detection_results.csv`, one row per detection run.
+    - figures (`jaxbd.pipeline.defense_figures`): per attack, every defense's trade-off curve
+      (`tradeoff_<attack>[_<method>].png`, one panel per budget, the Δ band marked) and per
+      budget a heat map of remaining ASR, attacks × defenses (`heatmap_<budget>.png`).
 
     Args:
         workdir: the grid directory.

@@ -1,36 +1,14 @@
 """What a grid costs: its work counted from the configuration, and a projection of its wall
 time from a measured reduced run of it, or from an assumed training throughput.
 
-`count(config)` counts the work (`Work`): per cell, the epochs over the training set that
-train its attacked model — the dense arm, the pruned arm's IMP epochs, a surrogate's epochs
-for an attack whose recipe needs one (once per cell), and the selection's shared pretraining
-run once per (attack, seed) when a selection method is in the grid (selected subsets are
-counted at full size: an upper bound) — and per defense run its tuning-step budget.
+- `count(config)`: the work (`Work`): epochs over the training set per cell and the
+  selection's shared pretraining, and per defense run its tuning-step budget;
+- `project_measured(config, reduced_dir)`: seconds, projected to first order from a reduced
+  grid of the same model and image size that ran to the end (what
+  `scripts/device_checks.sh` runs: fewer attacks, seeds, epochs, budgets and tuning steps);
+- `project_throughput(config, images_per_s)`: seconds at an assumed training throughput.
 
-`project_measured(config, reduced_dir)` projects from a reduced grid of the same model and
-image size that ran to the end (what `scripts/device_checks.sh` runs: fewer attacks, seeds,
-epochs, budgets and tuning steps), to first order:
-
-- an epoch over N images costs the reduced cells' median dense epoch (epochs after the
-  first, which compiles) × N / N_reduced; a cell's fixed part (data, poisoning, evaluation,
-  compilation, checkpoints: its wall time minus its epochs at the median) is as measured;
-- a defense run's tuning is a step cost a (at most the cells' training step per image, at
-  the repair's batch) and a curve row's cost b, from the median seconds of the repair's
-  measured chunks of `eval_every` steps after each run's first (`tune` events in
-  metrics.jsonl): steps × a + rows × b at the full grid's steps and rows; its planning (wall
-  time minus tuning: Neural Cleanse's trigger search, NAD's teacher, setup, checkpoints) is
-  the median of the measured runs at the same budget, or else scaled by (defender images at
-  the budget / at the measured one, never below 1), the planning being mostly passes over the
-  defender's images (an over-estimate where it is a fixed number of steps, as NAD's teacher);
-  compilation (a run's first chunk beyond the steady cost, the first run's planning beyond
-  the median, the first cell's fixed part beyond the median) is counted once, as a process
-  compiles a step once. With a single measured run per repair (a reduced grid of one cell)
-  the medians still hold those compilations: an over-estimate.
-
-`project_throughput(config, images_per_s)` is the same count at an assumed training
-throughput: training and tuning images at `images_per_s`, each curve row's evaluation of the
-clean and triggered test sets as forward passes at 3× that; a repair's own planning is not
-counted (a lower bound for Neural Cleanse and NAD).
+Each function's docstring states its model of the cost.
 """
 
 from __future__ import annotations
@@ -78,7 +56,14 @@ class Work:
 
 
 def count(config: ml_collections.ConfigDict) -> Work:
-    """The grid's work, from its configuration (see the module docstring)."""
+    """The grid's work, from its configuration.
+
+    Per cell, the epochs over the training set that train its attacked model — the dense
+    arm, the pruned arm's IMP epochs, a surrogate's epochs for an attack whose recipe needs
+    one (once per cell), and the selection's shared pretraining run once per (attack, seed)
+    when a selection method is in the grid (selected subsets are counted at full size: an
+    upper bound) — and per defense run its tuning-step budget.
+    """
     g = grid_lib.validate(config)
     first = ExperimentSettings.from_config(grid_lib.cell_config(config, g, g.cells()[0], "-"))
     n = _num(first.data, "train")
@@ -119,7 +104,13 @@ def count(config: ml_collections.ConfigDict) -> Work:
 
 
 def project_throughput(config: ml_collections.ConfigDict, images_per_s: float) -> dict[str, Any]:
-    """Seconds of the grid at a training throughput (see the module docstring)."""
+    """Seconds of the grid at a training throughput.
+
+    `count`'s work at an assumed training throughput: training and tuning images at
+    `images_per_s`, each curve row's evaluation of the clean and triggered test sets as
+    forward passes at 3× that; a repair's own planning is not counted (a lower bound for
+    Neural Cleanse and NAD).
+    """
     w = count(config)
     train = w.epochs * w.num_train / images_per_s
     per_cell = 0.0
@@ -132,7 +123,25 @@ def project_throughput(config: ml_collections.ConfigDict, images_per_s: float) -
 
 
 def project_measured(config: ml_collections.ConfigDict, reduced_dir: str) -> dict[str, Any]:
-    """Seconds of the grid from a finished reduced grid (see the module docstring).
+    """Seconds of the grid from a finished reduced grid, to first order.
+
+    - an epoch over N images costs the reduced cells' median dense epoch (epochs after the
+      first, which compiles) × N / N_reduced; a cell's fixed part (data, poisoning,
+      evaluation, compilation, checkpoints: its wall time minus its epochs at the median) is
+      as measured;
+    - a defense run's tuning is a step cost a (at most the cells' training step per image, at
+      the repair's batch) and a curve row's cost b, from the median seconds of the repair's
+      measured chunks of `eval_every` steps after each run's first (`tune` events in
+      metrics.jsonl): steps × a + rows × b at the full grid's steps and rows; its planning
+      (wall time minus tuning: Neural Cleanse's trigger search, NAD's teacher, setup,
+      checkpoints) is the median of the measured runs at the same budget, or else scaled by
+      (defender images at the budget / at the measured one, never below 1), the planning
+      being mostly passes over the defender's images (an over-estimate where it is a fixed
+      number of steps, as NAD's teacher);
+    - compilation (a run's first chunk beyond the steady cost, the first run's planning
+      beyond the median, the first cell's fixed part beyond the median) is counted once, as
+      a process compiles a step once. With a single measured run per repair (a reduced grid
+      of one cell) the medians still hold those compilations: an over-estimate.
 
     Raises:
         ConfigError: if the reduced grid has no finished cell, or lacks a defense run of a

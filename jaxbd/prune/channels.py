@@ -4,39 +4,8 @@ remove whole filters.
 Pruning a conv filter k (output channel k) must also silence the BatchNorm channel that
 normalizes it, or the BN re-emits its shift β_k (and, in inference mode, −γ_k·μ_k/σ_k) where
 the filter's output was. Which BN that is follows the data flow, not the order of the
-parameters: in a pre-activation ResNet the BN after `stageN_blockM/conv2` in parameter order
-is the next block's `bn1`, which normalizes a residual *sum*, and in some blocks the conv
-before a BN in parameter order is a shortcut conv that feeds no BN at all (pairing by order
-is BackdoorBench's CLP bug and Grad-Prune's reference bug).
-
-`conv_bn_pairs` derives the map by tracing the model once (abstractly, under
-`jax.eval_shape`: nothing is computed or compiled) with every module call intercepted
-(`flax.linen.intercept_methods`): it records the array each `nn.Conv` call returns, and
-for each `nn.BatchNorm` call whether its input *is* (object identity) one of those arrays.
-
-**A conv's own BatchNorm** is the first BatchNorm called on exactly that conv's output, with
-nothing in between. Then BN channel k is a function of conv channel k alone, and zeroing the
-filter's kernel slice and the BN's scale γ_k and shift β_k makes the BN's output channel k
-exactly 0 in both modes. A conv whose output goes anywhere else first (an addition, an
-activation, a cast) has no own BatchNorm (`bn=None`). On jaxbd's models:
-
-| model             | conv                             | its own BatchNorm                  |
-| ----------------- | -------------------------------- | ---------------------------------- |
-| `resnet18`        | `stem_conv`                      | `stem_bn`                          |
-|                   | `stageN_blockM/conv1`, `conv2`   | the same block's `bn1`, `bn2`      |
-|                   | `stageN_blockM/shortcut_conv`    | `stageN_blockM/shortcut_bn`        |
-| `preact_resnet18` | `stem_conv`                      | `stage1_block1/bn1`                |
-|                   | `stageN_blockM/conv1`            | the same block's `bn2`             |
-|                   | `stageN_blockM/conv2`            | None (summed with the shortcut)    |
-|                   | `stageN_blockM/shortcut_conv`    | None (summed with the residual)    |
-| `tiny_cnn`        | `conv1`, `conv2`                 | `bn1`, `bn2`                       |
-
-For the pre-activation network, the BN that normalizes a `conv2` or shortcut output is the
-next block's `bn1`, applied to the sum `conv2 + shortcut`; its channel k mixes both terms, so
-it is *not* that conv's own and is left alone: zeroing it would also silence the other term
-(and, for the stem, `stage1_block1/bn1` does normalize the stem's output alone — the identity
-shortcut reads the same array, un-normalized). Pruning such a filter zeroes its kernel slice
-only, which makes the conv's output channel exactly 0 (its convs have no bias).
+parameters (pairing by order is BackdoorBench's CLP bug and Grad-Prune's reference bug):
+`conv_bn_pairs` traces the model once and finds each conv's own BatchNorm.
 
 `filter_mask` turns "prune filters K of conv c" into a float 0/1 mask pytree like the
 parameters (kernel slices `[..., k]`, the conv's bias[k] if it has one, and its own BN's
@@ -97,6 +66,38 @@ def conv_bn_pairs(
     model: nn.Module, params: PyTree, image_shape: Sequence[int]
 ) -> tuple[ConvBN, ...]:
     """Every convolution of a model with its own BatchNorm, in call order.
+
+    Pairing by parameter order is wrong: in a pre-activation ResNet the BN after
+    `stageN_blockM/conv2` in parameter order is the next block's `bn1`, which normalizes a
+    residual *sum*, and in some blocks the conv before a BN in parameter order is a shortcut
+    conv that feeds no BN at all. So the model is traced with every module call intercepted
+    (`flax.linen.intercept_methods`), recording the array each `nn.Conv` call returns and, for
+    each `nn.BatchNorm` call, whether its input *is* (object identity) one of those arrays.
+
+    **A conv's own BatchNorm** is the first BatchNorm called on exactly that conv's output,
+    with nothing in between. Then BN channel k is a function of conv channel k alone, and
+    zeroing the filter's kernel slice and the BN's scale γ_k and shift β_k makes the BN's
+    output channel k exactly 0 in both modes. A conv whose output goes anywhere else first
+    (an addition, an activation, a cast) has no own BatchNorm (`bn=None`). On jaxbd's models:
+
+    | model             | conv                             | its own BatchNorm               |
+    | ----------------- | -------------------------------- | ------------------------------- |
+    | `resnet18`        | `stem_conv`                      | `stem_bn`                       |
+    |                   | `stageN_blockM/conv1`, `conv2`   | the same block's `bn1`, `bn2`   |
+    |                   | `stageN_blockM/shortcut_conv`    | `stageN_blockM/shortcut_bn`     |
+    | `preact_resnet18` | `stem_conv`                      | `stage1_block1/bn1`             |
+    |                   | `stageN_blockM/conv1`            | the same block's `bn2`          |
+    |                   | `stageN_blockM/conv2`            | None (summed with the shortcut) |
+    |                   | `stageN_blockM/shortcut_conv`    | None (summed with the residual) |
+    | `tiny_cnn`        | `conv1`, `conv2`                 | `bn1`, `bn2`                    |
+
+    For the pre-activation network, the BN that normalizes a `conv2` or shortcut output is
+    the next block's `bn1`, applied to the sum `conv2 + shortcut`; its channel k mixes both
+    terms, so it is *not* that conv's own and is left alone: zeroing it would also silence
+    the other term (and, for the stem, `stage1_block1/bn1` does normalize the stem's output
+    alone — the identity shortcut reads the same array, un-normalized). Pruning such a
+    filter zeroes its kernel slice only, which makes the conv's output channel exactly 0
+    (its convs have no bias).
 
     The model is traced once, abstractly (`jax.eval_shape` of its initialization on one
     image of `image_shape`, in inference mode), so this is cheap even at full width. The

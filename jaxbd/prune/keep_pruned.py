@@ -12,10 +12,7 @@ For a user's own optimizer, chained last:
     params = optax.apply_updates(params, updates)              # pruned weights are 0.0
 
 At a pruned coordinate the update is −params, so `params + update` is exactly 0 whatever
-`params` holds there (a weight already at 0 stays 0, a nonzero one is zeroed on the first
-step); elsewhere the update passes through unchanged. Momentum and weight decay upstream may
-still accumulate at pruned coordinates, which does not matter: their contribution is
-replaced, not added to.
+`params` holds there; elsewhere the update passes through unchanged.
 
 The mask lives in the transform's *state*, not in its closure: a new mask is new data for a
 jitted step that takes `opt_state` as an argument, never a new trace. Build the new state
@@ -46,7 +43,10 @@ def keep_pruned(mask: PyTree) -> optax.GradientTransformation:
     """An optax transform that makes `params + update` exactly 0 where `mask` is False.
 
     Chain it last, after everything that produces the final update (learning rate, momentum,
-    weight decay), so nothing can move a pruned weight after it.
+    weight decay), so nothing can move a pruned weight after it. A weight already at 0 stays
+    0, a nonzero one is zeroed on the first step. Momentum and weight decay upstream may still
+    accumulate at pruned coordinates, which does not matter: their contribution is replaced,
+    not added to.
 
     Args:
         mask: bool pytree with the structure and leaf shapes of the parameters (True = kept;
