@@ -1,33 +1,11 @@
 """Cost of every registered repair at a fixed size, and Neural Cleanse's all-labels program.
 
 For each repair in `jaxbd.defenses.REPAIRS` (or `--repairs`) on a freshly initialized CIFAR
-ResNet-18 (`jaxbd.models.resnet18`): a `Trainer` with the repair's optimizer and batch, a
-`RepairContext` built by hand (defender images from `jaxbd.data.make_synthetic`, or CIFAR-10
-with `--data`), then
-
-- the repair's `plan` twice: `plan_first_s` (compilation included) and `plan_s` (warm;
-  `plan_compile_s` = first − warm). Fine-Pruning ranks channels and validates each pruning
-  candidate, NAD trains its teacher and ANP optimizes its masks (`--steps` steps each),
-  Neural Cleanse reverse-engineers every label (`--nc_epochs` epochs over the tuning images,
-  early stop off); a plan's other work keeps the repair's defaults;
-- `jaxbd.defenses.tune` on the plan: first a warm-up chunk (one call of the compiled step
-  function: `steps_per_call` steps, or the largest divisor of `--steps` below it), which
-  compiles the repair's step variant and the validation pass, then `--steps` measured steps
-  with `eval_every = steps` (two validation passes, step 0 and the end: `validate_s` each)
-  and Δ = 1 (the budget never stops a run, so every repair does the same number of steps).
-  `steps_per_s` and `images_per_s` are of the measured `tune_s`, validations included.
-  A plan of 0 steps (Neural Cleanse flags nothing on an untrained model) is tuned for
-  `--steps` anyway: its unlearning is plain fine-tuning, the same step. A repair that never
-  tunes (CLP, which requires `steps=0`) is timed by its plan alone.
-
-Neural Cleanse's reverse-engineering (`jaxbd.defenses.reverse_engineer`) also runs both ways
-in the same run, same settings, early stop off so the work is fixed (`labels × nc_epochs ×
-(n // batch)` Adam steps on stamped batches): all labels in one program (`vmap` over the
-labels) against one label at a time (`labels=[t]` in a Python loop, the program compiled
-once for one label), each timed warm after a compiling call; `loop_over_all` is the ratio.
-`--torch` adds a PyTorch loop one label at a time (`scripts/torch_neural_cleanse.py`: the
-same ResNet-18 in `scripts/torch_baseline.py`, the same steps, batch, tanh parametrization,
-Adam and cost), in a subprocess, and the ratio of its seconds to jaxbd's.
+ResNet-18 (`jaxbd.models.resnet18`), with defender images from `jaxbd.data.make_synthetic`
+(or CIFAR-10 with `--data`): the seconds of its plan (cold and warm) and of `--steps` tuning
+steps (`bench_repair` says exactly what is timed). Then Neural Cleanse's reverse-engineering
+of all labels in one program against one label at a time (`bench_nc_programs`), and with
+`--torch` against a PyTorch loop (`bench_torch`).
 
     python scripts/bench_defenses.py --width 8 --image_size 16 --n 256 --batch 64 --steps 30 \
         --nc_epochs 5 --precision fp32 --torch
@@ -236,6 +214,26 @@ def _ready(tree):
 
 
 def bench_repair(name: str, args, defender: DefenderData) -> dict:
+    """One repair's record.
+
+    A `Trainer` with the repair's optimizer and batch, a `RepairContext` built by hand, then
+
+    - the repair's `plan` twice: `plan_first_s` (compilation included) and `plan_s` (warm;
+      `plan_compile_s` = first − warm). Fine-Pruning ranks channels and validates each
+      pruning candidate, NAD trains its teacher and ANP optimizes its masks (`--steps` steps
+      each), Neural Cleanse reverse-engineers every label (`--nc_epochs` epochs over the
+      tuning images, early stop off); a plan's other work keeps the repair's defaults;
+    - `jaxbd.defenses.tune` on the plan: first a warm-up chunk (one call of the compiled step
+      function: `steps_per_call` steps, or the largest divisor of `--steps` below it), which
+      compiles the repair's step variant and the validation pass, then `--steps` measured
+      steps with `eval_every = steps` (two validation passes, step 0 and the end:
+      `validate_s` each) and Δ = 1 (the budget never stops a run, so every repair does the
+      same number of steps). `steps_per_s` and `images_per_s` are of the measured `tune_s`,
+      validations included. A plan of 0 steps (Neural Cleanse flags nothing on an untrained
+      model) is tuned for `--steps` anyway: its unlearning is plain fine-tuning, the same
+      step. A repair that never tunes (CLP, which requires `steps=0`) is timed by its plan
+      alone.
+    """
     repair = make_repair_for(name, args)
     trainer = make_trainer(args, repair)
     ctx = make_context(args, trainer, defender, name, repair)
@@ -304,7 +302,14 @@ def bench_repair(name: str, args, defender: DefenderData) -> dict:
 
 
 def bench_nc_programs(args, defender: DefenderData) -> dict:
-    """Neural Cleanse's reverse-engineering: all labels in one program vs one at a time."""
+    """Neural Cleanse's reverse-engineering: all labels in one program vs one at a time.
+
+    `jaxbd.defenses.reverse_engineer` runs both ways with the same settings, early stop off
+    so the work is fixed (`labels × nc_epochs × (n // batch)` Adam steps on stamped
+    batches): all labels in one program (`vmap` over the labels) against one label at a time
+    (`labels=[t]` in a Python loop, the program compiled once for one label), each timed
+    warm after a compiling call; `loop_over_all` is the ratio.
+    """
     # The repair's plan compiled the all-labels program already: start cold, so that each
     # way's first call includes its compilation.
     jax.clear_caches()
@@ -379,6 +384,9 @@ def bench_nc_programs(args, defender: DefenderData) -> dict:
 
 
 def bench_torch(args) -> dict:
+    """A PyTorch loop one label at a time (`scripts/torch_neural_cleanse.py`: the same
+    ResNet-18 as `scripts/torch_baseline.py`, the same steps, batch, tanh parametrization,
+    Adam and cost), in a subprocess; `main` adds the ratios of its seconds to jaxbd's."""
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     cmd = [
         sys.executable,

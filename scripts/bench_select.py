@@ -1,24 +1,10 @@
 """Selection benchmark: CRAIG's greedy variants on the device, side by side with apricot.
 
 Times `jaxbd.select.craig` on N examples × C classes at a fraction (default the CIFAR-10 case:
-50,000 × 10 at 50%) for each proxy width and greedy variant, and prints one table. Proxies
-are synthetic but shaped like the real ones: softmax errors p − onehot(y) of random logits
-(C-d, CRAIG's default proxy) and their outer product with 512-d nonnegative features
-(C·512-d, the last-layer weight gradient, through the kernel identity, never materialized).
-
-Each jaxbd variant runs twice: the first call compiles; `compile_s` is first minus second,
-`seconds` is the second (the whole selection: similarities, greedy loops, weights, transfer).
-The objective is Σ_c F_c(S_c), evaluated in float64 on each class's similarity matrix.
-
-apricot (`pip install apricot-select`) optimizes the same per-class similarity matrices
-(`metric="precomputed"`, built by jaxbd on the device and excluded from its `seconds`; its
-`seconds_with_similarity` adds that build, the like-for-like figure next to jaxbd's
-features-to-selection `seconds`) with the same budgets, after a warm-up on a tiny input so
-numba compilation is not timed. jaxbd's rows add `build_s`, its own similarity build for all
-classes timed alone on the device, and `greedy_s` = `seconds` − `build_s`, about the greedy
-loops' share: the figure to set beside apricot's `seconds`. jaxbd's exact greedy and
-apricot's naive greedy solve the same problem with the same tie rule, so their objectives
-must agree to float tolerance; the script prints the relative difference.
+50,000 × 10 at 50%) for each proxy width and greedy variant, and apricot (`pip install
+apricot-select`) on the same per-class similarity matrices, and prints one table
+(`bench_craig` says what each column times). Proxies are synthetic but shaped like the real
+ones.
 
     python scripts/bench_select.py --n 10000
     python scripts/bench_select.py --n 50000 --dims 10 --greedy lazy,stochastic \
@@ -153,7 +139,27 @@ def _apricot_select(apricot, sim: np.ndarray, budget: int, optimizer: str) -> np
 
 
 def bench_craig(args) -> list[dict]:
-    """Rows for CRAIG (jaxbd's three greedy variants) and apricot on the same matrices."""
+    """Rows for CRAIG (jaxbd's three greedy variants) and apricot on the same matrices.
+
+    Proxies: softmax errors p − onehot(y) of random logits (C-d, CRAIG's default proxy) and
+    their outer product with 512-d nonnegative features (C·512-d, the last-layer weight
+    gradient, through the kernel identity, never materialized).
+
+    Each jaxbd variant runs twice: the first call compiles; `compile_s` is first minus second,
+    `seconds` is the second (the whole selection: similarities, greedy loops, weights,
+    transfer). The objective is Σ_c F_c(S_c), evaluated in float64 on each class's similarity
+    matrix.
+
+    apricot optimizes the same per-class similarity matrices (`metric="precomputed"`, built
+    by jaxbd on the device and excluded from its `seconds`; its `seconds_with_similarity`
+    adds that build, the like-for-like figure next to jaxbd's features-to-selection
+    `seconds`) with the same budgets, after a warm-up on a tiny input so numba compilation is
+    not timed. jaxbd's rows add `build_s`, its own similarity build for all classes timed
+    alone on the device, and `greedy_s` = `seconds` − `build_s`, about the greedy loops'
+    share: the figure to set beside apricot's `seconds`. jaxbd's exact greedy and apricot's
+    naive greedy solve the same problem with the same tie rule, so their objectives must
+    agree to float tolerance; `main` prints the relative difference.
+    """
     rows = []
     variants = _csv(args.greedy)
     optimizers = [] if args.no_apricot else _csv(args.apricot_optimizers)

@@ -4,21 +4,9 @@ A cross-check of `jaxbd.attacks.pcb`: this script trains the same CIFAR ResNet-1
 (the benchmark baseline's model and augmentation, `scripts/torch_baseline.py`, initialized
 from the same distributions as jaxbd's) on the same class-stratified CIFAR-10 subset with the
 PCB procedure of the authors' `ParameterControlledBackdoorTrainer`
-(github.com/Ben-Schneider-code/Universal-Backdoor-Attacks, src/trainer/pcb_trainer.py):
-
-- every even step (0, 2, ...) of an epoch is poisoned: the first `int(B · ratio)` examples of
-  the loader's (already augmented) batch get the BadNets patch and the target label;
-- on the first poisoned step each parameter tensor (BatchNorm included) gets a fixed random
-  mask with `int(p · numel)` ones; every poisoned step multiplies the gradients by it and then
-  calls `SGD(momentum 0.9, weight decay 5e-4).step()`, so momentum and weight decay still
-  move the other parameters (jaxbd's `update_mask_mode="gradient"`);
-- odd steps are ordinary clean steps.
-
-The schedule is jaxbd's (per-step cosine from `--lr` to 1e-5 over the run) so the two runs
-differ only in the framework, the initial draws and the trigger/augmentation order. Each
-epoch prints one JSON line (clean-step and poisoned-step loss and accuracy, the largest
-absolute parameter); the last line has test clean accuracy and ASR (non-target test images
-with the patch, classified as the target).
+(github.com/Ben-Schneider-code/Universal-Backdoor-Attacks, src/trainer/pcb_trainer.py;
+`main` states it step by step). Each epoch prints one JSON line; the last line has test
+clean accuracy and ASR (non-target test images with the patch, classified as the target).
 
     pip install -e ".[bench]"   # torch; its CPU build is enough
     python scripts/pcb_reference_torch.py --train_limit 5000 --width 8 --epochs 14 \
@@ -73,6 +61,23 @@ def stamp(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 def main(argv=None) -> None:
+    """Trains with the authors' PCB procedure and prints one JSON line per epoch.
+
+    - every even step (0, 2, ...) of an epoch is poisoned: the first `int(B · ratio)`
+      examples of the loader's (already augmented) batch get the BadNets patch and the target
+      label;
+    - on the first poisoned step each parameter tensor (BatchNorm included) gets a fixed
+      random mask with `int(p · numel)` ones; every poisoned step multiplies the gradients by
+      it and then calls `SGD(momentum 0.9, weight decay 5e-4).step()`, so momentum and weight
+      decay still move the other parameters (jaxbd's `update_mask_mode="gradient"`);
+    - odd steps are ordinary clean steps.
+
+    The schedule is jaxbd's (per-step cosine from `--lr` to 1e-5 over the run) so the two runs
+    differ only in the framework, the initial draws and the trigger/augmentation order. Each
+    epoch prints one JSON line (clean-step and poisoned-step loss and accuracy, the largest
+    absolute parameter); the last line has test clean accuracy and ASR (non-target test
+    images with the patch, classified as the target).
+    """
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)

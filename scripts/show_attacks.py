@@ -3,25 +3,15 @@
 Each row is one attack; the columns are the clean image, its training-time poison, the
 test-time triggered image and the amplified difference |poisoned − clean| × `--amplify`
 (clipped), so faint triggers (blends, warps, DCT bands, PGD noise) become visible. Clean-label
-attacks are shown on a target-class image (the only kind they poison). What an attack needs
-beyond its hyper-parameters comes from its recipe (`jaxbd.attacks.recipe`): an attack that
-perturbs against a surrogate gets one trained here for `--surrogate_epochs` epochs on a
-class-stratified subset; an attack that controls the victim's parameters gets the parameter
-shapes of a `--model` network and a key of its own (PCB: its poisons are its BadNets trigger,
-its parameter mask has no pictorial form).
+attacks are shown on a target-class image (the only kind they poison). `build` gives each
+attack what its recipe needs; `main` says how the figure is a function of the flags.
 
     python scripts/show_attacks.py --data /path/to/cifar10 --out docs/attacks.png
 
 Without `--out` the grid goes to runs/show_attacks/attacks.png, never over the committed
-docs/attacks.png. The figure is a function of the flags: every random choice (the
-surrogate's initialization, data order and augmentation, each row's trigger key, PGD's
-random start) comes from `--seed` through named streams (`jaxbd.rng.stream`), a row's key
-from its attack's name, so two runs with the same flags draw the same grid. `--attacks`
-draws only the named rows (e.g. `--attacks adv_clean_label` to check the adversarial row).
-
-Without `--data` the images come from the decoded cache, tensorflow-datasets if installed, or
-the official archive, downloaded once (see `jaxbd.data.cifar10`). A quick check of the script
-on synthetic images, with no download:
+docs/attacks.png. Without `--data` the images come from the decoded cache,
+tensorflow-datasets if installed, or the official archive, downloaded once (see
+`jaxbd.data.cifar10`). A quick check of the script on synthetic images, with no download:
 
     python scripts/show_attacks.py --synthetic 512 --model tiny_cnn --surrogate_epochs 1 \
         --out /tmp/attacks.png
@@ -69,6 +59,12 @@ def train_surrogate(train, model, epochs: int, seed: int):
 def build(name: str, target: int, num_classes: int, surrogate, victim_params, seed: int = 0):
     """The attack `name` with its default hyper-parameters and what its recipe asks for.
 
+    What an attack needs beyond its hyper-parameters comes from its recipe
+    (`jaxbd.attacks.recipe`): an attack that perturbs against a surrogate gets one trained
+    here for `--surrogate_epochs` epochs on a class-stratified subset; an attack that controls
+    the victim's parameters gets the parameter shapes of a `--model` network and a key of its
+    own (PCB: its poisons are its BadNets trigger, its parameter mask has no pictorial form).
+
     `surrogate()` trains (once) and returns the surrogate's logits function;
     `victim_params()` returns the victim's parameter shapes.
     """
@@ -89,6 +85,14 @@ def tile(image: np.ndarray, scale: int) -> Image.Image:
 
 
 def main(argv=None) -> None:
+    """Draws the grid.
+
+    The figure is a function of the flags: every random choice (the surrogate's
+    initialization, data order and augmentation, each row's trigger key, PGD's random start)
+    comes from `--seed` through named streams (`jaxbd.rng.stream`), a row's key from its
+    attack's name, so two runs with the same flags draw the same grid. `--attacks` draws only
+    the named rows (e.g. `--attacks adv_clean_label` to check the adversarial row).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data",

@@ -4,23 +4,9 @@
 jaxbd's, and `scripts/pcb_reference_torch.py` imports its model and augmentation. It needs
 only `torch` (no torchvision), CPU or CUDA build: `pip install -e ".[bench]"`.
 
-The model is the residual network of He et al. 2016, "Deep residual learning for image
-recognition" (CVPR), in its CIFAR form, layer for layer what `jaxbd.models.resnet18` builds:
-a 3×3 stride-1 stem (conv, BatchNorm, ReLU) with no max-pool; four stages of two basic
-blocks with w, 2w, 4w and 8w channels, stride 2 at the start of stages 2–4 and a 1×1 conv +
-BatchNorm projection shortcut wherever the shape changes; global average pooling and a
-linear head. Convolutions start Kaiming-normal with fan_out, the head at PyTorch's
-nn.Linear default, BatchNorm at momentum 0.1 and eps 1e-5, as in jaxbd. Width 64 with 10
-classes has 11,173,962 parameters.
-
-Training mirrors jaxbd's `Trainer`: the whole training set sits on the device as uint8, each
-epoch shuffles it on the device, random crop (zero padding 4) and horizontal flip run on the
-device on the uint8 batch as one gather, then normalization to float; activations use the
-channels-last memory format, the forward pass runs under bf16 autocast (`--precision bf16`,
-the default) and the optimizer is SGD with momentum 0.9 and weight decay 5e-4 added to the
-gradient (PyTorch's convention, which jaxbd's optimizer reproduces). `--compile` wraps the
-model and the optimizer step in `torch.compile`. The learning rate is constant: a schedule
-does not change what a step costs.
+The model (`ResNet18`) is layer for layer what `jaxbd.models.resnet18` builds, and training
+(`benchmark`) mirrors jaxbd's `Trainer`: data on the device as uint8, augmentation on the
+device, channels-last bf16 autocast, SGD with momentum and weight decay as jaxbd applies it.
 
     python scripts/torch_baseline.py --device cuda --width 64 --n 50000 --batch 128 --epochs 3
     python scripts/torch_baseline.py --device cpu --width 16 --n 2048 --precision fp32
@@ -74,7 +60,16 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """CIFAR ResNet-18 (see the module docstring); `forward` returns float logits [B, C].
+    """CIFAR ResNet-18; `forward` returns float logits [B, C].
+
+    The residual network of He et al. 2016, "Deep residual learning for image recognition"
+    (CVPR), in its CIFAR form, layer for layer what `jaxbd.models.resnet18` builds: a 3×3
+    stride-1 stem (conv, BatchNorm, ReLU) with no max-pool; four stages of two basic blocks
+    with w, 2w, 4w and 8w channels, stride 2 at the start of stages 2–4 and a 1×1 conv +
+    BatchNorm projection shortcut wherever the shape changes; global average pooling and a
+    linear head. Convolutions start Kaiming-normal with fan_out, the head at PyTorch's
+    nn.Linear default, BatchNorm at momentum 0.1 and eps 1e-5, as in jaxbd. Width 64 with 10
+    classes has 11,173,962 parameters.
 
     Args:
         width: channels of the stem and the first stage (64 for the standard network).
@@ -165,7 +160,17 @@ def benchmark(
     compile: bool = False,
     seed: int = 0,
 ) -> dict:
-    """Trains on `n` random CIFAR-shaped uint8 images and returns the throughput record."""
+    """Trains on `n` random CIFAR-shaped uint8 images and returns the throughput record.
+
+    Training mirrors jaxbd's `Trainer`: the whole training set sits on the device as uint8,
+    each epoch shuffles it on the device, random crop (zero padding 4) and horizontal flip run
+    on the device on the uint8 batch as one gather, then normalization to float; activations
+    use the channels-last memory format, the forward pass runs under bf16 autocast
+    (`precision="bf16"`, the default) and the optimizer is SGD with momentum 0.9 and weight
+    decay 5e-4 added to the gradient (PyTorch's convention, which jaxbd's optimizer
+    reproduces). `compile` wraps the model and the optimizer step in `torch.compile`. The
+    learning rate is constant: a schedule does not change what a step costs.
+    """
     if epochs < 2:
         raise ValueError(f"epochs must be >= 2 (the first is not timed), got {epochs}")
     if n < batch:

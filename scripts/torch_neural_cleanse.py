@@ -4,22 +4,7 @@ The reference implementations (Wang et al. 2019's released code, BackdoorBench) 
 label's trigger in turn in a Python loop; this script does the same, written the fast PyTorch
 way, on the project's CIFAR ResNet-18 (`scripts/torch_baseline.py`'s `ResNet18`, in
 inference mode and frozen) so that jaxbd's `jaxbd.defenses.reverse_engineer` has a
-like-for-like figure beside it:
-
-- the mask m (H×W) and pattern P (3×H×W) live in tanh space (m = tanh(w)/2 + 1/2), start
-  uniform at random, and follow Adam (lr 0.1, betas 0.5/0.9) on CE(f(x'), t) + cost·‖m‖₁
-  with x' = (1 − m)·x + m·P, normalized as the model expects;
-- the released cost schedule: the cost starts at 1e-3, goes up ×2 after 5 epochs whose mean
-  attack success is ≥ 0.99 and down ÷2^1.5 after 5 below it; the smallest-norm mask of a
-  successful epoch is kept; at the end its attack success is measured on every image;
-- the early stop is *not* implemented (jaxbd's side runs with `early_stop=False`), so both
-  sides do exactly `labels × epochs × (n // batch)` optimization steps;
-- the images are random uint8 images resident on the device (pixel values do not change the
-  cost of a step); each epoch draws a permutation and drops the remainder, as jaxbd does;
-  per-step statistics stay on the device and are read once per epoch.
-
-The first epoch of label 0 runs untimed first (allocator and cuDNN autotuning warm-up,
-reported as `warmup_s`); then every label is optimized from scratch and timed.
+like-for-like figure beside it (`reverse_label` states the loop, `benchmark` what is timed).
 
     python scripts/torch_neural_cleanse.py --device cpu --width 8 --image_size 16 --n 256 \
         --batch 64 --epochs 5 --precision fp32
@@ -66,6 +51,17 @@ def reverse_label(
     multiplier: float = 2.0,
 ) -> dict:
     """One label's trigger: the released code's loop without the early stop.
+
+    - the mask m (H×W) and pattern P (3×H×W) live in tanh space (m = tanh(w)/2 + 1/2), start
+      uniform at random, and follow Adam (lr 0.1, betas 0.5/0.9) on CE(f(x'), t) + cost·‖m‖₁
+      with x' = (1 − m)·x + m·P, normalized as the model expects;
+    - the released cost schedule: the cost starts at 1e-3, goes up ×2 after 5 epochs whose
+      mean attack success is ≥ 0.99 and down ÷2^1.5 after 5 below it; the smallest-norm mask
+      of a successful epoch is kept; at the end its attack success is measured on every image;
+    - the early stop is *not* implemented (jaxbd's side runs with `early_stop=False`), so both
+      sides do exactly `labels × epochs × (n // batch)` optimization steps;
+    - each epoch draws a permutation and drops the remainder, as jaxbd does; per-step
+      statistics stay on the device and are read once per epoch.
 
     Args:
         model: frozen, in eval mode, channels-last.
@@ -160,7 +156,13 @@ def benchmark(
     precision: str = "bf16",
     seed: int = 0,
 ) -> dict:
-    """Times Neural Cleanse over `labels` labels, one at a time; returns the record."""
+    """Times Neural Cleanse over `labels` labels, one at a time; returns the record.
+
+    The images are random uint8 images resident on the device (pixel values do not change
+    the cost of a step). The first epoch of label 0 runs untimed first (allocator and cuDNN
+    autotuning warm-up, reported as `warmup_s`); then every label is optimized from scratch
+    and timed.
+    """
     if n < batch:
         raise ValueError(f"n ({n}) must hold at least one batch ({batch})")
     if precision not in ("bf16", "fp32"):
