@@ -253,7 +253,7 @@ def optimize_masks(
     augment: bool = True,
     chunk: int = 1,
 ) -> MaskOptimization:
-    """ANP's mask optimization (see the module docstring for the algorithm).
+    """ANP's mask optimization (the algorithm: the module docstring, docs/defenses.md).
 
     Args:
         model: flax module returning `(logits, features)`, with a `train` flag.

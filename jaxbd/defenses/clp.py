@@ -1,31 +1,17 @@
 """CLP: data-free pruning of the channels with an outlying channel Lipschitz bound.
 
 Zheng, Zhang, Wang, Zhang and Chen 2022 ("Data-free backdoor removal based on channel
-Lipschitzness") observe that a backdoor is carried by a few channels that are unusually
-sensitive to their input, and bound each channel's sensitivity without any data: for a conv
-filter k followed by its own BatchNorm (scale γ_k, running variance var_k), the channel's
-upper-bound Lipschitz constant is
+Lipschitzness"): a backdoor is carried by a few channels unusually sensitive to their input.
+For a conv filter k followed by its own BatchNorm (scale γ_k, running variance var_k), the
+channel's upper-bound Lipschitz constant is UCLC_k = σ_max(W_k) · |γ_k| / sqrt(var_k + ε)
+(`uclc`, W_k the filter as a C_in × (kh·kw) matrix). Per layer, the channels with
+UCLC_k > mean + u · std (unbiased) of that layer's UCLCs are pruned (u = 3, the paper's
+default); no fine-tuning follows. Each conv is scored with its own BatchNorm, found from the
+data flow (`jaxbd.prune.channels.conv_bn_pairs`); convs without one are never pruned.
 
-    UCLC_k = σ_max(W_k) · |γ_k| / sqrt(var_k + ε),
-
-with W_k the filter reshaped as a C_in × (kh·kw) matrix and σ_max its largest singular
-value. Per layer, the channels with UCLC_k > mean + u · std of that layer's UCLCs are pruned
-(u = 3, the paper's default); no fine-tuning follows. The std is the unbiased one (ddof =
-1), as `torch.std` in the paper's code computes it.
-
-Pairing follows the architecture: each conv is scored with *its own* BatchNorm, the one that
-normalizes exactly its output (`jaxbd.prune.channels.conv_bn_pairs`). The reference code
-pairs each BatchNorm with the conv before it in module order, which on a pre-activation
-ResNet scores a BatchNorm of a residual sum with the shortcut or second conv of the previous
-block. Convs without an own BatchNorm (PreActResNet's `conv2` and shortcut convs, whose
-outputs are summed before any normalization) have no UCLC and are never pruned; the plan's
-`details` lists them. Pruning channel k zeroes the filter's kernel slice and its BN's γ_k and
-β_k through the mask pytree (the reference zeroes γ_k and β_k only: the same network output).
-
-Data-free: the plan reads the parameters and BatchNorm statistics only. The `u` curve
-(channels pruned for u = 0, 0.5, ..., 10) is reported alongside; when the context has
-defender validation images it also records the validation accuracy at each u (validation
-only, never test data; it does not change the pruning, which is always at `u`).
+Data-free: the plan reads the parameters and BatchNorm statistics only. The `u` curve is
+reported alongside, with validation accuracies when the defender has held-out images. How
+the pairing and the pruning differ from the reference code is in docs/defenses.md.
 """
 
 from __future__ import annotations
@@ -42,8 +28,7 @@ from jaxbd.defenses.base import Candidates, RepairContext, TuningPlan, Variables
 from jaxbd.prune.channels import ConvBN, conv_bn_pairs, filter_mask, module_params
 from jaxbd.prune.masks import apply_mask, check_mask
 from jaxbd.settings import require
-
-PyTree = Any
+from jaxbd.types import PyTree
 
 U_GRID = tuple(float(u) for u in np.arange(0.0, 10.0 + 1e-9, 0.5))
 """The curve's default grid: u = 0, 0.5, ..., 10."""
@@ -194,6 +179,8 @@ class CLP:
     weight_decay: float = 5e-4
     batch_size: int = 128
     name: ClassVar[str] = "clp"
+    # It scores and prunes conv filters through their own BatchNorm.
+    model_needs: ClassVar[tuple[str, ...]] = ("conv_bn",)
 
     def __post_init__(self):
         require(0 <= self.u < float("inf"), "u", "must be a finite number >= 0", self.u)

@@ -1,34 +1,17 @@
 """Fine-Pruning: prune the penultimate channels clean data leaves dormant, then fine-tune.
 
 Liu, Dolan-Gavitt and Garg 2018 ("Fine-Pruning: Defending Against Backdooring Attacks on Deep
-Neural Networks") observe that a backdoor tends to live in channels of the last
-convolutional stage that clean inputs barely activate. The defense ranks those channels by
-their mean activation over clean images, prunes them in increasing order of activation while
-the clean validation accuracy holds, and fine-tunes the pruned model on the clean images with
-the pruned channels kept out.
+Neural Networks"): a backdoor tends to live in channels of the last convolutional stage that
+clean inputs barely activate. The defense ranks those channels by their mean activation over
+the defender's tuning images (`channel_activations`, `dormant_order`), prunes them in
+increasing order of activation while the validation accuracy holds, and fine-tunes the
+pruned model with the pruned channels kept out.
 
-In jaxbd the channels are the penultimate `features` a model returns — for the ResNet and the
-tiny CNN the globally pooled output of the last stage, i.e. the inputs of the dense head — and
-pruning channel d zeroes row d of the head's kernel (`params[head]["kernel"]`, [D, C]) in the
-mask pytree. That is exactly removing the channel from the classifier: a ResNet's last-stage
-output is a residual sum with no single conv filter behind each channel, so the head's input
-rows are the one place every architecture shares. The engine keeps masked weights at exactly
-zero through the fine-tuning (gradient, weight decay and momentum are all masked).
-
-Decisions read the defender's data only: the ranking uses the tuning images, the stopping
-rule the held-out validation accuracy (`RepairContext.validate`). The plan never sees test
-data, so it is a pure function of the context and the model.
-
-Defaults: 10 sampling batches, pruning up to 96% of the channels, then 1000 steps at lr 1e-3
-and momentum 0.9 are Pick your Poison's CIFAR-10 values at r = 1% (Lukas & Kerschbaum 2023,
-"Pick your Poison: Undetectability versus Robustness in Data Poisoning Attacks"); weight
-decay 5e-4 (their table is silent on it) is BackdoorBench's (Wu et al. 2022, "BackdoorBench:
-A Comprehensive Benchmark of Backdoor Learning"). Pick your Poison prunes a fixed rate; the
-stopping rule on validation accuracy is the original paper's, with jaxbd's budget
-`delta_prune` = 0.05 absolute and a step of 5% of the channels (see `FinePruning`).
-Two flaws of public implementations are avoided: pruning k − 1 channels when k are asked for,
-and fine-tuning the first candidate that broke the accuracy budget instead of the last one
-within it.
+The channels are the penultimate `features` a model returns; pruning channel d zeroes row d
+of the dense head's kernel (`find_head`, `prune_channels_mask`) in the mask pytree, which
+the engine keeps at exactly zero through the fine-tuning. Decisions read the defender's data
+only (ranking: tuning images; stopping: validation accuracy). Why the head's input rows, the
+defaults' provenance and two flaws of public implementations avoided: docs/defenses.md.
 """
 
 from __future__ import annotations
@@ -36,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +30,7 @@ from jaxbd.defenses.curve import within_budget
 from jaxbd.defenses.finetune import check_optimizer
 from jaxbd.prune.masks import apply_mask, check_mask, path_name
 from jaxbd.settings import require, require_int
-
-PyTree = Any
+from jaxbd.types import PyTree
 
 # fold_in tag of the stream that picks the sampling images when the tuning set is larger than
 # `batches` batches; `tune` uses tags 1 and 2 of the same key.
@@ -248,6 +230,8 @@ class FinePruning:
     delta_prune: float = 0.05
     head: str | None = "head"
     name: ClassVar[str] = "fine_pruning"
+    # It ranks the penultimate features and masks the dense head's input rows.
+    model_needs: ClassVar[tuple[str, ...]] = ("features", "head")
 
     def __post_init__(self):
         check_optimizer(self)

@@ -40,6 +40,8 @@ class FineTune:
     batch_size: int = 128
     cosine: bool = False
     name: ClassVar[str] = "finetune"
+    # Cross-entropy on the logits: nothing else from the model.
+    model_needs: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         check_optimizer(self)

@@ -197,7 +197,7 @@ class GradPrune:
 
     Attributes:
         steps: fine-tuning SGD steps after pruning (a cap; docs/defenses.md maps the
-            reference's early stopping of the reference's early stopping onto the shared loop).
+            reference's early stopping onto the shared loop).
         lr: fine-tuning learning rate (the paper's code: 1e-3).
         momentum: SGD momentum (0.9).
         weight_decay: L2 coefficient added to the gradient (5e-4).

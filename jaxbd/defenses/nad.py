@@ -3,25 +3,17 @@
 Li et al. 2021, "Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural
 Networks" (ICLR). Two phases on the defender's tuning images:
 
-1. **Teacher**: a copy of the backdoored model fine-tuned with plain cross-entropy for
-   `teacher_steps` steps (learning rate `teacher_lr`, by default the repair's). It runs
-   directly on the engine (`Trainer.train_steps`), not through the tuning loop: the teacher
-   is never returned, so it gets no curve and no Δ budget; only the student is held to it.
+1. **Teacher**: a copy of the backdoored model fine-tuned with cross-entropy for
+   `teacher_steps` steps, directly on the engine (it is never returned, so it gets no curve
+   and no Δ budget).
 2. **Student**: the backdoored model itself, trained with
-   `CE + λ_at · Σ_taps MSE(A(student tap), A(teacher tap))`, the teacher in inference mode
-   (its own BatchNorm statistics), frozen, passed to every step as `extra`.
+   `CE + λ_at · Σ_taps MSE(A(student tap), A(teacher tap))`, the teacher frozen in inference
+   mode and passed to every step as `extra`.
 
-The attention map of an activation a ∈ R^{H×W×C} is `A = normalize_L2(flatten(Σ_c |a_c|^p))`
-(p = 2). Taps are the model's sown stage outputs (the residual stages of a ResNet) whose
-spatial size is larger than 1×1: a 1×1 map's normalized attention is the constant 1, a term
-that can never differ between student and teacher (BackdoorBench's third tap on small inputs).
-They are chosen from the shapes at plan time and reported in `details["taps"]`.
-
-Defaults: Pick your Poison's CIFAR-10 values (Lukas & Kerschbaum 2023): 2000 student steps,
-lr 0.01, 1000 teacher steps; λ_at = 1000 on every tap and p = 2 (BackdoorBench's β and p for
-its deeper taps); momentum 0.9 and weight decay 1e-4 from BackdoorBench's NAD configuration
-(https://github.com/SCLBD/BackdoorBench, config/defense/nad/cifar10.yaml); batch 128. The
-teacher trains with the same optimizer (the trainer's momentum and weight decay).
+The attention map of an activation a ∈ R^{H×W×C} is `normalize_L2(flatten(Σ_c |a_c|^p))`
+(`attention_map`). Taps are the model's sown 4-D stage outputs larger than 1×1
+(`attention_taps`), chosen from the shapes at plan time and reported in `details["taps"]`.
+Why 1×1 maps are left out and the defaults' provenance: docs/defenses.md.
 """
 
 from __future__ import annotations
@@ -174,6 +166,8 @@ class NAD:
     p: float = 2.0
     cosine: bool = False
     name: ClassVar[str] = "nad"
+    # The attention maps of the stage outputs the model sows into "intermediates".
+    model_needs: ClassVar[tuple[str, ...]] = ("taps",)
 
     def __post_init__(self):
         check_optimizer(self)

@@ -6,27 +6,15 @@ starts as a copy of it and minimizes, on each augmented batch of the defender's 
 
     CE(f(x; θ*), y) + λ_S · SLOL(g(x; θ̃), g(x; θ*), y) + λ_P · mean((θ* − θ̃)²),
 
-where g are the penultimate features (the model's `features` output) and the mean runs over
-every parameter coordinate. The pivot is frozen: it reaches the loss as the step's `extra`
-input behind `jax.lax.stop_gradient`, runs in inference mode (its own BatchNorm statistics),
-and never changes. The parameter term keeps θ* close to the pivot (clean accuracy), while SLOL
-reshapes the latent space around the clean classes.
-
-SLOL over the classes present in the batch, with C_i the pivot's and Ĉ_i the tuned model's
-centroid of the features of class i:
+where g are the penultimate features and the mean runs over every parameter coordinate.
+The pivot is frozen (the step's `extra` input behind `stop_gradient`, in inference mode).
+With C_i the pivot's and Ĉ_i the tuned model's centroid of the features of class i, over
+the classes present in the batch (`slol_loss`):
 
     SLOL = Σ_{i<j} [cos(C_i − C_j, Ĉ_i − Ĉ_j) + cos(Ĉ_i, Ĉ_j)],
 
-added to the loss with a positive weight and *minimized as written* (the paper's algorithm).
-Orientation: minimizing the first cosine turns the tuned model's between-class directions
-away from the pivot's (the latent geometry the backdoor was learned in); minimizing the second
-spreads the tuned class centroids apart in angle (for the non-negative pooled ReLU features of
-the models here both centroids lie in the positive orthant, so the second cosine is ≥ 0 and its
-minimum is orthogonal centroids). The released code replaced the second cosine with a D×D
-feature-covariance term that broadcasts wrongly; jaxbd implements the algorithm only.
-
-Defaults are the paper's grid-searched CIFAR-10 values at r = 1%: 2000 steps, SGD lr 0.01,
-momentum 0.9, λ_S = 0.05, λ_P = 20000, weight decay 0, batch 128.
+minimized as written (the paper's algorithm). What each term does, the released code's
+departure from it, and the defaults' provenance: docs/defenses.md.
 """
 
 from __future__ import annotations
@@ -70,7 +58,7 @@ def slol_loss(
 
     `Σ_{i<j} [cos(C_i − C_j, Ĉ_i − Ĉ_j) + cos(Ĉ_i, Ĉ_j)]` over pairs of classes i < j that
     both occur in `labels`, where C_i is the mean pivot feature of class i and Ĉ_i the mean
-    tuned feature. Minimized as written (see the module docstring for the orientation).
+    tuned feature. Minimized as written (docs/defenses.md explains the orientation).
 
     Fixed shapes throughout (absent classes are masked, not indexed away), so it jits once
     per batch shape; memory is O(C²·D) for the centroid differences.
@@ -164,6 +152,8 @@ class PivotalTuning:
     param_weight: float = 20000.0
     cosine: bool = False
     name: ClassVar[str] = "pivotal_tuning"
+    # SLOL reads the penultimate features of the tuned model and of the pivot.
+    model_needs: ClassVar[tuple[str, ...]] = ("features",)
 
     def __post_init__(self):
         check_optimizer(self)

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +58,8 @@ class StripSettings:
     blend: str = "sum"
     frr: float = 0.01
     batch_size: int = 256
+    # The superimposed images' logits only.
+    model_needs: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         require(
