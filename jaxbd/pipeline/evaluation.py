@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxbd import attacks, rng, runs
+from jaxbd import attacks, files, rng
 from jaxbd.pipeline import engine, setup
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.evaluate import make_evaluate_fn
@@ -63,5 +63,5 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "num_test_triggered_eligible": int(triggered.eligible.sum()),
     }
     if config.get("output"):
-        runs.write_json_atomic(config.output, result)
+        files.write_json(config.output, result)
     return result
