@@ -1,43 +1,23 @@
-"""Defenses: repair a backdoored model with the defender's clean data (and later detect).
+"""Defenses: repair a backdoored model with the defender's clean data, or detect one.
 
-`REPAIRS` maps each registry name to its repair class: a frozen dataclass of the method's
-hyper-parameters (defaults: Pick your Poison's grid-searched CIFAR-10 values at r = 1%,
-checked when constructed) whose `plan(ctx, variables)` does the method's own work; the
-shared `tune` loop runs the plan with the trade-off curve and the Δ budget
-(`jaxbd.defenses.tuning`). Everything works on any flax model returning `(logits,
-features)` and runs on the engine (`jaxbd.train.Trainer`), so a user's own code can call a
-repair without a run directory; `scripts/defend.py` (`jaxbd.pipeline.defend`) runs one on a
-finished training run.
+On any model (`jaxbd.models.Classifier`): `repair(classifier, defender, method, key=...)`
+returns the repaired classifier, its trade-off curve and its decisions; `detect(classifier,
+defender, method, key=..., inputs=...)` runs a detector (`jaxbd.defenses.api`). `REPAIRS`
+and `DETECTORS` are the registries (`repairs`, `detectors`); each method declares what it
+reads inside the model (`model_needs`) and what it assumes (`data_free`, `needs_trigger`).
+Each repair's `plan` does the method's own work and the shared `tune` loop runs it with the
+trade-off curve and the Δ budget on the defender's held-out images. The methods, their
+papers and the reference codes' quirks: docs/defenses.md and docs/detection.md.
 
-| name             | paper                   | what it does                                   |
-| ---------------- | ----------------------- | ---------------------------------------------- |
-| `finetune`       | (fine-tuning)           | SGD on the defender's clean images             |
-| `fine_pruning`   | Liu et al. 2018         | prune dormant penultimate channels, fine-tune  |
-| `nad`            | Li et al. 2021          | distil attention maps of a fine-tuned teacher  |
-| `neural_cleanse` | Wang et al. 2019        | reverse-engineer triggers, flag, unlearn       |
-| `pivotal_tuning` | Lukas & Kerschbaum 2023 | fine-tune near a frozen pivot with SLOL        |
-| `anp`            | Wu & Wang 2021          | prune BN channels sensitive to noise           |
-| `clp`            | Zheng et al. 2022       | data-free: prune high-Lipschitz channels       |
-| `grad_prune`     | Dunnett et al. 2024     | prune filters the unlearning gradient picks    |
-
-Training-set detectors are selection methods (`jaxbd.select`:
-`--config.select.name=spectral` or `activation_clustering`), re-exported here as
-`spectral_scores` and `activation_clustering`. Input detectors: `strip_scores` (STRIP, Gao
-et al. 2019: mean prediction entropy over superimposed clean images, thresholded at a
-false-rejection rate on held-out clean images);
-model-level detectors: Neural Cleanse's anomaly index (`neural_cleanse_score`) and Calibrated
-Trigger Inversion (`calibrated_trigger_inversion`, Lukas & Kerschbaum 2023). `scripts/detect.py`
-(`jaxbd.pipeline.detect`) runs a registered detector on a finished run; `scripts/zoo.py`
-measures model-level detectors' ROC AUC over a zoo of clean and backdoored models.
-
-The defender's data (`defender_data`) is a small clean subset of the training images with a
-held-out validation part; every decision reads validation data only, and any number chosen
-on the test set is reported as `oracle_*`.
+Training-set detectors are selection methods (`jaxbd.select`: spectral, activation
+clustering), re-exported here. Every decision reads the defender's held-out images; a
+number chosen on the test set is reported as `oracle_*`.
 """
 
 from jaxbd.defenses.anp import ANP
+from jaxbd.defenses.api import RepairResult, detect, engine, repair
 from jaxbd.defenses.base import Candidates, Repair, RepairContext, TuningPlan, Variables
-from jaxbd.defenses.clp import CLP
+from jaxbd.defenses.clp import CLP, clp_scores, clp_select
 from jaxbd.defenses.cti import (
     calibrated_trigger_inversion,
     cti_scores,
@@ -50,10 +30,17 @@ from jaxbd.defenses.curve import (
     plot_curves,
     within_budget,
 )
-from jaxbd.defenses.defender_data import DefenderData, DefenderDataSettings, defender_data
+from jaxbd.defenses.defender_data import (
+    DefenderData,
+    DefenderDataSettings,
+    defender_data,
+    own_defender,
+)
+from jaxbd.defenses.detectors import DETECTORS, Detection, Detector, DetectorContext
 from jaxbd.defenses.fine_pruning import (
     FinePruning,
     channel_activations,
+    dormant_order,
     prune_channels_mask,
 )
 from jaxbd.defenses.finetune import FineTune
@@ -63,32 +50,28 @@ from jaxbd.defenses.neural_cleanse import (
     NeuralCleanse,
     ReversedTriggers,
     anomaly_index,
+    flag_labels,
     reverse_engineer,
+    stamp_uint8,
 )
 from jaxbd.defenses.pivotal_tuning import PivotalTuning, slol_loss
+from jaxbd.defenses.repairs import REPAIRS
 from jaxbd.defenses.strip import entropy_bits, frr_threshold, strip_scores
-from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune
+from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune, validator
 from jaxbd.select import activation_clustering, spectral_scores  # training-set detectors
-
-REPAIRS = {
-    "anp": ANP,
-    "clp": CLP,
-    "finetune": FineTune,
-    "fine_pruning": FinePruning,
-    "grad_prune": GradPrune,
-    "nad": NAD,
-    "neural_cleanse": NeuralCleanse,
-    "pivotal_tuning": PivotalTuning,
-}
 
 __all__ = [
     "ANP",
     "CLP",
+    "DETECTORS",
     "NAD",
     "REPAIRS",
     "Candidates",
     "DefenderData",
     "DefenderDataSettings",
+    "Detection",
+    "Detector",
+    "DetectorContext",
     "FinePruning",
     "FineTune",
     "GradPrune",
@@ -96,6 +79,7 @@ __all__ = [
     "PivotalTuning",
     "Repair",
     "RepairContext",
+    "RepairResult",
     "ReversedTriggers",
     "TuneProgress",
     "TuneResult",
@@ -106,20 +90,30 @@ __all__ = [
     "attention_map",
     "calibrated_trigger_inversion",
     "channel_activations",
+    "clp_scores",
+    "clp_select",
     "cti_scores",
     "defender_data",
+    "detect",
+    "dormant_order",
+    "engine",
     "entropy_bits",
+    "flag_labels",
     "frr_threshold",
     "invert_triggers",
     "neural_cleanse_score",
     "oracle_asr_at_delta",
     "oracle_candidate_at_delta",
+    "own_defender",
     "plot_curves",
     "prune_channels_mask",
+    "repair",
     "reverse_engineer",
     "slol_loss",
     "spectral_scores",
+    "stamp_uint8",
     "strip_scores",
     "tune",
+    "validator",
     "within_budget",
 ]

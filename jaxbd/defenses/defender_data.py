@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxbd.data import Dataset
+from jaxbd.data import DataError, Dataset
 from jaxbd.data.stratify import class_budgets
 from jaxbd.settings import require
 
@@ -144,3 +144,37 @@ def _subset(train: Dataset, indices: np.ndarray, what: str) -> Dataset:
         labels=train.labels[indices],
         source=f"{train.source} | {what}: {len(indices)} images",
     )
+
+
+def own_defender(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    key: jax.Array,
+    val_fraction: float = 0.1,
+) -> DefenderData:
+    """A defender from one's own clean images: all of them, split per class into a tuning
+    part and a held-out part (at least one image of each class), by `key`.
+
+    Args:
+        images: uint8[N, H, W, 3] clean images.
+        labels: int[N] their true labels.
+        num_classes: C.
+        key: the split's PRNG key.
+        val_fraction: the held-out part per class, in (0, 1).
+
+    Raises:
+        ValueError: a class with fewer than two images, or bad arrays.
+    """
+    try:
+        own = Dataset(
+            images=np.asarray(images),
+            labels=np.asarray(labels),
+            num_classes=num_classes,
+            source="the defender's own images",
+        )
+    except DataError as e:
+        raise ValueError(str(e)) from None
+    settings = DefenderDataSettings(fraction=1.0, val_fraction=val_fraction)
+    return defender_data(key, own, np.zeros(len(own), bool), settings)

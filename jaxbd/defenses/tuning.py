@@ -18,10 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
+from jaxbd.data import Dataset
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables, copy_tree
 from jaxbd.defenses.curve import within_budget
-from jaxbd.train import CosineSchedule, TrainState
+from jaxbd.train import CosineSchedule, Trainer, TrainState
 
 EvaluateFn = Callable[[TrainState], dict[str, float]]
 
@@ -214,3 +216,16 @@ def _variables(state: TrainState) -> Variables:
         batch_stats=copy_tree(state.batch_stats),
         mask=copy_tree(state.mask),
     )
+
+
+def validator(trainer: Trainer, val: Dataset) -> Callable[[Any, Any], float]:
+    """`validate(params, batch_stats) -> accuracy` on the defender's held-out images (copied
+    to the devices once): the one figure every repair decision reads."""
+    images = trainer.replicate(val.images)
+
+    def validate(params, batch_stats) -> float:
+        logits, _ = trainer.predict_variables(params, batch_stats, images)
+        predictions = np.asarray(jax.device_get(logits.argmax(-1)))
+        return float(np.mean(predictions == val.labels))
+
+    return validate

@@ -2,47 +2,18 @@
 
 `run(config, workdir)` is what `scripts/detect.py` calls (`configs/detect.py`):
 
-1. the source (`config.source`: a finished `scripts/train.py` run — its dense or pruned
-   model — or a finished `scripts/defend.py` run — the model it returned) is read back with
-   `jaxbd.pipeline.source`; its training run's configuration rebuilds, through the setup
-   stage (`jaxbd.pipeline.setup`), the same poisoned training set and triggered test set
-   from the same streams. The source directory is only read, never written (the detection's
-   own directory may live inside it, `<source>/detections/<name>` by default);
-2. the defender's data: the small clean subset of the training images that the defense
-   pipeline draws too (`jaxbd.defenses.defender_data`, the "defender" stream of
-   `config.seed`), split into tuning and held-out parts;
-3. the detector named by `config.detector.name` (a key of `DETECTORS`) runs on a
-   `DetectContext` and returns a `Detection`: summary fields, optional arrays
-   (`scores.npz`) and optional figures (PNG);
-4. `summary.json` (which marks the detection finished; with the examined model's test
-   metrics, `model_test`, for the report), `config.json`, `metrics.jsonl`.
+1. the source (a finished `scripts/train.py` run — its dense or pruned model — or a finished
+   `scripts/defend.py` run) is read back (`jaxbd.pipeline.source`) and its poisoned training
+   set and triggered test set rebuilt from the same streams; the source is never written;
+2. the defender's data: the clean subset `scripts/defend.py` draws too ("defender" stream);
+3. the detector named by `config.detector.name` (a key of `jaxbd.defenses.DETECTORS`) runs
+   on a `DetectorContext`; an input detector judges the clean and the triggered test
+   images, and the pipeline adds its FRR, FAR and ROC AUC (`pipeline.detectors`);
+4. `summary.json` (with the examined model's test metrics, `model_test`, for the report),
+   `scores.npz`, figures, `config.json`, `metrics.jsonl`.
 
-Every decision a detector makes (a threshold, a flagged class) reads the defender's data
-only; the test set is for reporting.
-
-The detectors (`jaxbd.pipeline.detectors.DETECTORS`): `strip`, `neural_cleanse`, `cti`;
-`jaxbd.pipeline.zoo` measures the model-level ones' ROC AUC over many models.
-
-## Adding a detector
-
-Register a `Detector` in `jaxbd.pipeline.detectors.DETECTORS`:
-
-    DETECTORS["my_detector"] = Detector(
-        settings=MySettings,  # a frozen, self-validating dataclass (`jaxbd.settings.require`)
-        detect=my_detect,     # (ctx: DetectContext, settings: MySettings) -> Detection
-        check=my_check,       # optional (settings, defender: DefenderData) -> None
-    )
-
-`settings` is built by `jaxbd.settings.from_config` from `config.detector.my_detector`,
-whose defaults `jaxbd.configs.detect_config` takes from the dataclass (`settings_config`),
-so nothing else is edited to make `--config.detector.name=my_detector` work. `check` runs
-before the workdir is claimed (raise `ConfigError` naming the field, e.g. more overlays than
-tuning images). `detect` may use `ctx.logits_fn` (jittable, uint8 images -> logits),
-`ctx.trainer` and `ctx.model` (e.g. `trainer.predict_variables`, or the module for
-features and gradients), `ctx.defender`, `ctx.stage` (test set, triggered test set,
-poisoned training set) and `ctx.key` (the detector's own stream, "detect/<name>"). Its
-`Detection.summary` must be JSON-able and must not reuse the pipeline's own summary keys
-(`PIPELINE_KEYS`); a model-level detector reports e.g. `{"score": ..., "flagged": ...}`.
+Every decision a detector makes reads the defender's data only; the test set is for
+reporting. Adding a detector: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -57,30 +28,34 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 
 from jaxbd import defenses, rng, runs
 from jaxbd.data import augment
-from jaxbd.defenses.base import Variables, jsonable
+from jaxbd.defenses.base import Variables
+from jaxbd.files import write_npz
+from jaxbd.pipeline import engine
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.pipeline.detectors import (
     DETECTORS,
-    DetectContext,
     Detection,
     Detector,
+    DetectorContext,
+    judged_inputs,
     settings_config,
+    with_test_figures,
 )
 from jaxbd.settings import ConfigError, from_config
 from jaxbd.train import Trainer
+from jaxbd.types import jsonable
 
 __all__ = [
     "DETECTORS",
     "PIPELINE_KEYS",
-    "DetectContext",
     "Detection",
     "Detector",
+    "DetectorContext",
     "default_workdir",
     "run",
     "settings_config",
@@ -236,26 +211,27 @@ def run(
         logging.info(
             "defender: %d tuning + %d held-out clean images", len(defender.tune), len(defender.val)
         )
-        ctx = DetectContext(
+        ctx = DetectorContext(
             model=variables,
             logits_fn=model_logits_fn(trainer, variables),
             trainer=trainer,
             defender=defender,
-            stage=stage,
             key=rng.stream(s.seed, f"detect/{s.name}"),
             num_classes=splits.train.num_classes,
-            experiment=exp,
+            inputs=judged_inputs(stage) if s.detector.kind == "input" else {},
+            make_trainer=_trainer_maker(exp, splits.train.num_classes),
         )
         # The examined model's test metrics, for the report only (nothing decides on them):
         # they make the detection's summary readable without its source at hand.
         model_test = rebuilt.evaluate_fn(trainer)(variables)
         detection = s.detector.detect(ctx, s.hparams)
-        clash = sorted(set(detection.summary) & set(PIPELINE_KEYS))
+        found, plots = with_test_figures(s.name, detection)
+        clash = sorted(set(found) & set(PIPELINE_KEYS))
         if clash:
             raise ValueError(f"detector {s.name!r} reuses the pipeline's summary keys {clash}")
         if detection.arrays:
-            _write_npz(rundir.file(SCORES_FILE), detection.arrays)
-        _plot(rundir, detection.plots)
+            write_npz(rundir.file(SCORES_FILE), detection.arrays)
+        _plot(rundir, plots)
         summary = {
             "detector": s.name,
             "hparams": jsonable(dataclasses.asdict(s.hparams)),
@@ -264,25 +240,31 @@ def run(
             "attack": exp.attack.name,
             "target": stage.attack.target,
             "model_test": model_test,
-            **jsonable(dict(detection.summary)),
+            **jsonable(found),
             "defender_examples": len(defender),
             "defender_tune": len(defender.tune),
             "defender_val": len(defender.val),
             "resumed": resumed,
             "wall_seconds": time.perf_counter() - started,
         }
-        rundir.log_once({"event": "end", **jsonable(dict(detection.summary))}, key=("event",))
+        rundir.log_once({"event": "end", **jsonable(found)}, key=("event",))
         rundir.write_summary(summary)
     finally:
         rundir.close()
     return summary
 
 
-def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """`np.savez` to a temporary file renamed into place (a reader never sees a torn file)."""
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
+def _trainer_maker(exp: ExperimentSettings, num_classes: int):
+    """`make_trainer(batch_size, momentum, weight_decay)`: the source's engine with another
+    optimizer, as `scripts/defend.py` builds a repair's (CTI's reference repair)."""
+
+    def make(batch_size: int, momentum: float, weight_decay: float) -> Trainer:
+        train = dataclasses.replace(
+            exp.train, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay
+        )
+        return engine.make_trainer(dataclasses.replace(exp, train=train), num_classes)
+
+    return make
 
 
 def _plot(rundir: runs.RunDir, plots: Mapping[str, Callable[[str], None]]) -> None:
