@@ -1,26 +1,20 @@
 """The selection stage of an experiment: pretrain as the method needs, score, select.
 
 `run_selection` is what `jaxbd.pipeline.experiment.run` calls when `config.select.name` is
-set (the methods' definitions: docs/methods.md):
+set. It dispatches by the method's declaration (`jaxbd.select.method.Method`, registered in
+`jaxbd.select.registry`), never by its name:
 
-1. Pretrain on the whole poisoned set: member 0 is the "pretrain" phase, a run of
-   `select.pretrain_epochs` epochs with the experiment's optimizer settings; EL2N/GraNd
-   ensembles add members 1..M−1 ("pretrain_1", ...), each with its own initialization,
-   shuffling and augmentation streams, trained on the same schedule up to the last scoring
-   epoch. After each epoch a hook records what the method needs, on the device: per-epoch
-   EL2N scores and correctness of the un-augmented training set (inference mode), GraNd
-   scores at the scoring epochs, and per-presentation forgetting statistics. These
-   statistics are checkpointed with the model, so an interrupted pretraining resumes exactly.
-2. Score and select with the library functions of `jaxbd.select` (per class, by observed
-   label, budgets summing to `round(fraction · N)`). CRAIG, grad_align and the two poison
-   detectors (Spectral Signatures, Activation Clustering) read the logits or penultimate
-   features of member 0's final model on the poisoned training set; the detectors keep
-   what they do not flag, whatever `fraction` says.
-3. Save the selection (`selection.npz` in the run directory): a resumed run reuses it and
-   never re-runs pretraining.
+1. Pretrain on the whole poisoned set, if the method needs it: member 0 is the "pretrain"
+   phase (`select.pretrain_epochs` epochs, the experiment's optimizer settings); an
+   ensemble adds members 1..M−1 ("pretrain_1", ...) with their own streams, each trained up
+   to its last scoring epoch. After each epoch a hook records, on the device and
+   checkpointed with the model, what the method declares: EL2N and correctness of the
+   un-augmented set at the scoring epochs, gradient norms, per-presentation correctness.
+2. Hand the method its `Inputs` (the records, or member 0's final logits and features) and
+   save what it returns (`selection.npz`): a resumed run reuses it and never pretrains again.
 
-Random selection needs no pretraining and uses its own PRNG stream ("select"), never the
-poisoning stream.
+A method without pretraining (random) uses only the labels and its own PRNG stream
+("select"), never the poisoning stream. The methods' definitions: docs/methods.md.
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ import tempfile
 import time
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,14 +33,10 @@ from jaxbd import rng
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.runs import RunDir, fingerprint, identity, train_phase, write_json_atomic
 from jaxbd.select import forgetting as forgetting_lib
-from jaxbd.select.activation_clustering import activation_clustering_filter
 from jaxbd.select.base import Selection, make_selection
-from jaxbd.select.craig import craig, gradient_proxy
-from jaxbd.select.grad_align import grad_align
-from jaxbd.select.random import random_subset
-from jaxbd.select.ranking import rank_within_class
+from jaxbd.select.method import Inputs, Method, PretrainRecord
+from jaxbd.select.registry import method as selection_method
 from jaxbd.select.scores import el2n_scores, grand_scores, make_grand_fn
-from jaxbd.select.spectral import remove_highest, spectral_scores
 from jaxbd.train import DeviceData, Trainer, distributed
 
 SELECTION_FILE = "selection.npz"
@@ -63,25 +52,6 @@ PRETRAIN_IDENTITY = (
 )
 """What a selection's pretraining run depends on: runs whose identity agrees on these
 share it (`select.pretrain_dir`)."""
-
-
-@flax.struct.dataclass
-class PretrainRecord:
-    """What a pretraining run records for scoring (device arrays, checkpointed).
-
-    Attributes:
-        el2n: float32[E, N], EL2N of every training example after each epoch (inference
-            mode, un-augmented); rows of epochs that were not needed stay 0.
-        correct: bool[E, N], whether each example was classified correctly after each epoch
-            (same conditions; the study's once-per-epoch forgetting check).
-        grand: float32[N], sum of GraNd scores over the scoring epochs.
-        forgetting: per-presentation forgetting statistics (Toneva et al. 2019).
-    """
-
-    el2n: jax.Array
-    correct: jax.Array
-    grand: jax.Array
-    forgetting: forgetting_lib.ForgettingState
 
 
 def run_selection(
@@ -113,67 +83,30 @@ def run_selection(
     if os.path.exists(path):
         return load_selection(path)
     select = settings.select
+    method = selection_method(select.name)
     started = time.perf_counter()
     key = rng.stream(settings.seed, "select")
     effective = select.effective()
-    scores = None
-    if select.name == "random":
-        selection = random_subset(key, labels, select.fraction, num_classes=num_classes)
-    else:
-        records, final_state = _pretrain(settings, trainer, data, image_shape, rundir, effective)
-        if select.name in ("el2n", "grand"):
-            epochs = np.asarray(effective["score_epochs"]) - 1
-            if select.name == "el2n":
-                per_member = [np.asarray(r.el2n)[epochs].mean(axis=0) for r in records]
-            else:
-                per_member = [np.asarray(r.grand) / len(epochs) for r in records]
-            scores = np.mean(per_member, axis=0)
-        elif select.name == "forgetting":
-            scores = _forgetting_scores(records[0], effective)
-        if scores is not None:
-            selection = rank_within_class(
-                scores,
-                labels,
-                select.fraction,
-                keep=effective["keep"],
-                offset=effective["offset"],
-                key=key,
-                num_classes=num_classes,
-            )
-        else:
+    records, logits, features = (), None, None
+    if method.pretrain:
+        records, final_state = _pretrain(
+            settings, method, trainer, data, image_shape, rundir, effective
+        )
+        if method.outputs:
             logits, features = trainer.predict(final_state, data.images)
-            if select.name == "craig":
-                c = select.craig
-                proxy = gradient_proxy(logits, labels, features, kind=c.proxy)
-                selection = craig(
-                    proxy,
-                    labels,
-                    select.fraction,
-                    greedy=c.greedy,
-                    key=key,
-                    epsilon=c.epsilon,
-                    num_classes=num_classes,
-                )
-            elif select.name == "grad_align":
-                selection = grad_align(
-                    logits, labels, features, select.fraction, num_classes=num_classes
-                )
-            elif select.name == "spectral":
-                # `spectral_filter` in two steps, so that the scores are saved with the
-                # selection (the cut can be re-drawn without pretraining again).
-                scores = spectral_scores(np.asarray(features), labels, num_classes)
-                selection = remove_highest(scores, labels, poison_rate=select.spectral.poison_rate)
-            else:
-                a = select.activation_clustering
-                selection = activation_clustering_filter(
-                    np.asarray(features),
-                    labels,
-                    key=key,
-                    dims=a.dims,
-                    reduction=a.reduction,
-                    min_cluster=a.min_cluster,
-                    num_classes=num_classes,
-                )
+    selection, scores = method.run(
+        Inputs(
+            labels=labels,
+            fraction=select.fraction,
+            key=key,
+            num_classes=num_classes,
+            settings=None if method.section is None else getattr(select, method.section),
+            effective=effective,
+            records=records,
+            logits=logits,
+            features=features,
+        )
+    )
     seconds = time.perf_counter() - started
     info = {"selection_seconds": seconds, "selection_settings": effective}
     save_selection(path, selection, scores, info)
@@ -189,17 +122,19 @@ def run_selection(
     return selection, info
 
 
-def _pretrain(experiment: ExperimentSettings, trainer, data, image_shape, rundir, settings):
-    """Trains the pretraining member(s); returns their records and member 0's final state."""
+def _pretrain(
+    experiment: ExperimentSettings, method: Method, trainer, data, image_shape, rundir, settings
+):
+    """Trains the pretraining member(s) `method` needs; returns their records and member 0's
+    final state."""
     select, t, seed = experiment.select, experiment.train, experiment.seed
-    name = select.name
     n = len(data)
     steps_per_epoch = trainer.steps_per_epoch(n)
     members = settings.get("ensemble_size", 1)
     score_epochs = set(settings.get("score_epochs", ()))
     per_epoch_check = settings.get("per_epoch", False)
     grand_fn = None
-    if name == "grand":
+    if method.gradient_norms:
         grand_fn = make_grand_fn(trainer.model, mean=experiment.data.mean, std=experiment.data.std)
 
     def init_member(member):
@@ -223,8 +158,8 @@ def _pretrain(experiment: ExperimentSettings, trainer, data, image_shape, rundir
         return state, record
 
     # A pretraining run shared between methods (select.pretrain_dir): member 0 always runs
-    # the whole schedule and records everything every method but GraNd reads from it.
-    shared_root = _shared_pretrain_root(experiment) if name != "grand" else None
+    # the whole schedule and records everything every method that shares it reads from it.
+    shared_root = _shared_pretrain_root(experiment) if method.shares_pretraining else None
     record_everything = shared_root is not None
 
     def update_record(epoch, state, presentations, record):
@@ -251,20 +186,16 @@ def _pretrain(experiment: ExperimentSettings, trainer, data, image_shape, rundir
             )
         return PretrainRecord(el2n=el2n, correct=correct, grand=grand, forgetting=forgetting)
 
-    if name in ("el2n", "grand") and members > 1 and _parallel(select) == "vmap":
+    if method.ensemble and members > 1 and _parallel(select) == "vmap":
         return _pretrain_ensemble(
             seed, trainer, data, rundir, members, init_member, update_record, score_epochs
         )
 
     records, final_state = [], None
     for member in range(members):
-        # EL2N/GraNd use nothing after their last scoring epoch (unless the run is shared).
+        # An ensemble uses nothing after its last scoring epoch (unless the run is shared).
         shared = member == 0 and record_everything
-        epochs = (
-            max(score_epochs)
-            if name in ("el2n", "grand") and not shared
-            else select.pretrain_epochs
-        )
+        epochs = max(score_epochs) if method.ensemble and not shared else select.pretrain_epochs
         prefix = _member_prefix(member)
         state, record = init_member(member)
 
@@ -283,7 +214,7 @@ def _pretrain(experiment: ExperimentSettings, trainer, data, image_shape, rundir
             eval_every=0,
             aux=trainer.replicate(record),
             epoch_hook=hook,
-            record_presentations=name == "forgetting" or shared,
+            record_presentations=method.presentations or shared,
             checkpoint_root=shared_root if shared else None,
         )
         records.append(record)
@@ -378,20 +309,6 @@ class _MeanStats:
         self.lr, self.steps = stats[0].lr, stats[0].steps
         self.seconds, self.images_per_second = stats[0].seconds, stats[0].images_per_second
         self.extra = {"member_loss": [s.loss for s in stats]}
-
-
-def _forgetting_scores(record: PretrainRecord, settings) -> np.ndarray:
-    if not settings["per_epoch"]:
-        return forgetting_lib.scores(record.forgetting)
-    # The study's variant: one check per epoch on the un-augmented set, in epoch order.
-    correct = record.correct
-    n = correct.shape[1]
-    state = forgetting_lib.update(
-        forgetting_lib.init(n),
-        jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), correct.shape),
-        correct,
-    )
-    return forgetting_lib.scores(state, never_learned=settings["never_learned"])
 
 
 def save_selection(path: str, selection: Selection, scores, info: dict) -> None:

@@ -2,29 +2,14 @@
 
 Every selector returns a `Selection(indices int32[k], weights float32[k])` in canonical index
 order, per class by observed label; the coreset methods' budgets sum exactly to
-`round(fraction · N)` (the two detectors keep what they do not flag, see below).
+`round(fraction · N)`, the two detectors (`spectral`, `activation_clustering`) keep what they
+do not flag.
 
-`SELECTORS` maps each registry name (the values of `config.select.name`) to the library
-function that makes the choice; the scores or gradient proxies they consume come from a
-pretrained model (`jaxbd.select.scores`, `jaxbd.select.forgetting`, `gradient_proxy`), and
-`jaxbd.pipeline.selection.run_selection` wires the whole phase into an experiment.
-`SelectSettings` is the validated form of `config.select` (`jaxbd.select.settings`).
-
-| name                    | function                       | input                                 |
-| ----------------------- | ------------------------------ | ------------------------------------- |
-| `random`                | `random_subset`                | labels and a PRNG key                 |
-| `el2n`                  | `rank_within_class`            | `el2n_scores` of early models         |
-| `grand`                 | `rank_within_class`            | `grand_scores` (gradient norms)       |
-| `forgetting`            | `rank_within_class`            | `forgetting.scores` of a run          |
-| `craig`                 | `craig`                        | a pretrained model's `gradient_proxy` |
-| `grad_align`            | `grad_align`                   | a pretrained model's logits, features |
-| `spectral`              | `spectral_filter`              | a pretrained model's features         |
-| `activation_clustering` | `activation_clustering_filter` | a pretrained model's features         |
-
-`spectral` (Spectral Signatures: `spectral_scores`) and `activation_clustering`
-(`activation_clustering` flags) are poison detectors used as selections: they keep what they
-do not flag, so the subset size is theirs (`select.spectral.poison_rate`, the clusters' sizes)
-and `select.fraction` does not apply to them.
+`SELECTION_METHODS` (`jaxbd.select.registry`) maps each method's name (`config.select.name`)
+to its `Method`: the library function (`SELECTORS`) and what it needs (a pretraining run,
+scores over epochs, the final model's features, ...), which is all that
+`jaxbd.pipeline.selection.run_selection` and `SelectSettings` dispatch on. The table of
+methods and inputs, and how to add one: docs/selection.md.
 """
 
 from jaxbd.select import forgetting

@@ -5,23 +5,10 @@ A training-set detector used as a selection method. In every class (by observed 
 penultimate features of a model trained on the poisoned set are centred, reduced to `dims`
 dimensions (FastICA, as in the paper, or PCA), and split into two clusters by k-means; the
 smaller cluster is flagged as poison when it holds fewer than `min_cluster` (35%) of the
-class. A clean class is one population, so k-means cuts it into two halves of similar size
-and nothing is flagged; a poisoned class has a second, smaller population (the poisons, which
-the network recognises by the trigger rather than by the class's features).
-
-Everything is per class over the whole training set, never per batch: clustering a batch's
-few examples of a class flags effectively random examples. The reduction and k-means are
-scikit-learn's (`FastICA`, `PCA`, `KMeans` with a fixed `n_init`), seeded per class from the
-caller's key, so the flags are a deterministic function of (features, labels, key).
-
-Rules for classes that cannot be clustered (nothing is flagged in them):
-
-- fewer than `dims + 2` members: `dims` components need more examples than dimensions (a
-  centred n_c × D matrix spans at most n_c − 1 of them) and each cluster at least one;
-- centred features that are all zero (every member has the same features).
-
-A class whose centred features span r < `dims` dimensions is reduced to r (ICA cannot unmix
-more independent components than the data spans, and whitening would divide by zero).
+class. Per class over the whole training set, never per batch; seeded per class from the
+caller's key, so the flags are a deterministic function of (features, labels, key). Classes
+that cannot be clustered (fewer than `dims + 2` members, all-equal features) flag nothing
+(the rules: docs/selection.md).
 
 `activation_clustering_filter` keeps the unflagged examples: the number kept is what remains,
 not `round(fraction · N)`.
@@ -35,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxbd.select.base import Selection, make_selection
+from jaxbd.select.method import Inputs, Method, own_settings
 from jaxbd.select.spectral import check_features
 
 REDUCTIONS = ("ica", "pca")
@@ -200,3 +188,28 @@ def activation_clustering_filter(
         min_cluster=min_cluster,
     )
     return make_selection(np.flatnonzero(~flagged))
+
+
+def _run(inputs: Inputs) -> tuple[Selection, None]:
+    a = inputs.settings
+    selection = activation_clustering_filter(
+        np.asarray(inputs.features),
+        inputs.labels,
+        key=inputs.key,
+        dims=a.dims,
+        reduction=a.reduction,
+        min_cluster=a.min_cluster,
+        num_classes=inputs.num_classes,
+    )
+    return selection, None
+
+
+METHOD = Method(
+    selector=activation_clustering_filter,
+    run=_run,
+    outputs=True,
+    section="activation_clustering",
+    fraction=False,
+    effective=own_settings("activation_clustering"),
+)
+"""One pretraining run; its final model's features. Keeps what it does not flag."""

@@ -26,6 +26,7 @@ from jaxbd.select.facility_location import (
     OuterProduct,
     facility_location_groups,
 )
+from jaxbd.select.method import Inputs, Method
 
 PROXIES = ("error", "concat", "outer")
 """The gradient-proxy kinds of `gradient_proxy` (the values of `config.select.craig.proxy`)."""
@@ -180,3 +181,23 @@ def craig(
         sizes = np.asarray(weights, np.float64)
         weights = sizes * (sizes.size / sizes.sum())
     return make_selection(indices, weights)
+
+
+def _run(inputs: Inputs) -> tuple[Selection, None]:
+    """CRAIG on the gradient proxies of member 0's final model (`select.craig`)."""
+    c = inputs.settings
+    proxy = gradient_proxy(inputs.logits, inputs.labels, inputs.features, kind=c.proxy)
+    selection = craig(
+        proxy,
+        inputs.labels,
+        inputs.fraction,
+        greedy=c.greedy,
+        key=inputs.key,
+        epsilon=c.epsilon,
+        num_classes=inputs.num_classes,
+    )
+    return selection, None
+
+
+METHOD = Method(selector=craig, run=_run, outputs=True, section="craig")
+"""One pretraining run; its final model's logits and features."""

@@ -1,33 +1,15 @@
 """Greedy facility-location maximization on the accelerator (the core of CRAIG).
 
-CRAIG (Mirzasoleiman, Bilmes, Leskovec 2020, "Coresets for data-efficient training of
-machine learning models") picks, in each class, the medoids that greedily maximize the
-facility-location function
+CRAIG (Mirzasoleiman, Bilmes, Leskovec 2020) picks, in each class, the medoids that greedily
+maximize F(S) = Σ_i max_{j∈S} s_ij with s_ij = d_max − ‖g_i − g_j‖ over the examples'
+gradient proxies, and weights each medoid by the size of its cluster. This module is the
+public entry point (validation, and the grouping of many blocks into batches of one shape);
+the similarity blocks are `jaxbd.select.similarity`'s, the greedy loops
+`jaxbd.select.greedy`'s, the objective for checking a selection `jaxbd.select.fl_objective`'s.
 
-    F(S) = Σ_i max_{j∈S} s_ij        (F(∅) = 0),    s_ij = d_max − ‖g_i − g_j‖,
-
-of the examples' gradient proxies g_i, and weights each medoid by the size of its cluster.
-This module is the public entry point; the pieces live one concept per file:
-
-- `jaxbd.select.similarity`: the similarity blocks (dense or `OuterProduct` proxies,
-  materialized or streamed rows, gains summed in a fixed order), and block padding;
-- `jaxbd.select.greedy`: the exact, lazy and stochastic greedy loops and the cluster sizes
-  γ_j, run on a batch of padded blocks in one jitted call;
-- here: validation, and the grouping of many blocks (e.g. the classes) into batches of one
-  shape, dispatched before any result is fetched;
-- `jaxbd.select.fl_objective`: `similarity_matrix` and `facility_location_objective`, to
-  check a selection.
-
-The weights of a block sum to n; a pick that improves nobody — possible only once every gain
-is 0, e.g. a duplicate of an earlier pick — gets weight 0.
-
-When a block's n×n similarity matrix fits `max_matrix_bytes` it is materialized on the device,
-and on accelerators several blocks (e.g. all classes of CIFAR-10) are processed at once under
-`vmap` (on the CPU one per call: see `blocks_per_call`); otherwise rows of the matrix are
-recomputed from the proxies whenever they are needed (streaming), so memory is
-O(n · lazy_batch). Blocks are padded to a multiple of a power-of-two block size (padding rows
-are masked), so classes of similar size share one compilation. The host never holds an n×n
-matrix.
+A block's n×n similarity matrix is materialized on the device when it fits
+`max_matrix_bytes`, streamed from the proxies otherwise; the host never holds one. Memory,
+padding and batching in detail: docs/selection.md.
 """
 
 from __future__ import annotations

@@ -15,10 +15,15 @@ too, with one "presentation" per example per epoch, and `scores(never_learned=0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbd.select.method import Inputs, Method
+from jaxbd.select.ranking import rank_inputs, rank_within_class
 
 
 @flax.struct.dataclass
@@ -88,3 +93,44 @@ def scores(state: ForgettingState, *, never_learned: float = float("inf")) -> np
     """
     forgets, learned = jax.device_get((state.forgets, state.learned))
     return np.where(learned, forgets.astype(np.float64), never_learned)
+
+
+def forgetting_settings(select: Any) -> dict[str, Any]:
+    """The effective settings (`SelectSettings.effective`): per-presentation checks and
+    never-learned scored +∞ with `select.forgetting`'s keep policy, or with `variant="study"`
+    the earlier study's: one check per epoch, never-learned scored 0, keep the easiest.
+
+    Returns:
+        per_epoch, never_learned, keep, offset.
+    """
+    if select.variant == "study":
+        return dict(per_epoch=True, never_learned=0.0, keep="easy", offset=0.0)
+    f = select.forgetting
+    return dict(per_epoch=False, never_learned=float("inf"), keep=f.keep, offset=f.offset)
+
+
+def _run(inputs: Inputs) -> tuple:
+    """Forgetting scores of pretraining member 0, ranked within each class."""
+    record, settings = inputs.records[0], inputs.effective
+    if not settings["per_epoch"]:
+        return rank_inputs(inputs, scores(record.forgetting))
+    # The study's variant: one check per epoch on the un-augmented set, in epoch order.
+    correct = record.correct
+    n = correct.shape[1]
+    state = update(
+        init(n),
+        jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), correct.shape),
+        correct,
+    )
+    return rank_inputs(inputs, scores(state, never_learned=settings["never_learned"]))
+
+
+METHOD = Method(
+    selector=rank_within_class,
+    run=_run,
+    presentations=True,
+    section="forgetting",
+    variants=True,
+    effective=forgetting_settings,
+)
+"""One pretraining run, every presentation's correctness recorded."""

@@ -24,6 +24,7 @@ import numpy as np
 from jax import lax
 
 from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_select
+from jaxbd.select.method import Inputs, Method
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -167,3 +168,18 @@ def grad_align(
         order = members[np.lexsort((members, -scores[members].astype(np.float64)))]
         chosen.append(order[: int(budget)])
     return make_selection(np.concatenate(chosen) if chosen else np.zeros(0, np.int64))
+
+
+def _run(inputs: Inputs) -> tuple[Selection, None]:
+    selection = grad_align(
+        inputs.logits,
+        inputs.labels,
+        inputs.features,
+        inputs.fraction,
+        num_classes=inputs.num_classes,
+    )
+    return selection, None
+
+
+METHOD = Method(selector=grad_align, run=_run, outputs=True)
+"""One pretraining run; its final model's logits and features."""

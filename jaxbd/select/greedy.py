@@ -1,28 +1,15 @@
 """The greedy loops of facility-location maximization, on the device.
 
 F(S) = Σ_i max_{j∈S} s_ij (F(∅) = 0) is monotone submodular; greedy maximization picks, k
-times, the candidate with the largest marginal gain Σ_i max(0, s_ij − cur_i), where
-cur_i = max_{j∈S} s_ij is the coverage so far. Three variants (`GREEDY`):
-
-- "exact": evaluates every candidate's gain at every step; ties go to the lowest index.
-- "lazy" (Minoux 1978, "Accelerated greedy algorithms for maximizing submodular set
-  functions"): keeps each candidate's last gain as an upper bound (gains only shrink as S
-  grows) and re-evaluates only the candidates whose bound could still win, in batches on the
-  device. A pick is made only once its gain is fresh and no bound beats it under the same
-  (gain, lowest index) order, so the picks are *identical* to exact greedy — in floating
-  point too, because a candidate's gain is the same bits wherever and in whatever batch it is
-  evaluated (`jaxbd.select.similarity.gains`).
-- "stochastic" (Mirzasoleiman, Badanidiyuru, Karbasi, Vondrák, Krause 2015, "Lazier than
-  lazy greedy"): each step evaluates a uniform sample of m = ⌈(n/k)·ln(1/ε)⌉ unselected
-  candidates and takes the best of those (ties: lowest index); (1 − 1/e − ε)-optimal in
-  expectation.
-
-Each pick j gets the weight γ_j = |{i : j = argmax_{s∈S} s_is}|, the size of its cluster. Ties
-in that argmax go to the *earliest-selected* medoid (a later pick only takes over an example
-whose similarity it strictly improves), so the weights of a block sum to n.
+times, the candidate with the largest marginal gain. Three variants (`GREEDY`): "exact"
+(every candidate's gain at every step; ties to the lowest index), "lazy" (Minoux 1978: the
+same picks as exact, bit for bit, re-evaluating only candidates whose bound could win) and
+"stochastic" (Mirzasoleiman et al. 2015, "Lazier than lazy greedy": the best of a uniform
+sample each step). Each pick gets the size of its cluster as weight (ties to the
+earliest-selected medoid), so a block's weights sum to n.
 
 The whole budget loop is one `lax.fori_loop` with a traced trip count; `greedy_groups` runs it
-on a batch of padded blocks under `vmap`, in one jitted call.
+on a batch of padded blocks under `vmap`, in one jitted call. In detail: docs/selection.md.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_select
+from jaxbd.select.method import Inputs, Method
 
 
 def random_subset(
@@ -49,3 +50,14 @@ def random_subset(
         picks = jax.random.choice(jax.random.fold_in(key, c), members.size, (int(budget),), False)
         chosen.append(members[np.asarray(picks)])
     return make_selection(np.concatenate(chosen) if chosen else np.zeros(0, np.int64))
+
+
+def _run(inputs: Inputs) -> tuple[Selection, None]:
+    selection = random_subset(
+        inputs.key, inputs.labels, inputs.fraction, num_classes=inputs.num_classes
+    )
+    return selection, None
+
+
+METHOD = Method(selector=random_subset, run=_run, pretrain=False)
+"""No data but the labels: no pretraining."""

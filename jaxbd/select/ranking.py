@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_select
+from jaxbd.select.method import Inputs
 
 KEEP = ("hard", "easy")
 """The ranking policies of `rank_within_class` (`config.select.score.keep`, `.forgetting.keep`)."""
@@ -84,3 +85,18 @@ def rank_within_class(
         start = min(round(offset * members.size), members.size - int(budget))
         chosen.append(order[start : start + int(budget)])
     return make_selection(np.concatenate(chosen) if chosen else np.zeros(0, np.int64))
+
+
+def rank_inputs(inputs: Inputs, scores: np.ndarray) -> tuple[Selection, np.ndarray]:
+    """`rank_within_class` of a score-based method's `scores`, with the keep policy and
+    offset of its effective settings; returns the selection and the scores."""
+    selection = rank_within_class(
+        scores,
+        inputs.labels,
+        inputs.fraction,
+        keep=inputs.effective["keep"],
+        offset=inputs.effective["offset"],
+        key=inputs.key,
+        num_classes=inputs.num_classes,
+    )
+    return selection, scores

@@ -1,29 +1,49 @@
-"""The selection methods by name: `SELECTORS` and its names, `METHODS`.
+"""The selection methods by name: `SELECTION_METHODS` (what each needs), `SELECTORS` (its
+library function) and the names, `METHODS`.
 
-A low module (it imports only the selectors), so that settings and pipelines can read the
-method names without importing each other or the package's `__init__`.
+A low module (it imports only the methods), so that settings and pipelines can read the
+registry without importing each other or the package's `__init__`. Adding a method is one
+module (its function and its `Method`, `jaxbd.select.method`) and one line here.
 """
 
 from __future__ import annotations
 
-from jaxbd.select.activation_clustering import activation_clustering_filter
-from jaxbd.select.craig import craig
-from jaxbd.select.grad_align import grad_align
-from jaxbd.select.random import random_subset
-from jaxbd.select.ranking import rank_within_class
-from jaxbd.select.spectral import spectral_filter
+from collections.abc import Callable
 
-SELECTORS = {
-    "random": random_subset,
-    "el2n": rank_within_class,
-    "grand": rank_within_class,
-    "forgetting": rank_within_class,
-    "craig": craig,
-    "grad_align": grad_align,
-    "spectral": spectral_filter,
-    "activation_clustering": activation_clustering_filter,
+from jaxbd.select.activation_clustering import METHOD as ACTIVATION_CLUSTERING
+from jaxbd.select.craig import METHOD as CRAIG
+from jaxbd.select.forgetting import METHOD as FORGETTING
+from jaxbd.select.grad_align import METHOD as GRAD_ALIGN
+from jaxbd.select.method import Method
+from jaxbd.select.random import METHOD as RANDOM
+from jaxbd.select.scores import EL2N, GRAND
+from jaxbd.select.spectral import METHOD as SPECTRAL
+
+SELECTION_METHODS: dict[str, Method] = {
+    "random": RANDOM,
+    "el2n": EL2N,
+    "grand": GRAND,
+    "forgetting": FORGETTING,
+    "craig": CRAIG,
+    "grad_align": GRAD_ALIGN,
+    "spectral": SPECTRAL,
+    "activation_clustering": ACTIVATION_CLUSTERING,
 }
-"""Registry name (the values of `config.select.name`) -> the library function that selects."""
+"""Registry name (the values of `config.select.name`) -> what the method needs and does."""
 
-METHODS = tuple(SELECTORS)
+SELECTORS: dict[str, Callable] = {name: m.selector for name, m in SELECTION_METHODS.items()}
+"""Registry name -> the library function that selects."""
+
+METHODS = tuple(SELECTION_METHODS)
 """The selection method names, in registry order."""
+
+
+def method(name: str) -> Method:
+    """The `Method` registered as `name`.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in SELECTION_METHODS:
+        raise ValueError(f"unknown selection method {name!r}; registered: {list(METHODS)}")
+    return SELECTION_METHODS[name]

@@ -13,6 +13,7 @@ reaches the host.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,6 +22,8 @@ import numpy as np
 import optax
 
 from jaxbd.data import augment as augment_lib
+from jaxbd.select.method import Inputs, Method
+from jaxbd.select.ranking import rank_inputs, rank_within_class
 
 
 @jax.jit
@@ -108,3 +111,63 @@ def grand_scores(
     if not out:
         return np.zeros((0,), np.float32)
     return np.asarray(jax.device_get(jnp.concatenate(out)), np.float32)
+
+
+def score_settings(select: Any) -> dict[str, Any]:
+    """EL2N's and GraNd's effective settings (`SelectSettings.effective`): `select.score`'s,
+    or with `variant="study"` the earlier study's: one model, scores averaged over epochs
+    2..pretrain_epochs, keep the easiest.
+
+    Returns:
+        ensemble_size, score_epochs, keep, offset.
+    """
+    if select.variant == "study":
+        return dict(
+            ensemble_size=1,
+            score_epochs=tuple(range(2, select.pretrain_epochs + 1)),
+            keep="easy",
+            offset=0.0,
+        )
+    s = select.score
+    return dict(
+        ensemble_size=s.ensemble_size,
+        score_epochs=tuple(s.score_epochs),
+        keep=s.keep,
+        offset=s.offset,
+    )
+
+
+def _el2n(inputs: Inputs) -> tuple:
+    """EL2N after each scoring epoch, averaged over the epochs, then over the members."""
+    epochs = np.asarray(inputs.effective["score_epochs"]) - 1
+    per_member = [np.asarray(r.el2n)[epochs].mean(axis=0) for r in inputs.records]
+    return rank_inputs(inputs, np.mean(per_member, axis=0))
+
+
+def _grand(inputs: Inputs) -> tuple:
+    """GraNd summed over the scoring epochs during pretraining: averaged, then over members."""
+    epochs = np.asarray(inputs.effective["score_epochs"]) - 1
+    per_member = [np.asarray(r.grand) / len(epochs) for r in inputs.records]
+    return rank_inputs(inputs, np.mean(per_member, axis=0))
+
+
+EL2N = Method(
+    selector=rank_within_class,
+    run=_el2n,
+    ensemble=True,
+    section="score",
+    variants=True,
+    effective=score_settings,
+)
+"""An ensemble of pretraining runs, EL2N recorded after the scoring epochs."""
+
+GRAND = Method(
+    selector=rank_within_class,
+    run=_grand,
+    ensemble=True,
+    gradient_norms=True,
+    section="score",
+    variants=True,
+    effective=score_settings,
+)
+"""An ensemble of pretraining runs, gradient norms recorded at the scoring epochs."""

@@ -1,7 +1,8 @@
 """The `config.select` section as settings: which selection method, and how it scores.
 
-Frozen dataclasses mirroring `config.select` (defaults included); each validates itself, and
-`jaxbd.settings.from_config` turns a bad value into a `ConfigError` naming the field:
+Frozen dataclasses whose defaults `config.select` is derived from
+(`jaxbd.settings.config_section`); each validates itself, and `jaxbd.settings.from_config`
+turns a bad value into a `ConfigError` naming the field:
 
     settings = from_config(SelectSettings, config.select, "config.select")
     settings.effective()  # what the method actually uses, after `variant`
@@ -9,6 +10,7 @@ Frozen dataclasses mirroring `config.select` (defaults included); each validates
 Choice lists are the libraries' own: method names from `SELECTORS`, keep policies from
 `jaxbd.select.ranking.KEEP`, proxies from `jaxbd.select.craig.PROXIES`, greedy variants from
 `jaxbd.select.greedy.GREEDY`, reductions from `jaxbd.select.activation_clustering.REDUCTIONS`.
+What each method reads, and so what is validated for it, is its registry declaration.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jaxbd.select.activation_clustering import REDUCTIONS
 from jaxbd.select.craig import PROXIES
 from jaxbd.select.greedy import GREEDY
 from jaxbd.select.ranking import KEEP
-from jaxbd.select.registry import METHODS
+from jaxbd.select.registry import METHODS, SELECTION_METHODS
 from jaxbd.select.spectral import REMOVAL_MARGIN
 from jaxbd.settings import require, require_int
 
@@ -29,7 +31,7 @@ VARIANTS = ("standard", "study")
 PARALLEL = ("auto", "vmap", "sequential")
 """How an EL2N/GraNd ensemble trains: members in one vmapped step, one after another, or
 "auto" (sequential on the CPU, vmap on accelerators)."""
-DETECTORS = ("spectral", "activation_clustering")
+DETECTORS = tuple(name for name, m in SELECTION_METHODS.items() if not m.fraction)
 """The methods that keep what a poison detector does not flag: `fraction` does not apply."""
 
 __all__ = [
@@ -191,8 +193,10 @@ class SelectSettings:
         spectral: Spectral Signatures settings.
         activation_clustering: Activation Clustering settings.
 
-    The sub-settings always validate their own fields; the checks here (and the score
-    epochs against `pretrain_epochs`) apply only when a method is named.
+    The sub-settings always validate their own fields; the checks here apply only when a
+    method is named, and only to the fields it reads (its `Method`): the pretraining fields
+    for a method that pretrains, `variant` for one with a study variant, the score epochs
+    against `pretrain_epochs` for one that reads `score`.
     """
 
     name: str | None = None
@@ -218,10 +222,20 @@ class SelectSettings:
         )
         if self.name is None:
             return
+        method = SELECTION_METHODS[self.name]
+        # Only what the method reads is checked (`Method`): CRAIG never reads score.*, random
+        # no pretraining field. `fraction` is checked for every method: the setup stage
+        # sizes the subset with it.
         require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
-        require(
-            self.variant in VARIANTS, "variant", f"must be one of {list(VARIANTS)}", self.variant
-        )
+        if method.variants:
+            require(
+                self.variant in VARIANTS,
+                "variant",
+                f"must be one of {list(VARIANTS)}",
+                self.variant,
+            )
+        if not method.pretrain:
+            return
         epochs = self.pretrain_epochs
         require(epochs >= 1, "pretrain_epochs", "must be >= 1", epochs)
         require(
@@ -230,16 +244,18 @@ class SelectSettings:
             f"must be in [0, pretrain_epochs={epochs})",
             self.pretrain_warmup_epochs,
         )
-        score_epochs = tuple(self.score.score_epochs)
-        require(
-            len(score_epochs) > 0 and all(1 <= e <= epochs for e in score_epochs),
-            "score.score_epochs",
-            f"must be a non-empty list of epochs in [1, pretrain_epochs={epochs}]",
-            list(score_epochs),
-        )
+        if method.section == "score":
+            score_epochs = tuple(self.score.score_epochs)
+            require(
+                len(score_epochs) > 0 and all(1 <= e <= epochs for e in score_epochs),
+                "score.score_epochs",
+                f"must be a non-empty list of epochs in [1, pretrain_epochs={epochs}]",
+                list(score_epochs),
+            )
 
     def effective(self) -> dict[str, Any]:
-        """The settings the method actually uses, after applying `variant`.
+        """The settings the method actually uses, after applying `variant` (its
+        `Method.effective`; {} without a method).
 
         The "study" variant reproduces the earlier study: EL2N/GraNd from one model, averaged
         over epochs 2..pretrain_epochs, keep easy; forgetting checked once per epoch on the
@@ -252,29 +268,6 @@ class SelectSettings:
             per_epoch, never_learned, keep, offset. For "spectral": poison_rate. For
             "activation_clustering": dims, reduction, min_cluster.
         """
-        study = self.variant == "study"
-        if self.name in ("el2n", "grand"):
-            if study:
-                return dict(
-                    ensemble_size=1,
-                    score_epochs=tuple(range(2, self.pretrain_epochs + 1)),
-                    keep="easy",
-                    offset=0.0,
-                )
-            s = self.score
-            return dict(
-                ensemble_size=s.ensemble_size,
-                score_epochs=tuple(s.score_epochs),
-                keep=s.keep,
-                offset=s.offset,
-            )
-        if self.name == "forgetting":
-            if study:
-                return dict(per_epoch=True, never_learned=0.0, keep="easy", offset=0.0)
-            f = self.forgetting
-            return dict(per_epoch=False, never_learned=float("inf"), keep=f.keep, offset=f.offset)
-        if self.name == "spectral":
-            return dataclasses.asdict(self.spectral)
-        if self.name == "activation_clustering":
-            return dataclasses.asdict(self.activation_clustering)
-        return {}
+        if self.name is None:
+            return {}
+        return SELECTION_METHODS[self.name].effective(self)

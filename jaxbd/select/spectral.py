@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from jaxbd.select.base import Selection, make_selection
+from jaxbd.select.method import Inputs, Method, own_settings
 
 REMOVAL_MARGIN = 1.5
 """Tran et al.'s margin: 1.5·ε·n_c examples are removed from a class of n_c."""
@@ -170,3 +171,22 @@ def remove_highest(scores, labels, *, poison_rate: float) -> Selection:
         order = members[np.lexsort((members, -scores[members]))]
         kept[order[: removal_count(members.size, poison_rate)]] = False
     return make_selection(np.flatnonzero(kept))
+
+
+def _run(inputs: Inputs) -> tuple[Selection, np.ndarray]:
+    # `spectral_filter` in two steps, so that the scores are saved with the selection (the
+    # cut can be re-drawn without pretraining again).
+    scores = spectral_scores(np.asarray(inputs.features), inputs.labels, inputs.num_classes)
+    selection = remove_highest(scores, inputs.labels, poison_rate=inputs.settings.poison_rate)
+    return selection, scores
+
+
+METHOD = Method(
+    selector=spectral_filter,
+    run=_run,
+    outputs=True,
+    section="spectral",
+    fraction=False,
+    effective=own_settings("spectral"),
+)
+"""One pretraining run; its final model's features. Keeps what it does not flag."""
