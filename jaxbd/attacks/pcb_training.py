@@ -1,13 +1,13 @@
 """The Parameter-Controlled Backdoor's training loop: clean steps alternating with
 update-masked poisoned steps (Lukas & Kerschbaum 2023, "Pick your Poison").
 
-A training-time attack runs the victim's training, so its epoch loop lives here, with the
-attack, not in the engine. It is written from the engine's public pieces: the plain compiled
-steps (`Trainer.compiled_steps(PLAIN)`, the very function `Trainer.train_epoch` runs) and one
-more step variant (`poisoned_step_variant`) whose batches mix poison-pool and clean rows,
-whose trigger may be stamped after augmentation, and whose update is restricted by an update
-mask. Both compiled functions are reused by every later epoch with the same shapes, including
-with a new update mask.
+A training-time attack runs the victim's training, so its epoch's schedule lives here, with
+the attack, and runs on the engine's one loop (`jaxbd.train.loop`). It is written from the
+engine's public pieces: the plain compiled steps (`Trainer.compiled_steps(PLAIN)`, the very
+function `Trainer.train_epoch` runs) and one more step variant (`poisoned_step_variant`)
+whose batches mix poison-pool and clean rows, whose trigger may be stamped after
+augmentation, and whose update is restricted by an update mask. Both compiled functions are
+reused by every later epoch with the same shapes, including with a new update mask.
 
 The epoch's batches are the usual shuffled batches of the clean data, and every
 `poison_every`-th of them becomes a poisoned step: its first k examples are replaced by
@@ -21,15 +21,14 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from jaxbd.train import PLAIN, DeviceData, EpochStats, StepVariant, TrainState
+from jaxbd.train import PLAIN, DeviceData, EpochStats, StepVariant, TrainState, loop
 from jaxbd.train.epoch_order import largest_divisor_at_most
 from jaxbd.train.step import BatchTransform
 
@@ -249,33 +248,26 @@ def train_epoch_alternating(
         indices = jnp.asarray(indices, jnp.int32)
         clean_order, fill_order = indices[clean_order], indices[fill_order]
 
-    clean_out, poison_out = [], []
-    next_clean = next_poison = 0
-    bar = tqdm(total=steps, desc=desc, unit="step", disable=not trainer.progress, leave=False)
-    start = time.perf_counter()
-    for kind, c, calls in dispatch_plan(poisoned, trainer.steps_per_call):
-        for _ in range(calls):
-            if kind:
-                rows = slice(next_poison, next_poison + c)
-                state, out = poison_steps_fn(
-                    state,
-                    (clean_data, poison_data),
-                    (fill_order[rows], poison_order[rows]),
-                    update_mask,
-                )
-                poison_out.append(out)
-                next_poison += c
-            else:
-                rows = slice(next_clean, next_clean + c)
-                state, out = clean_steps_fn(state, clean_data, clean_order[rows], None, None)
-                clean_out.append(out)
-                next_clean += c
-            if trainer.progress:
-                elapsed = time.perf_counter() - start
-                done = next_clean + next_poison
-                bar.set_postfix({"img/s": f"{done * trainer.batch_size / elapsed:.0f}"})
-                bar.update(c)
-    last_lr = out.lr[-1]
+    plan = dispatch_plan(poisoned, trainer.steps_per_call)
+    ran = loop.run_calls(
+        state,
+        _alternating_calls(
+            plan,
+            clean_steps_fn,
+            poison_steps_fn,
+            (clean_data, poison_data),
+            (clean_order, fill_order, poison_order),
+            update_mask,
+        ),
+        total=steps,
+        desc=desc,
+        progress=trainer.progress,
+        images_per_step=trainer.batch_size,
+    )
+    kinds = [kind for kind, _, calls in plan for _ in range(calls)]
+    clean_out = [o for o, kind in zip(ran.outs, kinds, strict=True) if not kind]
+    poison_out = [o for o, kind in zip(ran.outs, kinds, strict=True) if kind]
+    last_lr = ran.outs[-1].lr[-1]
 
     def summary(outs, columns):
         if not outs:
@@ -288,20 +280,40 @@ def train_epoch_alternating(
     (clean_loss, clean_acc), (poison_loss, poison_acc), lr = jax.device_get(
         (summary(clean_out, slice(None)), summary(poison_out, slice(0, k)), last_lr)
     )
-    seconds = time.perf_counter() - start
-    bar.close()
+    seconds = time.perf_counter() - ran.started
     stats = AlternatingEpochStats(
         clean_loss=float(clean_loss),
         clean_accuracy=float(clean_acc),
         poison_loss=float(poison_loss),
         poison_accuracy=float(poison_acc),
         lr=float(lr),
-        clean_steps=next_clean,
-        poison_steps=next_poison,
+        clean_steps=sum(c * calls for kind, c, calls in plan if not kind),
+        poison_steps=sum(c * calls for kind, c, calls in plan if kind),
         seconds=seconds,
         images_per_second=steps * trainer.batch_size / seconds,
     )
-    return state, stats
+    return ran.state, stats
+
+
+def _alternating_calls(plan, clean_fn, poison_fn, data, orders, update_mask) -> Iterator[loop.Call]:
+    """The calls of an alternating epoch, in step order (`dispatch_plan`): clean steps on
+    the clean data, poisoned steps on the pair `data = (clean, poison)` with the update mask.
+    """
+    clean_data, _ = data
+    clean_order, fill_order, poison_order = orders
+    next_clean = next_poison = 0
+    for kind, c, calls in plan:
+        for _ in range(calls):
+            if kind:
+                rows = slice(next_poison, next_poison + c)
+                yield loop.Call(
+                    poison_fn, (data, (fill_order[rows], poison_order[rows]), update_mask), c
+                )
+                next_poison += c
+            else:
+                rows = slice(next_clean, next_clean + c)
+                yield loop.Call(clean_fn, (clean_data, clean_order[rows], None, None), c)
+                next_clean += c
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))

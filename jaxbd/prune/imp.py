@@ -51,8 +51,8 @@ from jaxbd.prune.magnitude import SCOPES, magnitude_masks, random_masks
 from jaxbd.prune.masks import Prunable, full_mask, is_kernel, sparsity
 from jaxbd.settings import require
 from jaxbd.train import CosineSchedule, DeviceData, EpochFn, Trainer, TrainState, init_variables
+from jaxbd.types import PyTree
 
-PyTree = Any
 CONTROLS = ("none", "reinit", "random_mask")
 
 EvaluateFn = Callable[[TrainState], dict[str, float]]

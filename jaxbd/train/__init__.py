@@ -1,12 +1,14 @@
-"""The training engine: state, optimizer, schedule, jitted steps, data parallelism, epochs,
-and the multi-process runtime (`distributed`) and preemption requests (`preemption`) the
-epoch loop honours."""
+"""The training engine: state, optimizer, schedule, jitted steps, data parallelism, the one
+loop every epoch runs on (`loop`), ensembles, inference, and the multi-process runtime
+(`distributed`) and preemption requests (`preemption`) the loop honours."""
 
-from jaxbd.train import distributed, preemption
+from jaxbd.train import distributed, ensemble, loop, preemption
+from jaxbd.train.device_data import DeviceData
 from jaxbd.train.optimizer import sgd_direction
 from jaxbd.train.schedule import CosineSchedule
 from jaxbd.train.sharding import batch_sharded, check_batch_size, make_mesh, put, replicated
 from jaxbd.train.state import TrainState, create_train_state, dense_mask, init_variables
+from jaxbd.train.stats import EpochFn, EpochProgress, EpochStats, Presentations
 from jaxbd.train.step import (
     PLAIN,
     UPDATE_MASK_MODES,
@@ -19,14 +21,7 @@ from jaxbd.train.step import (
     make_predict_step,
     make_train_step,
 )
-from jaxbd.train.trainer import (
-    DeviceData,
-    EpochFn,
-    EpochProgress,
-    EpochStats,
-    Presentations,
-    Trainer,
-)
+from jaxbd.train.trainer import Trainer
 
 __all__ = [
     "PLAIN",
@@ -49,8 +44,10 @@ __all__ = [
     "cross_entropy_loss",
     "dense_mask",
     "distributed",
+    "ensemble",
     "gather_rows",
     "init_variables",
+    "loop",
     "make_mesh",
     "make_predict_step",
     "make_train_step",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -12,8 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxbd.train.schedule import CosineSchedule
-
-PyTree = Any
+from jaxbd.types import PyTree
 
 
 @flax.struct.dataclass

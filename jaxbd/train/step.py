@@ -40,8 +40,7 @@ from jax.sharding import Mesh
 from jaxbd.data import augment as augment_lib
 from jaxbd.train import sharding
 from jaxbd.train.state import TrainState
-
-PyTree = Any
+from jaxbd.types import PyTree
 
 BatchTransform = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 """`fn(key, images uint8[B, H, W, 3], labels int32[B]) -> (images, labels)`, e.g. an attack's
