@@ -19,6 +19,8 @@ from jaxbd.defenses.api import RepairResult, detect, engine, repair
 from jaxbd.defenses.base import Candidates, Repair, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.clp import CLP, clp_scores, clp_select
 from jaxbd.defenses.cti import (
+    CTISettings,
+    NeuralCleanseDetectSettings,
     calibrated_trigger_inversion,
     cti_scores,
     invert_triggers,
@@ -56,7 +58,7 @@ from jaxbd.defenses.neural_cleanse import (
 )
 from jaxbd.defenses.pivotal_tuning import PivotalTuning, slol_loss
 from jaxbd.defenses.repairs import REPAIRS
-from jaxbd.defenses.strip import entropy_bits, frr_threshold, strip_scores
+from jaxbd.defenses.strip import StripSettings, entropy_bits, frr_threshold, strip_scores
 from jaxbd.defenses.tuning import TuneProgress, TuneResult, tune, validator
 from jaxbd.select import activation_clustering, spectral_scores  # training-set detectors
 
@@ -66,6 +68,7 @@ __all__ = [
     "DETECTORS",
     "NAD",
     "REPAIRS",
+    "CTISettings",
     "Candidates",
     "DefenderData",
     "DefenderDataSettings",
@@ -76,11 +79,13 @@ __all__ = [
     "FineTune",
     "GradPrune",
     "NeuralCleanse",
+    "NeuralCleanseDetectSettings",
     "PivotalTuning",
     "Repair",
     "RepairContext",
     "RepairResult",
     "ReversedTriggers",
+    "StripSettings",
     "TuneProgress",
     "TuneResult",
     "TuningPlan",

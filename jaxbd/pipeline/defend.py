@@ -2,52 +2,44 @@
 
 `run(config, workdir)` is what `scripts/defend.py` calls (`configs/defend.py`):
 
-1. the source run (`config.source`, a finished `scripts/train.py` directory) is read: its
-   `config.json` rebuilds the same experiment settings, so the setup stage
-   (`jaxbd.pipeline.setup`) rebuilds the same poisoned training set and triggered test set
-   from the same streams; its final dense (or pruned) checkpoint is restored. The source
-   directory is only read, never written (the defense's own directory may live inside it,
-   `<source>/defenses/<name>` by default);
-2. the defender's data: a small clean subset of the training images (`jaxbd.defenses.
-   defender_data`, the "defender" stream of `config.seed`), split into tuning and held-out
-   validation parts;
-3. the repair plans (`repair.plan`: its own work, e.g. pruning channels on validation
-   accuracy, training a teacher, reverse-engineering triggers), then tunes through the shared
-   loop (`jaxbd.defenses.tune`): a curve row at step 0 and every `defense.eval_every` steps
-   (`curve.jsonl`), the Δ budget on validation accuracy, checkpoints under
-   `checkpoints/defense` so an interrupted defense resumes (the plan is recomputed: it is
-   deterministic);
+1. the source run (a finished `scripts/train.py` directory, only read) rebuilds the same
+   poisoned training set and triggered test set from its streams; its dense (or pruned)
+   checkpoint is restored;
+2. the defender's data: a small clean subset of the training images ("defender" stream),
+   split into tuning and held-out validation parts;
+3. the repair plans (`repair.plan`), then tunes through the shared loop
+   (`jaxbd.defenses.tune`): a curve row every `defense.eval_every` steps (`curve.jsonl`), the
+   Δ budget on validation accuracy, checkpoints so an interrupted defense resumes;
 4. `summary.json`: the undefended (`before`) and returned (`after`) models' test metrics,
-   DER and RIR, `oracle_asr_at_delta` (chosen on the test set, hence the name), the method's
-   decisions, and `curve.png`; for a method that chose among discrete alternatives (ANP's
-   thresholds, CLP's u grid: `TuningPlan.candidates`), every alternative's test metrics in
-   `candidates.jsonl` and `oracle_candidate_at_delta`, the one a test-set choice would keep;
-   `oracle_asr_at_delta` is then the lower of the curve's and that candidate's ASR.
+   DER and RIR, the method's decisions, `oracle_asr_at_delta` (chosen on the test set, hence
+   the name), `curve.png`, and for a method that chose among discrete alternatives every
+   alternative's test metrics (`candidates.jsonl`, `oracle_candidate_at_delta`).
+
+Library users call `jaxbd.defenses.repair` on any model; this adds the run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from jaxbd import defenses, metrics, rng, runs
 from jaxbd.defenses import curve, tuning
-from jaxbd.defenses.base import RepairContext, jsonable
+from jaxbd.defenses.base import RepairContext
 from jaxbd.defenses.registry import make_repair
+from jaxbd.files import write_jsonl
 from jaxbd.pipeline import engine
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.settings import ConfigError, from_config
+from jaxbd.types import jsonable
 
 ARMS, DEFENDED = source_lib.ARMS, source_lib.DEFENDED
 
@@ -233,7 +225,7 @@ def run(
         if defender.empty
         else repair_trainer.put(defender.tune.images, defender.tune.labels),
         key=rng.stream(s.seed, f"defense/{s.name}"),
-        validate=None if defender.empty else _validator(repair_trainer, defender.val),
+        validate=None if defender.empty else tuning.validator(repair_trainer, defender.val),
         num_classes=splits.train.num_classes,
         trigger=stage.attack.test_fn
         if s.trigger_knowledge and getattr(repair, "needs_trigger", False)
@@ -309,11 +301,7 @@ def _evaluate_candidates(rundir, candidates, evaluate_fn, summary, s) -> dict:
     for i, label in enumerate(candidates.labels):
         measured = evaluate_fn(candidates.build(i))
         rows.append({**label, **{f"test_{k}": v for k, v in measured.items()}})
-    path = rundir.file(CANDIDATES_FILE)
-    with open(path + ".tmp", "w") as f:
-        for row in rows:
-            f.write(json.dumps(jsonable(row), sort_keys=True) + "\n")
-    os.replace(path + ".tmp", path)
+    write_jsonl(rundir.file(CANDIDATES_FILE), rows)
     oracle = defenses.oracle_candidate_at_delta(rows, summary["before"]["clean_accuracy"], s.delta)
     return {"candidates": len(rows), "oracle_candidate_at_delta": jsonable(oracle)}
 
@@ -325,18 +313,6 @@ def _lowest(curve_oracle: float | None, candidate: Mapping[str, Any] | None) -> 
     found = [curve_oracle, candidate and candidate["test_attack_success_rate"]]
     found = [v for v in found if v is not None]
     return min(found) if found else None
-
-
-def _validator(trainer, val):
-    """`validate(params, batch_stats) -> accuracy` on the defender's held-out images."""
-    images = trainer.replicate(val.images)
-
-    def validate(params, batch_stats) -> float:
-        logits, _ = trainer.predict_variables(params, batch_stats, images)
-        predictions = np.asarray(jax.device_get(logits.argmax(-1)))
-        return float(np.mean(predictions == val.labels))
-
-    return validate
 
 
 def _resume(checkpointer, ctx, plan, rundir) -> tuning.TuneProgress | None:
@@ -360,12 +336,7 @@ def _resume(checkpointer, ctx, plan, rundir) -> tuning.TuneProgress | None:
 
 def _write_curve(rundir, rows) -> None:
     """`curve.jsonl`, rewritten atomically (a reader never sees a torn file)."""
-    path = rundir.file(CURVE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(jsonable(row), sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(rundir.file(CURVE_FILE), rows)
 
 
 def _row_text(row) -> str:
@@ -402,7 +373,7 @@ def _summary(s, plan, result, evaluate_fn, undefended, defender, started, resume
                 after["attack_success_rate"],
             )
         ),
-        "rir": robust_improvement_rate(
+        "rir": metrics.robust_improvement_rate(
             before["clean_accuracy"],
             after["clean_accuracy"],
             before["robust_accuracy"],
@@ -429,15 +400,6 @@ def _summary(s, plan, result, evaluate_fn, undefended, defender, started, resume
 def _test_metrics(row) -> dict:
     """A curve row's test metrics without their `test_` prefix (empty if it has none)."""
     return {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
-
-
-def robust_improvement_rate(
-    clean_before: float, clean_after: float, robust_before: float, robust_after: float
-) -> float:
-    """RIR (BackdoorBench): [max(0, RA_after − RA_before) − max(0, clean drop) + 1] / 2."""
-    gain = max(0.0, robust_after - robust_before)
-    drop = max(0.0, clean_before - clean_after)
-    return (gain - drop + 1.0) / 2.0
 
 
 def _plot(rundir, name, rows) -> None:
