@@ -1,28 +1,23 @@
 """jaxbd: backdoor data-poisoning research at accelerator speed, in JAX/Flax.
 
-Packages and modules, from the bottom layer up (docs/architecture.md):
+Packages, from the bottom layer up (docs/architecture.md):
 
-- `settings`: config sections into frozen, self-validating settings dataclasses.
-- `rng`: named PRNG streams, one per random choice of an experiment.
-- `types`: shared types and conversions (`PyTree`, JSON-able values).
-- `files`: atomic file writes.
-- `metrics`: clean accuracy, ASR, robust accuracy, poison retention, DER, RIR, ROC AUC,
-  aggregation over seeds.
+- `types`, `settings`, `rng`, `files`, `metrics`: shared types and JSON values, settings
+  dataclasses and the one builder of config sections, named PRNG streams, atomic writes,
+  CDA/ASR/RA/retention/DER/RIR/ROC AUC and their aggregation.
 - `data`: datasets as uint8 arrays (CIFAR-10 sources, synthetic data), on-device augmentation.
-- `models`: the model registry (CIFAR ResNet-18, PreAct ResNet-18, a tiny CNN) and the
-  `Classifier` (any flax module with its variables and normalization).
-- `train`: the engine: train state, optimizer, schedule, jitted steps, data parallelism,
-  the epoch loop, multi-process runtime and preemption.
-- `attacks`: the attack registry and recipes; pure, jittable poisoning transforms.
-- `select`: coreset selection (random, EL2N, GraNd, forgetting, CRAIG, grad_align) and the
-  training-set detectors (Spectral Signatures, Activation Clustering).
-- `prune`: mask pytrees, magnitude pruning, IMP with rewinding, channel pruning.
-- `defenses`: the repairs, the detectors, the defender's data and the trade-off curve.
+- `models`: the model registry and the `Classifier` (any flax module, its variables and
+  normalization), which every method that examines a model takes.
+- `train`: the engine: train state, jitted steps and their variants, data parallelism, the
+  one training loop, multi-process runtime and preemption.
+- `attacks`, `select`, `prune`, `defenses`: the methods, each package with its registry:
+  attacks and recipes, coreset selection and training-set detectors, mask pytrees and IMP,
+  repairs and detectors (`defenses.repair`, `defenses.detect` on any model).
 - `runs`: run directories, run identity, checkpoints, resumable phases.
-- `pipeline`: the stages and the pipelines behind the scripts (train, defend, detect,
-  evaluate, sweep, grid, zoo) and their reports.
-- `configs`: the shared configuration defaults `configs/*.py` start from.
-- `cli`: what the command-line scripts share: flag parsing, logging, errors as one line.
+- `pipeline`: the stages and pipelines behind the scripts (train, defend, detect, evaluate,
+  sweep and its grid, zoo) and their reports.
+- `configs`, `cli`: the configuration defaults `configs/*.py` start from; what the scripts
+  share (flags, logging, errors as one line).
 """
 
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ from jaxbd.defenses import curve, tuning
 from jaxbd.defenses.base import RepairContext
 from jaxbd.defenses.registry import make_repair
 from jaxbd.files import write_jsonl
+from jaxbd.metrics import robust_improvement_rate  # noqa: F401 (its old home)
 from jaxbd.pipeline import engine
 from jaxbd.pipeline import source as source_lib
 from jaxbd.pipeline.config import ExperimentSettings

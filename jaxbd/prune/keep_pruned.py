@@ -11,10 +11,8 @@ For a user's own optimizer, chained last:
     updates, opt_state = tx.update(grads, opt_state, params)  # params are required
     params = optax.apply_updates(params, updates)              # pruned weights are 0.0
 
-At a pruned coordinate the update is −params, so `params + update` is exactly 0 whatever
-`params` holds there; elsewhere the update passes through unchanged.
-
-The mask lives in the transform's *state*, not in its closure: a new mask is new data for a
+At a pruned coordinate the update is −params, so `params + update` is exactly 0; elsewhere
+the update passes through unchanged. The mask lives in the transform's *state*, not in its closure: a new mask is new data for a
 jitted step that takes `opt_state` as an argument, never a new trace. Build the new state
 with `keep_pruned(new_mask).init(params)` (the update functions do not depend on the mask,
 so the step compiled for the first transform serves any), or swap the mask into an existing
