@@ -4,14 +4,11 @@ jaxbd uses `jit` with `NamedSharding` rather than `shard_map`. The train step is
 ordinary single-device code over the *global* batch; we only declare that the batch axis is
 split over the mesh axis "data" and that parameters and optimizer state are replicated. XLA's
 SPMD partitioner then inserts the all-reduces for the gradient and for the BatchNorm batch
-statistics. Two consequences made us choose it:
-
-- The computation is the same function on 1 or N devices: BatchNorm normalizes with the
-  statistics of the whole global batch (not per-device ones, as an unsynchronized `pmap` would),
-  so results agree across device counts up to floating-point reduction order, which
-  `tests/train/test_data_parallel.py` checks.
-- Nothing in the model or the step mentions devices, so library users can call the same
-  `train_step` inside their own jitted code, and multi-host TPU pods need no code change.
+statistics. So the computation is the same function on 1 or N devices (BatchNorm normalizes
+with the whole global batch's statistics, not per-device ones as an unsynchronized `pmap`
+would; results agree up to reduction order, `tests/train/test_data_parallel.py`), and nothing
+in the model or the step mentions devices: users can call the same `train_step` in their
+own jitted code, and multi-host TPU pods need no code change.
 
 With several processes (`jaxbd.train.distributed`) the mesh spans every process's devices
 and each process holds only its own devices' shards of a global array. Every process computes

@@ -9,18 +9,13 @@ compiled step.
 The engine's single extension point is a `StepVariant`: what a step computes beyond plain
 weighted cross-entropy training, as a hashable value that keys the compiled function.
 
-- `loss_fn`: a custom loss with extra traced inputs (`extra`, any pytree passed to every
-  call: a teacher's or a pivot's variables) and access to the model, so it can read
-  intermediates (`mutable=["batch_stats", "intermediates"]`; jaxbd's models `sow` their stage
-  outputs) — what distillation- and feature-matching defenses need. Loss terms it reports
-  are returned with the step's output.
-- `after_augment`: a transform of the augmented batch (a training-time attack stamping its
-  trigger after augmentation, `jaxbd.attacks.pcb`).
-- `gather`: how a step's batch is taken from the on-device data (default: rows of one
-  dataset; a training-time attack mixes rows of two).
-- `update_mask_mode`: with a per-call *update mask*, a float pytree like the parameters
-  restricting which coordinates this one step may change. It is independent of the pruning
-  mask in the state, which keeps its meaning: pruned weights are zero after every step.
+- `loss_fn`: a custom loss with extra traced inputs (`extra`: a teacher's or a pivot's
+  variables) and access to the model's intermediates (jaxbd's models `sow` their stage
+  outputs), for distillation- and feature-matching defenses; its terms are reported.
+- `after_augment`: a transform of the augmented batch (PCB stamping its trigger).
+- `gather`: how a step's batch is taken from the on-device data (PCB mixes two datasets).
+- `update_mask_mode`: what a per-call *update mask* (a float pytree like the parameters)
+  does to the coordinates it excludes; independent of the pruning mask in the state.
 
 `StepVariant()` is exactly the plain step, operation for operation.
 """
