@@ -2,21 +2,11 @@
 
 Configs are `ml_collections.ConfigDict`s (configs are code, overridable from the command
 line); the libraries take frozen settings dataclasses instead, each validating itself in
-`__post_init__` next to the defaults it checks. `from_config` converts one section, and
-turns a bad value into a `ConfigError` that names the full field (`config.select.fraction:
-must be in (0, 1], got 2.0`), before anything is written.
-
-    @dataclasses.dataclass(frozen=True, kw_only=True)
-    class CraigSettings:
-        greedy: str = "lazy"
-
-        def __post_init__(self):
-            require(self.greedy in GREEDY, "greedy", f"must be one of {list(GREEDY)}")
-
-    settings = from_config(CraigSettings, config.select.craig, "config.select.craig")
-
-A field whose type is itself a settings dataclass is built from the sub-section of the same
-name, recursively. Tuples stay tuples (a command-line override gives lists).
+`__post_init__` (with `require`) next to the defaults it checks. `from_config(CraigSettings,
+config.select.craig, "config.select.craig")` converts one section, and turns a bad value into
+a `ConfigError` that names the full field (`config.select.fraction: must be in (0, 1], got
+2.0`), before anything is written. A field whose type is itself a settings dataclass is
+built from the sub-section of the same name, recursively; lists become tuples.
 
 The other direction, once for every config section: `config_section(CraigSettings)` is the
 section of the dataclass's defaults (a `T | None` field a typed placeholder), so a default

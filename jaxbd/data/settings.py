@@ -1,9 +1,10 @@
 """`DataSettings`: the `config.data` section as a frozen, self-validating dataclass.
 
-The defaults are `jaxbd.configs.base_config().data`'s; `from_config(DataSettings,
-config.data, "config.data")` turns a bad value into a `ConfigError` naming the field before
-any data is read. The choice lists come from the registries (`DATASETS` here, CIFAR-10's
-`SOURCES`), so a new dataset or source is valid as soon as it is registered.
+Its defaults are the config's (`jaxbd.configs.base_config().data` is derived from them by
+`jaxbd.settings.config_section`); `from_config(DataSettings, config.data, "config.data")`
+turns a bad value into a `ConfigError` naming the field before any data is read. The choice
+lists come from the registries (`DATASETS` here, CIFAR-10's `SOURCES`), so a new dataset or
+source is valid as soon as it is registered.
 """
 
 from __future__ import annotations

@@ -1,40 +1,21 @@
 """The study grid: attacks × selection methods × seeds, each cell one attacked model, and every
 defense × defender budget applied to each model.
 
-`run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell (`jaxbd.pipeline.grid`:
-the axes, the directories, what makes two invocations the same grid) as
-`jaxbd.pipeline.experiment.run_group`, then each of the cell's defense runs through the
-defense pipeline (`jaxbd.pipeline.defend.run`, what `scripts/defend.py` runs) and each of its
-detection runs through the detection pipeline (`jaxbd.pipeline.detect.run`,
-`scripts/detect.py`'s), and writes the grid's report: the selection study's `results.csv`,
-`table.md` and plots (`jaxbd.pipeline.report`), and with defenses or detectors
-`table_defenses.md`/`.csv`, the BackdoorBench-style table, `table_detection.md` and the
-figures (`jaxbd.pipeline.defense_report`).
+`run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell of the grid
+(`jaxbd.pipeline.grid`) as `jaxbd.pipeline.experiment.run_group`, then each of the cell's
+defense runs (`jaxbd.pipeline.defend.run`) and detection runs (`jaxbd.pipeline.detect.run`),
+and writes the grid's report (`jaxbd.pipeline.report`, `jaxbd.pipeline.defense_report`).
 
-- **Nothing is recomputed.** A finished cell or defense run (its `summary.json` exists) is
-  read, not run; an interrupted one resumes from its last checkpoint; re-running the same
-  command continues the grid, and adding attacks, methods, seeds, defenses, budgets or
-  detectors runs only what is new — a defense added to a finished grid trains no attacked
-  model.
-- **Work shared is done once.** A cell's model is trained once and defended by every
-  defense and budget; its data, rebuilt once per cell (`jaxbd.pipeline.source.rebuild`),
-  stay on the devices for all of them, and the compiled steps are shared by every run in
-  the process with the same engine settings (`jaxbd.pipeline.engine`). Within a seed the
-  poisoned set is the same for every method, and the pretraining run the model-based
-  selection methods score with is stored once (`workdir/pretrain`).
-- **Replicate seeds can train together.** With `sweep.seeds_together` = G > 1, a method's
-  seeds train in groups of G as one `vmap`-batched model (`experiment.run_group`; another
-  equally valid draw, not a bitwise copy). The default is 1, what measured faster on the
-  CPU (BENCHMARKS.md).
-- **One directory, one grid, several jobs.** `sweep.json` records the configuration; a
-  different one is refused (`grid.differences`). An unsharded run holds the directory's
-  lock throughout, so a second one is refused, naming the holder. With
-  `sweep.num_shards` = n > 1, job `sweep.shard` = i runs its share (whole attack × seed
-  groups, `Grid.shard_of`) holding the lock of `shards/<i>-of-<n>` and the directory's lock
-  only for moments (recording `sweep.json`, writing the report): n jobs — a SLURM job array,
-  n TPU VMs on a shared disk — fill one directory, each cell trained by exactly one, and
-  whichever finishes last (all cells done) writes the report; `scripts/summarize.py --grid`
-  writes it at any time.
+- Nothing is recomputed: a finished run (its `summary.json` exists) is read, an
+  interrupted one resumes; adding axis entries runs only what is new.
+- Work shared is done once: a cell's model is defended by every defense and budget on its
+  data rebuilt once; a seed's selection methods share one pretraining run.
+- Replicate seeds can train together (`sweep.seeds_together`, vmap-batched).
+- One directory, one grid, several jobs: `sweep.json` records the configuration, a
+  different one is refused (`grid.differences`); shard jobs (`sweep.shard`,
+  `sweep.num_shards`) fill one directory under locks, and the last one writes the report.
+
+In detail: docs/grids.md.
 """
 
 from __future__ import annotations
@@ -83,7 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
     Args:
         config: an experiment configuration with a `sweep` section
-            (`jaxbd.configs.sweep_section`).
+            (`jaxbd.pipeline.defaults.sweep_section`).
         workdir: the grid's directory.
 
     Returns:

@@ -3,29 +3,16 @@ backdoored models (Pick your Poison's protocol, Lukas & Kerschbaum 2023).
 
 `run(config, workdir)` (what `scripts/zoo.py` calls, `configs/zoo.py`):
 
-1. **the zoo**: `config.zoo.backdoored` models, model k attacked with
-   `config.zoo.attacks[k % len(attacks)]` and seeded k, and `config.zoo.clean` models, the
-   same recipe with `attack.fraction = 0` seeded 0, 1, ...; each is a normal
-   `jaxbd.pipeline.experiment.run` in `workdir/models/<attack|clean>/seed<k>` (a finished one,
-   its `summary.json` present, is read, not rerun; an interrupted one resumes);
-2. **the detections**: every detector of `config.zoo.detectors` (model-level:
-   `neural_cleanse`, `cti`; `jaxbd.pipeline.detect.DETECTORS`) runs on every model through
-   `jaxbd.pipeline.detect.run`, with the defender's data of `config.zoo.defender` drawn from
-   that model's clean training images, in `workdir/detections/<detector>/<attack|clean>/
-   seed<k>` (finished ones read back);
-3. **the report**: `models.csv` and `models.md` (one row per model: its attack, seed, clean
-   accuracy, ASR, whether its backdoor was learned, each detector's score), `auc.json` (per
-   detector: the ROC AUC with backdoored models as positives, `jaxbd.metrics.roc_auc`, and
-   its bootstrap interval:
-   `config.zoo.bootstrap` resamples of the models with replacement, seeded by
-   `config.zoo.bootstrap_seed`, the 2.5th and 97.5th percentiles; a resample without both
-   kinds of model has no AUC and is left out, and counted), and `roc.png` (matplotlib).
-   A backdoored model whose ASR is below `config.zoo.min_asr` did not learn its backdoor: it
-   is listed (`learned` = no), not examined, and left out of the AUC (`excluded`).
+1. the zoo: `config.zoo.backdoored` models (model k attacked with
+   `zoo.attacks[k % len(attacks)]`, seeded k) and `config.zoo.clean` ones (`attack.fraction
+   = 0`), each a normal `jaxbd.pipeline.experiment.run` in `models/<attack|clean>/seed<k>`;
+2. the detections: every detector of `config.zoo.detectors` on every model through
+   `jaxbd.pipeline.detect.run`, in `detections/<detector>/<attack|clean>/seed<k>`;
+3. the report: `models.csv`/`.md`, `auc.json` (ROC AUC per detector with its bootstrap
+   interval) and `roc.png`; a backdoored model below `zoo.min_asr` is listed, not examined.
 
-`workdir/zoo.json` records the zoo's configuration; a different one (other than its sizes,
-detector list, bootstrap settings and the execution settings) is refused, since the finished
-models and detections would no longer be what it asks for.
+Finished runs are read back, interrupted ones resume; `zoo.json` records the configuration
+and a different one is refused. In detail: docs/grids.md.
 """
 
 from __future__ import annotations
@@ -44,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from jaxbd import attacks, metrics, runs
-from jaxbd.pipeline import detect, experiment
+from jaxbd.pipeline import defaults, detect, experiment
 from jaxbd.runs.rundir import SUMMARY_FILE
 from jaxbd.settings import ConfigError, from_config
 
@@ -99,9 +86,7 @@ def detection_dir(workdir: str, detector: str, attack: str, seed: int) -> str:
 
 def detection_config(config: ml_collections.ConfigDict, detector: str, source: str):
     """The detection configuration of one detector on one model."""
-    from jaxbd.configs import detect_config
-
-    c = detect_config()
+    c = defaults.detect_config()
     c.source = source
     c.seed = config.zoo.detect_seed
     for key, value in config.zoo.defender.items():
