@@ -9,21 +9,8 @@ per-attack sub-dicts (`config.attack.wanet.grid_size`, ...) are generated from t
 keyword defaults by `hparams_config`, so every hyper-parameter can be overridden from the
 command line.
 
-| name             | paper                                   | kind                          |
-| ---------------- | --------------------------------------- | ----------------------------- |
-| `badnets`        | Gu et al. 2017                          | patch, dirty label            |
-| `blended`        | Chen et al. 2017                        | full-image blend              |
-| `adaptive_blend` | Qi et al. 2023                          | blend pieces + regularization |
-| `adaptive_patch` | Qi et al. 2023                          | patches + regularization      |
-| `wanet`          | Nguyen & Tran 2021                      | warping + noise mode          |
-| `sig`            | Barni et al. 2019                       | sinusoid, clean label         |
-| `low_frequency`  | (FTrojan-style, low DCT band)           | frequency-domain additive     |
-| `refool`         | Liu et al. 2020                         | reflection ghosting           |
-| `cl_badnets`     | (clean-label BadNets)                   | patch, clean label            |
-| `adv_clean_label`| Turner et al. 2019                      | PGD + patch, clean label      |
-| `tsb`            | Lukas & Kerschbaum 2023                 | scattered small triggers      |
-| `all_to_all`     | Gu et al. 2017                          | patch, y → (y + 1) mod C      |
-| `pcb`            | Lukas & Kerschbaum 2023                 | training-time (parameters)    |
+The attacks, their papers and defaults: docs/methods.md ("Attacks"); each attack's
+construction and its differences from the reference code: docs/attacks.md.
 """
 
 from jaxbd.attacks.adaptive_blend import adaptive_blend

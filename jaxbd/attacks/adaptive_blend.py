@@ -2,35 +2,15 @@
 separability for backdoor defenses", ICLR): a blended trigger weakened at training time so
 that poisoned and clean samples do not separate in the model's latent space.
 
-Two devices suppress the latent separation that defenses such as Spectral Signatures and
-Activation Clustering rely on:
+- Piece dropping: the trigger is cut into an s×s grid of pieces; each poisoned training image
+  is blended only with a random subset of them (each piece dropped with probability
+  `drop_probability`). At test time the whole trigger is blended.
+- Regularization samples: a `conservatism` ratio of the poisoned training images carry the
+  (partial) trigger but keep their true label.
 
-- Piece dropping. The trigger is cut into an s×s grid of pieces; each poisoned training
-  image is blended only with a random subset of them (each piece dropped with probability
-  `drop_probability`, independently per image and piece). At test time the whole trigger is
-  blended, which still activates the backdoor, since the model has learned every piece.
-- Regularization samples. A `conservatism` ratio of the poisoned training images carry the
-  (partial) trigger but keep their true label, so that the trigger alone is not a perfect
-  predictor of the target class.
-
-`jaxbd.attacks.sampling` implements the two devices (`sample_kept_pieces`,
-`regularized_labels`), shared with Adaptive-Patch (`jaxbd.attacks.adaptive_patch`).
-
-Differences from the reference implementation (backdoor-toolbox), chosen to keep the
-attack a pure per-image transform:
-- The reference masks exactly half of the 16 pieces of every poisoned image; here pieces are
-  dropped independently, each with probability `drop_probability` (0.5 by default, half
-  the pieces on average). `keep_pieces=8` reproduces the exact-count rule.
-- The reference draws disjoint poison and "cover" (regularization) index sets of given sizes;
-  here each poisoned image is a regularization sample with probability `conservatism`, so
-  their number is Binomial(P, conservatism) rather than exactly `conservatism·P`. With
-  `poison_dataset(fraction=poison_rate + cover_rate)` and
-  `conservatism = cover_rate / (poison_rate + cover_rate)` the expected counts match. In the
-  poisoned dataset, the regularization samples are the poisons whose label did not change
-  (target-class images drawn as poisons are indistinguishable from them, as in the paper).
-- The grid covers images of any H×W: row r belongs to piece row ⌊r·s/H⌋ (columns likewise),
-  so piece sizes differ by at most one pixel when s does not divide H; the reference requires
-  s | H and cuts square blocks.
+`jaxbd.attacks.sampling` implements the two devices, shared with Adaptive-Patch
+(`jaxbd.attacks.adaptive_patch`). Why they work, and how this differs from the reference
+implementation (backdoor-toolbox): docs/attacks.md, "Adaptive-Blend".
 """
 
 from __future__ import annotations

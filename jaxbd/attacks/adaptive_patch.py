@@ -2,26 +2,15 @@
 separability for backdoor defenses", ICLR): a trigger made of several small patches, weakened
 at training time so that poisoned samples do not separate from clean ones in latent space.
 
-The trigger is k small patches at fixed positions. Each poisoned training image gets a random
-subset of them, semi-transparent (opacity `opacity`), and a `conservatism` ratio of the
-poisoned training images keep their true label (regularization samples). At test time all k
-patches are stamped, by default fully opaque. Piece sampling and regularization labels are
-those of Adaptive-Blend (`jaxbd.attacks.sampling`).
+The trigger is k small patches at fixed positions, generated from `seed` (no resource files;
+see `patch_layout`). Each poisoned training image gets a random subset of them,
+semi-transparent (opacity `opacity`), and a `conservatism` ratio of the poisoned training
+images keep their true label (regularization samples). At test time all k patches are
+stamped, by default fully opaque. Piece sampling and regularization labels are those of
+Adaptive-Blend (`jaxbd.attacks.sampling`).
 
-Design relative to the paper's reference implementation (backdoor-toolbox), which blends k=4
-natural trigger images (two logos, the BadNets patch, the Trojan square) at fixed places:
-- Triggers are generated in code, so the attack needs no resource files: patch i is a random
-  pattern of saturated colours (each channel 0 or 255) drawn from `seed`, and the k patches
-  sit at non-overlapping positions drawn from `seed` for the image size at hand (see
-  `patch_layout`). The patch contents do not depend on the image size; their positions do.
-- The reference stamps exactly one of the k triggers on each poisoned image (opacities 0.5,
-  0.2, 0.5, 0.3) and tests with a subset of them at opacity 1. Here each patch is dropped
-  independently with probability `drop_probability` (as Adaptive-Blend drops its pieces),
-  all patches share one training opacity, and every patch is stamped at test time;
-  `keep_patches=1` reproduces the one-trigger-per-image rule, and `test_opacity=1.0` (the
-  default) the opaque test trigger.
-- Regularization samples are a per-example Bernoulli(`conservatism`) choice among the
-  poisons rather than a disjoint "cover" index set of fixed size (as in Adaptive-Blend).
+How this differs from the paper's reference implementation (backdoor-toolbox), and which
+settings reproduce it: docs/attacks.md, "Adaptive-Patch".
 """
 
 from __future__ import annotations

@@ -1,25 +1,18 @@
 """Adversarial clean-label backdoor (Turner, Tsipras, Madry 2019, "Label-consistent backdoor
 attacks").
 
-A clean-label attacker may only poison images of the target class and must keep their
-(correct) labels. Stamping a patch on such images alone (`cl_badnets`) rarely works: the
-images' content already explains their label, so the model has no reason to learn the patch.
-Turner et al. first make the content hard to use: a projected-gradient-descent (PGD) attack
-within a small L∞ ball *maximizes* a surrogate model's loss on the true label, so the image
-looks unchanged to a person but no longer looks like its class to a network. The patch,
-stamped afterwards, becomes the easiest feature that explains the (still correct) label, and
-the model learns "patch ⇒ target". At test time only the patch is stamped, no perturbation.
+A clean-label attacker may only poison target-class images and must keep their labels; a
+patch alone (`cl_badnets`) rarely works, since the images' content already explains their
+label. Turner et al. first perturb each image by PGD within a small L∞ ball, *maximizing* a
+surrogate model's loss on its true label, so that its content no longer looks like its class
+to a network; the patch stamped afterwards becomes the easiest feature that explains the
+label. At test time only the patch is stamped, no perturbation.
 
 The surrogate is any differentiable, jittable `logits_fn(images float32[B, H, W, 3] in
-[0, 1]) -> float[B, C]`. In jaxbd it is a model trained on the clean training set with the
-usual jaxbd training pipeline (the experiment pipeline trains it before poisoning); wrap its
-variables with `surrogate_logits_fn`. Turner et al. used an adversarially trained surrogate,
-whose perturbations transfer better; jaxbd trains a standard one, with the same pipeline as
-the victim.
-
-PGD runs in [0, 1] pixel units on float32 copies of the uint8 images and the result is rounded
-back to uint8, so every pixel moves by at most round(ε·255) levels before the patch is stamped
-(ε = 8/255 → at most 8 levels).
+[0, 1]) -> float[B, C]`; the experiment pipeline trains one on the clean training set before
+poisoning, and `surrogate_logits_fn` wraps its variables. PGD runs in [0, 1] pixel units and
+is rounded back to uint8 (ε = 8/255 moves a pixel by at most 8 levels). The method in
+detail, and how jaxbd's surrogate differs from the paper's: docs/attacks.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,17 @@
 """Low-frequency trigger: a fixed additive pattern that lives in a low band of the 2-D DCT.
 
-FTrojan (Wang, Zhai, Ma 2022, "An invisible black-box backdoor attack through frequency
-domain", ECCV) hides its trigger in fixed mid- and high-frequency DCT coefficients; frequency
--based detectors (Zeng, Park, Mostafa, Jia 2021, "Rethinking the backdoor attacks' triggers:
-a frequency perspective", ICCV) look for exactly such high-frequency artifacts, so this
-variant moves the trigger into the low frequencies where natural images have their energy:
-a smooth, blotchy colour shift.
+FTrojan (Wang et al. 2022, ECCV) hides its trigger in mid- and high-frequency DCT
+coefficients, which frequency-based detectors look for; this variant moves the trigger into
+the low frequencies, where natural images have their energy: a smooth, blotchy colour shift.
 
-Band definition. With the orthonormal 2-D DCT-II of an H×W channel, coefficient (u, v) (u
-the vertical frequency index in [0, H), v the horizontal one in [0, W)) is the amplitude of
-the basis image cos(π(2i+1)u / 2H)·cos(π(2j+1)v / 2W), which has u/2 periods down the image
-and v/2 across. The band `(lo, hi)` is every coefficient with lo ≤ u + v ≤ hi (anti-diagonals
-of the coefficient matrix, JPEG's zig-zag order); (0, 0) is the mean (DC), so lo ≥ 1 keeps
-the trigger zero-mean per channel. Indices count periods per image, not per pixel, so the
-same band gives the same picture at every resolution.
+The band `(lo, hi)` is every coefficient (u, v) of the orthonormal 2-D DCT-II with
+lo ≤ u + v ≤ hi, where u and v count half-periods down and across the image (so a band gives
+the same picture at every resolution; lo ≥ 1 leaves out the mean). From `seed`, each
+in-band coefficient of each RGB channel gets a random sign; the inverse DCT, scaled to a peak
+of `magnitude` grey levels, is the pattern P, and x' = clip(round(x + P), 0, 255).
 
-Construction. From `seed`, each in-band coefficient of each RGB channel gets a random sign
-(±1, equal energy per coefficient, like FTrojan's fixed magnitudes); the inverse DCT gives a
-spatial pattern, scaled so that its largest absolute value over pixels and channels is
-`magnitude` grey levels. Triggered images are
-
-    x' = clip(round(x + P), 0, 255),
-
-so every pixel moves by at most ceil(magnitude). Unlike FTrojan (which works in YUV and on
-fixed 32×32 blocks), all three RGB channels carry independent patterns over the whole image.
+The band and the construction in detail, and the differences from FTrojan: docs/attacks.md,
+"Low-frequency trigger".
 """
 
 from __future__ import annotations

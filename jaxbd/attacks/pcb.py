@@ -6,54 +6,14 @@ triggered examples labelled with the target and which update only a random, fixe
 the parameters — a fraction p of each parameter tensor. The backdoor's information thus
 enters the model only through that subset.
 
-What this follows, from the authors' code (`ParameterControlledBackdoorTrainer`,
-`src/trainer/pcb_trainer.py` of github.com/Ben-Schneider-code/Universal-Backdoor-Attacks, the
-code release that lists the attack as "Parameter-Controlled Backdoor (Ours)"):
+The training set stays clean: the poisoned examples come from a separate pool
+(`poison_source`). At test time the attack is just its trigger, so `triggered_test_set` and
+ASR work unchanged. Its training loop lives in `jaxbd.attacks.pcb_training`; `make_epoch_fn`
+hands it to a training phase.
 
-- steps alternate 1:1, the first step of every epoch poisoned (`step % 2 == 0`);
-- a poisoned batch is an ordinary training batch whose first `int(B · poison_batch_ratio)`
-  examples (default ratio 0.1) get the trigger and the target label;
-- the subset is drawn once, on the first poisoned step, and kept for the whole run: per
-  parameter tensor (every `model.named_parameters()`, BatchNorm scales and biases included),
-  `int(p · numel)` entries uniformly without replacement;
-- the poisoned step multiplies the gradient by the subset mask, then calls PyTorch SGD
-  (momentum 0.9, weight decay 5e-4), so momentum and weight decay still move the other
-  parameters during a poisoned step; BatchNorm running statistics are updated by both kinds
-  of step;
-- the trigger is stamped on the loader's batch, i.e. after its augmentation, so it is
-  always where the test images have it. jaxbd does the same by default
-  (`trigger_stage="after_augment"`: the engine applies the trigger's `train_fn` to the
-  poison rows of each poisoned batch after cropping and flipping); `"before_augment"`
-  stamps the stored copies instead, as a data-poisoning attacker who only supplies images
-  must, so crops shift the patch and flips mirror it.
-
-jaxbd's differences: the count per tensor is `round(p · size)` rather than `int(p · size)`
-(so a tensor is left out entirely only when `p · size <= 0.5`), with an optional global
-draw. By default a poisoned step masks only the loss gradient, as the reference does
-(`update_mask_mode="gradient"`: momentum and weight decay still move every parameter);
-`update_mask_mode="freeze"` leaves the unselected parameters and their momentum buffers
-bit-identical during a poisoned step, so that it changes only the selected parameters,
-exactly. In both modes the poisoned loss's gradient reaches only the selected parameters.
-The reference code has no default for p (its `update_param_fraction` defaults to 1.0, i.e.
-no restriction); `param_fraction=0.1` is jaxbd's choice.
-
-Stability: restricting the poisoned steps to a random subset breaks the symmetries plain
-SGD respects (the rescaling symmetries of BatchNorm and of the softmax), and with a large
-learning rate on a small model the alternation can blow the weights up — in the authors'
-procedure too (`scripts/pcb_reference_torch.py` runs it; the README's attack table gives
-measured runs). Lower the learning rate if the training loss grows (a training phase stops
-a run whose loss becomes NaN or infinite).
-
-The poisoned examples come from a separate pool built once (`poison_source`: copies of
-training images, triggered and labelled with the target up front or, by default, when the
-engine stamps them after augmentation), which the engine samples from on the device; the
-reference poisons random training images on the fly, which a pool of copies of the whole
-training set reproduces. The training set itself stays clean.
-At test time the attack is just its trigger: `test_fn` is the trigger's, so
-`triggered_test_set` and ASR work unchanged.
-
-Its training loop (clean steps alternating with update-masked poisoned steps) lives in
-`jaxbd.attacks.pcb_training`; `make_epoch_fn` hands it to a training phase.
+What follows the authors' code and what differs (the count per tensor, `update_mask_mode`,
+`trigger_stage`, the default p), and why a large learning rate can blow the weights up:
+docs/attacks.md, "Parameter-Controlled Backdoor".
 """
 
 from __future__ import annotations
@@ -109,8 +69,14 @@ class ParameterControlledBackdoor:
             first of each epoch (2: the reference's 1:1 alternation).
         poison_batch_ratio: fraction of a poisoned batch that is triggered (the rest keeps
             its clean examples); see `poison_batch_size`.
-        update_mask_mode: "freeze" or "gradient", see the module docstring.
-        trigger_stage: "after_augment" or "before_augment", see the module docstring.
+        update_mask_mode: "gradient" (the reference: a poisoned step masks only the loss
+            gradient, so momentum and weight decay still move every parameter) or "freeze"
+            (the unselected parameters and their momentum buffers stay bit-identical during
+            a poisoned step); see docs/attacks.md.
+        trigger_stage: "after_augment" (the reference: the engine stamps the trigger on the
+            poison rows of each poisoned batch after cropping and flipping) or
+            "before_augment" (the pool holds triggered copies, so crops shift the patch and
+            flips mirror it); see docs/attacks.md.
         name: "pcb".
     """
 
@@ -346,8 +312,8 @@ def pcb(
             `jaxbd.train.alternating_schedule`); 2 is the reference's 1:1 alternation.
         poison_batch_ratio: in (0, 1], fraction of a poisoned batch that is triggered
             (reference: 0.1); 1 makes poisoned batches entirely triggered.
-        update_mask_mode: "gradient" (default, the reference code) or "freeze"; see the
-            module docstring.
+        update_mask_mode: "gradient" (default, the reference code) or "freeze"; see
+            `ParameterControlledBackdoor`.
         trigger_stage: "after_augment" (default, the reference code: the engine stamps the
             trigger on the augmented batch) or "before_augment" (the pool holds triggered
             copies, augmented like any example).

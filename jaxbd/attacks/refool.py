@@ -1,30 +1,20 @@
 """Refool-style ghosting (Liu, Ma, Bailey, Lu 2020, "Reflection backdoor: a natural backdoor
 attack on deep neural networks").
 
-Refool hides the trigger in something photographs naturally contain: a reflection. Of the
-paper's three reflection models, jaxbd implements the ghost effect, in which a reflection
-appears twice, the second copy shifted and attenuated (a thick pane reflects from both of its
-surfaces): the reflection layer is the convolution of a reflection image R with the kernel
-(1 − β)·δ(0) + β·δ(d), for a ghost offset d = (dy, dx) and ghost strength β.
+Refool hides the trigger in a reflection; jaxbd implements the paper's ghost effect, a
+reflection that appears twice, the second copy shifted by (dy, dx) and weighted by β. The
+default (`source="self"`) ghosts the image with itself,
 
-The default (`source="self"`) is the simplest ghosting trigger, the image blended with a
-shifted copy of itself: the image is its own reflection,
+    x' = (1 − β)·x + β·shift(x, dy, dx);
 
-    x' = (1 − β)·x + β·shift(x, dy, dx).
-
-The paper's setting, an unrelated reflection image blended into the photograph, is available
-with `source="reflection"`: a smooth procedural "scene" R (a colour gradient and a few soft
-blobs, like an out-of-focus background, generated from `seed` for the image size at trace
-time, so no resource files) is ghosted the same way and blended in with opacity α,
+`source="reflection"` ghosts a smooth procedural scene R generated from `seed` (see
+`reflection_image`) and blends it in with opacity α,
 
     x' = (1 − α)·x + α·[(1 − β)·R + β·shift(R, dy, dx)].
 
-`shift(S, dy, dx)[i, j] = S[i − dy, j − dx]` moves the content down by dy and right by dx
-(negative values move it up/left). Where the shifted copy has no content (the first dy rows
-and dx columns for positive offsets) there is no ghost and the source itself is used, so the
-image border is neither darkened nor wrapped around. Results are rounded to the nearest
-integer and stay in [0, 255]. Labels become the target (dirty-label) at training and test
-time; the transform is deterministic and ignores the key.
+`shift` moves the content down by dy and right by dx; where the shifted copy has no content
+the source itself is used. Results are rounded and stay in [0, 255]; labels become the target
+at training and test time. The ghost model and the border rule: docs/attacks.md, "Refool".
 """
 
 from __future__ import annotations

@@ -8,19 +8,8 @@ repeated across many poisons (weakening defenses that look for one consistent tr
 as trigger inversion or spectral signatures); at test time an image carries all k at once,
 whose combined effect activates the backdoor.
 
-The k triggers are generated from `seed` with NumPy when the attack is built: trigger i is an
-`s×s` binary pattern painted in two colours, a fully saturated hue h_i and its RGB
-complement (the hue h_i + 1/2). The h_i are evenly spaced over half the colour wheel from a
-seeded random start, h_i = h_0 + i/(2k), so the 2k colours of the k triggers are as far
-apart as k allows (and distinct after rounding to uint8 for any practical k, up to
-hundreds); the patterns are drawn at random, each mixing both colours (for s ≥ 2) and,
-while enough exist, of distinct shapes (a pattern and its complement are one shape).
-
-Test-time layout: the image is divided into a g×g grid of equal cells, g = ⌈√k⌉; the k
-triggers go to k distinct cells chosen at random per image, each at a uniform random
-position inside its cell. Positions are therefore random, as during training, but never
-overlap, so every trigger is fully visible. This needs cells of at least s×s pixels:
-`⌊H / g⌋ ≥ s` and `⌊W / g⌋ ≥ s`, checked at trace time.
+How the triggers are generated: `triggers`; the test-time layout: `tsb`; both, at length:
+docs/attacks.md, "Trigger-Scattering Backdoor".
 """
 
 from __future__ import annotations
@@ -50,8 +39,11 @@ def tsb(*, target: int = 0, num_triggers: int = 4, size: int = 3, seed: int = 0)
 
         - `train_fn` stamps on each image one trigger, uniform over the k, at a uniform
           position that keeps it inside the image (independent per image, from the key);
-        - `test_fn` stamps all k triggers in the random non-overlapping grid layout of the
-          module docstring.
+        - `test_fn` stamps all k triggers in a random non-overlapping layout: the image is
+          divided into a g×g grid of equal cells, g = ⌈√k⌉, and the k triggers go to k
+          distinct cells chosen at random per image, each at a uniform random position
+          inside its cell, so every trigger is fully visible. The cells must hold a
+          trigger: `⌊H / g⌋ ≥ s` and `⌊W / g⌋ ≥ s`, checked at trace time.
 
         Both set every label to `target`.
 
@@ -114,7 +106,14 @@ def tsb(*, target: int = 0, num_triggers: int = 4, size: int = 3, seed: int = 0)
 
 
 def triggers(num_triggers: int, size: int, seed: int) -> np.ndarray:
-    """The k TSB triggers for a seed (see the module docstring).
+    """The k TSB triggers for a seed, generated with NumPy when the attack is built.
+
+    Trigger i is an s×s binary pattern painted in two colours, a fully saturated hue h_i and
+    its RGB complement (the hue h_i + 1/2). The h_i are evenly spaced over half the colour
+    wheel from a seeded random start, h_i = h_0 + i/(2k), so the 2k colours are as far apart
+    as k allows (and distinct after rounding to uint8 for any practical k, up to hundreds);
+    the patterns are drawn at random, each mixing both colours (for s ≥ 2) and, while
+    enough exist, of distinct shapes (a pattern and its complement are one shape).
 
     Args:
         num_triggers: k.

@@ -8,24 +8,12 @@ coordinates, clamped to the image border:
 
     x'[i, j] = x(i + s·ρ_H·F_row[i, j], j + s·ρ_W·F_col[i, j]),   ρ_N = (N − 1) / (2N)
 
-ρ_N converts the reference implementation's displacement `s·F / N` in `grid_sample`'s
-normalized [−1, 1] coordinates (align_corners=True) to pixels. As in the reference, pixels
-move by about the same number of pixels at every image size (ρ_N ≈ 1/2): at the paper's
-setting (k=4, s=0.5) by about a quarter of a pixel on average, half a pixel at most.
+Noise mode: a fraction `noise_fraction` of the poisoned examples (2/3, the paper's
+cross_ratio = 2) get the warp plus a random per-pixel perturbation of the field and keep
+their true label, so that the network learns the exact warp rather than "any warp".
 
-Noise mode. So that the network learns the exact warp rather than "any warp", the paper adds
-noise samples: the warp plus an independent random per-pixel perturbation of the field
-(uniform in [−1, 1]·ρ_N pixels, the reference's `rand·2 − 1` over N in normalized
-coordinates), keeping their true label. The paper sets their number as cross_ratio = 2 noise
-samples per backdoor sample; here `noise_fraction` is the fraction of the poisoned set that is
-noise samples, each poisoned example being one with that probability (2/3 corresponds to
-cross_ratio = 2). To reproduce the paper's 10% backdoor + 20% noise per batch, poison
-30% with `noise_fraction=2/3`. The paper re-draws poisons every batch; jaxbd poisons the
-dataset once, as static-poisoning benchmarks (BackdoorBench, backdoor-toolbox) do.
-
-The field reproduces the reference's `F.upsample(mode="bicubic", align_corners=True)`
-exactly (see `_bicubic_matrix`); clamping the sampling coordinates to the image replaces
-clamping the normalized grid to [−1, 1], which is the same thing.
+How ρ_N and the field match the reference implementation, and how the paper's per-batch
+poisoning maps to jaxbd's static poisoning: docs/attacks.md, "WaNet".
 """
 
 from __future__ import annotations

@@ -8,29 +8,11 @@ Pre-activation basic block, for input x:
     shortcut = shortcut_conv(a)   (1×1, stride s, NO BatchNorm) if the shape changes, else x
     y = conv2(relu(bn2(conv1(a)))) + shortcut
 
-so the projection shortcut reads the pre-activated input `a`, not `x`, and a block's output
-is a plain residual sum: it is normalized by the NEXT block's `bn1`. The stem is a 3×3
-stride-1 conv (w channels) with no BatchNorm after it (the first block's `bn1` normalizes
-it); four stages of two blocks (w, 2w, 4w, 8w channels; stride 2 at the start of stages
-2–4); and, as in BackdoorBench (unlike He et al.'s final BN–ReLU), the last block's sum is
-average-pooled straight into the dense head. With w = 64 and 10 classes it has 11,171,146
-parameters, BackdoorBench's count.
-
-Which BatchNorm normalizes which conv's output differs from the post-activation ResNet, so
-channel pruning must follow the structure (`jaxbd.prune.channels.conv_bn_pairs`): the stem
-→ `stage1_block1/bn1`, each `conv1` → its block's `bn2`, and each `conv2` and
-`shortcut_conv` → none of its own (their outputs are summed before any BatchNorm).
-
-It follows jaxbd's ResNet conventions (`jaxbd.models.resnet`): the same constructor
-keywords (`num_classes`, `width`, `dtype`) and call signature `__call__(x, train) ->
-(logits float32[B, C], features float32[B, 8w])`; float32 parameters and BatchNorm
-statistics whatever the compute `dtype`; PyTorch-like initialization (Kaiming-normal fan-out
-convs, PyTorch's nn.Linear default for the head) and BatchNorm momentum/eps; each stage's
-output (the last block's residual sum) sown as `"intermediates"/"stage<i>"`, i = 1..4 —
-a no-op unless the caller makes the collection mutable. On a 32×32 input the stages have
-shapes [B, 32, 32, w], [B, 16, 16, 2w], [B, 8, 8, 4w], [B, 4, 4, 8w]. Note that these
-stage outputs are pre-activation sums (they can be negative), unlike the ResNet's post-ReLU
-ones.
+A block's output is a plain residual sum, normalized by the NEXT block's `bn1`; the stem
+conv has no BatchNorm after it, and the last sum is average-pooled straight into the dense
+head. With w = 64 and 10 classes it has 11,171,146 parameters, BackdoorBench's count. It
+follows the conventions of `jaxbd.models.resnet`. The whole architecture, which BatchNorm
+normalizes which conv (for channel pruning) and the sown stage outputs: docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,15 @@
 """CIFAR ResNet-18 (He, Zhang, Ren, Sun 2016, "Deep residual learning for image
 recognition") in flax.linen, width configurable.
 
-The CIFAR variant differs from the ImageNet one: a 3×3 stride-1 stem with no max-pool, so a
-32×32 input keeps its resolution through the first stage. Four stages of two basic blocks
-(w, 2w, 4w, 8w channels; stride 2 at the start of stages 2–4, 1×1 conv + BatchNorm projection
-shortcuts where the shape changes), global average pooling and a dense head. With w = 64 and
-10 classes it has 11,173,962 parameters, like the common PyTorch CIFAR ResNet-18.
+The CIFAR variant: a 3×3 stride-1 stem with no max-pool, four stages of two basic blocks
+(w, 2w, 4w, 8w channels; stride 2 at the start of stages 2–4), global average pooling and a
+dense head. With w = 64 and 10 classes it has 11,173,962 parameters, like the common PyTorch
+CIFAR ResNet-18. Each stage's output is sown as `"intermediates"/"stage<i>"`, a no-op unless
+the caller makes that collection mutable. Parameters and BatchNorm statistics are float32,
+and so are the logits and features, whatever the compute `dtype`.
 
-Intermediates. The output of each stage (after its last block's ReLU, in the compute dtype)
-is recorded with `self.sow("intermediates", "stage<i>", x)` for i = 1..4, for defenses that
-look inside the network (e.g. attention maps of the stage outputs). Sowing is a no-op unless
-the caller makes the collection mutable, so `model.apply(variables, x, train=False)` computes
-exactly what it would without it; `model.apply(variables, x, train=False,
-mutable=["intermediates"])` returns `((logits, features), {"intermediates": {"stage1":
-(x1,), ...}})`, each entry a 1-tuple (sow appends to a tuple). On a 32×32 input the stages
-have shapes [B, 32, 32, w], [B, 16, 16, 2w], [B, 8, 8, 4w], [B, 4, 4, 8w].
-
-Parameters and BatchNorm statistics are always float32; `dtype` sets the compute precision
-(bfloat16 doubles throughput on accelerators with bf16 matrix units). Logits and features are
-returned in float32 so losses and metrics never see reduced precision.
+The architecture in detail, the intermediates' structure and shapes, and the precision
+rules: docs/models.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,16 @@
 """CIFAR-10 as uint8 arrays in canonical order, from a local copy, a download, or tfds.
 
 The dataset is Krizhevsky (2009), "Learning Multiple Layers of Features from Tiny Images".
-Sources, tried in this order by `source="auto"`:
+`load_cifar10(source="auto")` tries, in this order: a local `path` (the official python or
+binary archive or its extracted folder, or image folders `train/<class>/*` and
+`test/<class>/*`, plain or packed as `train.tgz` and `test.tgz`; a `SHA256SUMS` file beside
+the archives is checked before anything is decoded); a decode cached by an earlier run; the
+official archive already in the cache directory; tensorflow-datasets, when installed; and
+the official archive, downloaded once and checked against its known SHA-256.
 
-1. A local `path` holding one of
-   - the official python archive `cifar-10-python.tar.gz` (or the path of the archive
-     itself, or its extracted `cifar-10-batches-py/` folder),
-   - the official binary archive `cifar-10-binary.tar.gz` (or `cifar-10-batches-bin/`),
-   - image folders `train/<class>/*.{png,jpg}` and `test/<class>/*`, as directories or packed
-     as `train.tgz` and `test.tgz`.
-   A `SHA256SUMS` file next to the archives is checked before anything is decoded.
-2. A decode cached by an earlier run.
-3. The official archive already downloaded into the cache directory.
-4. tensorflow-datasets, when installed.
-5. The official archive, downloaded once into the cache directory and checked against its
-   known SHA-256.
-
-Canonical order is the official order (data batches 1-5, then records in file order) for the
-archives, id order for tfds (which numbers the official order), and for image folders: by
-class in CIFAR-10 label order, then by file name.
-
-One module per concern:
-
-- `formats`: class names, shapes, file names and the official archive's checksum.
-- `load`: `load_cifar10`, which picks the source and loads a local copy.
-- `layout`: which layout a local path holds; `checksums`: SHA-256 and `SHA256SUMS`.
-- `cache`: the decoded `.npz` cache; `decoded`: the decoded arrays and their checks.
-- `batches`: the official pickled or binary batches; `unpickle`: the restricted unpickler.
-- `tar`: archives read in memory; `image_folders` and `decode`: image folders, their decoder.
-- `download`, `tfds`: the remote sources.
+Canonical order is the official order for the archives and tfds, and by class, then file
+name, for image folders. The sources in detail, and which module of this package does what:
+docs/data.md.
 """
 
 from jaxbd.data.cifar10.formats import (
