@@ -22,13 +22,15 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbd.train import PLAIN, DeviceData, EpochStats, StepVariant, TrainState, loop
+from jaxbd.attacks import pcb_stats
+from jaxbd.attacks.pcb_stats import AlternatingEpochStats
+from jaxbd.train import PLAIN, DeviceData, EpochProgress, EpochStats, StepVariant, TrainState, loop
 from jaxbd.train.epoch_order import largest_divisor_at_most
 from jaxbd.train.step import BatchTransform
 
@@ -36,34 +38,6 @@ if TYPE_CHECKING:
     from jaxbd.attacks.pcb import ParameterControlledBackdoor
     from jaxbd.data import Dataset
     from jaxbd.train import Trainer
-
-
-class AlternatingEpochStats(NamedTuple):
-    """Host-side summary of one alternating (clean / poisoned) epoch.
-
-    Attributes:
-        clean_loss: mean training loss over the clean steps (nan if there were none).
-        clean_accuracy: fraction of the clean steps' augmented views classified correctly.
-        poison_loss: mean training loss over the poisoned steps (whole batches, including
-            their clean examples).
-        poison_accuracy: fraction of the poisoned steps' *triggered* examples classified as
-            their (target) label — the attack's success on its own training views.
-        lr: learning rate of the last step.
-        clean_steps: clean steps taken.
-        poison_steps: poisoned steps taken.
-        seconds: wall time of the epoch.
-        images_per_second: (clean_steps + poison_steps) · batch_size / seconds.
-    """
-
-    clean_loss: float
-    clean_accuracy: float
-    poison_loss: float
-    poison_accuracy: float
-    lr: float
-    clean_steps: int
-    poison_steps: int
-    seconds: float
-    images_per_second: float
 
 
 def alternating_schedule(steps: int, poison_every: int) -> np.ndarray:
@@ -160,6 +134,8 @@ def train_epoch_alternating(
     poison_transform: BatchTransform | None = None,
     indices: jax.Array | None = None,
     desc: str = "train+poison",
+    resume: EpochProgress | None = None,
+    preemptible: bool = False,
 ) -> tuple[TrainState, AlternatingEpochStats]:
     """Runs one epoch alternating clean steps with update-masked poisoned steps.
 
@@ -206,6 +182,8 @@ def train_epoch_alternating(
         indices: optional int32[K] device array of the clean examples making up the
             epoch (a coreset).
         desc: progress-bar label.
+        resume, preemptible: as for `Trainer.train_epoch` (the done part is
+            `AlternatingEpochStats.progress`, see `jaxbd.attacks.pcb_stats`).
 
     Returns:
         (new state, statistics of the epoch).
@@ -248,11 +226,15 @@ def train_epoch_alternating(
         indices = jnp.asarray(indices, jnp.int32)
         clean_order, fill_order = indices[clean_order], indices[fill_order]
 
-    plan = dispatch_plan(poisoned, trainer.steps_per_call)
+    done = 0 if resume is None else resume.steps
+    if not 0 <= done < steps:
+        raise ValueError(f"resume.steps={done} is not a step inside an epoch of {steps}")
+    calls = _calls_after(poisoned, trainer.steps_per_call, done)
     ran = loop.run_calls(
         state,
         _alternating_calls(
-            plan,
+            calls,
+            poisoned[:done],
             clean_steps_fn,
             poison_steps_fn,
             (clean_data, poison_data),
@@ -260,60 +242,73 @@ def train_epoch_alternating(
             update_mask,
         ),
         total=steps,
+        initial=done,
         desc=desc,
         progress=trainer.progress,
         images_per_step=trainer.batch_size,
+        preemptible=preemptible,
     )
-    kinds = [kind for kind, _, calls in plan for _ in range(calls)]
-    clean_out = [o for o, kind in zip(ran.outs, kinds, strict=True) if not kind]
-    poison_out = [o for o, kind in zip(ran.outs, kinds, strict=True) if kind]
-    last_lr = ran.outs[-1].lr[-1]
-
-    def summary(outs, columns):
-        if not outs:
-            return jnp.float32(jnp.nan), jnp.float32(jnp.nan)
-        loss = jnp.mean(jnp.concatenate([o.loss for o in outs]))
-        correct = jnp.concatenate([o.correct for o in outs])[:, columns]
-        return loss, jnp.mean(correct)
-
-    # Poisoned batches hold their triggered examples first (see `_poison_steps_fn`).
-    (clean_loss, clean_acc), (poison_loss, poison_acc), lr = jax.device_get(
-        (summary(clean_out, slice(None)), summary(poison_out, slice(0, k)), last_lr)
-    )
+    kinds = [kind for kind, _ in calls[: len(ran.outs)]]
+    progress = None
+    if resume is None and not ran.stopped:
+        clean_out = [o for o, kind in zip(ran.outs, kinds, strict=True) if not kind]
+        poison_out = [o for o, kind in zip(ran.outs, kinds, strict=True) if kind]
+        figures = pcb_stats.device_summary(clean_out, poison_out, ran.outs[-1].lr[-1], k)
+    else:
+        figures, progress = pcb_stats.done_part(
+            resume, ran.outs, kinds, poisoned, k, trainer.batch_size
+        )
+    (clean_loss, clean_acc), (poison_loss, poison_acc), lr = figures
     seconds = time.perf_counter() - ran.started
+    was_poisoned = poisoned[: ran.done]
     stats = AlternatingEpochStats(
         clean_loss=float(clean_loss),
         clean_accuracy=float(clean_acc),
         poison_loss=float(poison_loss),
         poison_accuracy=float(poison_acc),
         lr=float(lr),
-        clean_steps=sum(c * calls for kind, c, calls in plan if not kind),
-        poison_steps=sum(c * calls for kind, c, calls in plan if kind),
+        clean_steps=int((~was_poisoned).sum()),
+        poison_steps=int(was_poisoned.sum()),
         seconds=seconds,
-        images_per_second=steps * trainer.batch_size / seconds,
+        images_per_second=(ran.done - done) * trainer.batch_size / seconds,
+        progress=progress if ran.stopped else None,
     )
     return ran.state, stats
 
 
-def _alternating_calls(plan, clean_fn, poison_fn, data, orders, update_mask) -> Iterator[loop.Call]:
-    """The calls of an alternating epoch, in step order (`dispatch_plan`): clean steps on
-    the clean data, poisoned steps on the pair `data = (clean, poison)` with the update mask.
-    """
+def _calls_after(poisoned: np.ndarray, steps_per_call: int, done: int) -> list[tuple[bool, int]]:
+    """(poisoned, steps) of each call of an epoch after its first `done` steps: those of the
+    epoch's `dispatch_plan`, or, resumed at a step that is no call boundary of it (another
+    `steps_per_call`), a plan of the steps left."""
+    calls = [(kind, c) for kind, c, n in dispatch_plan(poisoned, steps_per_call) for _ in range(n)]
+    ends = np.cumsum([0] + [c for _, c in calls])
+    if done in ends:
+        return calls[int(np.flatnonzero(ends == done)[0]) :]
+    rest = dispatch_plan(poisoned[done:], steps_per_call)
+    return [(kind, c) for kind, c, n in rest for _ in range(n)]
+
+
+def _alternating_calls(
+    calls, done_kinds, clean_fn, poison_fn, data, orders, update_mask
+) -> Iterator[loop.Call]:
+    """The `calls` of an alternating epoch, after the done steps of kinds `done_kinds`:
+    clean steps on the clean data, poisoned steps on the pair `data = (clean, poison)` with
+    the update mask."""
     clean_data, _ = data
     clean_order, fill_order, poison_order = orders
-    next_clean = next_poison = 0
-    for kind, c, calls in plan:
-        for _ in range(calls):
-            if kind:
-                rows = slice(next_poison, next_poison + c)
-                yield loop.Call(
-                    poison_fn, (data, (fill_order[rows], poison_order[rows]), update_mask), c
-                )
-                next_poison += c
-            else:
-                rows = slice(next_clean, next_clean + c)
-                yield loop.Call(clean_fn, (clean_data, clean_order[rows], None, None), c)
-                next_clean += c
+    next_poison = int(done_kinds.sum())
+    next_clean = len(done_kinds) - next_poison
+    for kind, c in calls:
+        if kind:
+            rows = slice(next_poison, next_poison + c)
+            yield loop.Call(
+                poison_fn, (data, (fill_order[rows], poison_order[rows]), update_mask), c
+            )
+            next_poison += c
+        else:
+            rows = slice(next_clean, next_clean + c)
+            yield loop.Call(clean_fn, (clean_data, clean_order[rows], None, None), c)
+            next_clean += c
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
@@ -352,13 +347,27 @@ def _alternating_order(
 
 
 class _EpochFn:
-    """A PCB run's `EpochFn`: one alternating epoch, with the run's pool and update mask."""
+    """A PCB run's `EpochFn`: one alternating epoch, with the run's pool and update mask.
+    Resumable: it takes `resume` and `preemptible` as `Trainer.train_epoch` does."""
+
+    resumable = True
 
     def __init__(self, attack: ParameterControlledBackdoor, trainer: Trainer, pool: DeviceData):
         self.attack, self.trainer, self.pool = attack, trainer, pool
         self.update_mask = trainer.replicate(attack.update_mask)
 
-    def __call__(self, state, data, key, *, indices=None, desc="train", record_presentations=False):
+    def __call__(
+        self,
+        state,
+        data,
+        key,
+        *,
+        indices=None,
+        desc="train",
+        record_presentations=False,
+        resume=None,
+        preemptible=False,
+    ):
         attack = self.attack
         state, stats = train_epoch_alternating(
             self.trainer,
@@ -375,6 +384,8 @@ class _EpochFn:
             ),
             indices=indices,
             desc=desc,
+            resume=resume,
+            preemptible=preemptible,
         )
         # Under `EpochStats`'s names: the clean steps' loss and accuracy, with the poisoned
         # steps' figures for the log.
@@ -390,6 +401,7 @@ class _EpochFn:
                 "poison_accuracy": stats.poison_accuracy,
                 "poison_steps": stats.poison_steps,
             },
+            progress=stats.progress,
         )
         return state, epoch_stats, None
 

@@ -12,8 +12,9 @@ engine (`Trainer.train_epoch`, or `train_epoch_ensemble` for members trained tog
 after the current call, saves each run's state with the epoch's done part (its position in
 the epoch's permutation and the statistics of its done steps) as a mid-epoch checkpoint,
 and raises `Preempted`; the resumed phase continues that epoch at the next step and ends it
-with the row an uninterrupted one logs. Phases that train otherwise (an attack's own epoch
-function, presentations recorded for forgetting scores) stop at the end of the epoch.
+with the row an uninterrupted one logs; so does one with a resumable epoch function (PCB's
+alternating epoch). Phases that record presentations (forgetting scores) or run an epoch
+function that is not resumable stop at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -91,14 +92,18 @@ def train_phase(
             `rundir/checkpoints`).
         epoch_fn: runs one epoch instead of `trainer.train_epoch` (same arguments and
             results), e.g. a training-time attack's alternating epoch; extra statistics it
-            returns in a third field of its stats (`extra`, a dict) are logged too.
+            returns in a third field of its stats (`extra`, a dict) are logged too. One
+            with a true `resumable` attribute also takes `resume` and `preemptible` as
+            `Trainer.train_epoch` does, and stops mid-epoch too.
 
     Returns:
         (final state, last epoch's log row, final aux).
     """
     log = PhaseLog(name, rundir, epochs, evaluate_fn, eval_every, checkpoint_root)
-    # Mid-epoch stops need the engine's own epoch (see the module docstring).
-    mid_epoch = epoch_fn is None and not record_presentations
+    # Mid-epoch stops need the engine's own epoch or a resumable one (see the module
+    # docstring).
+    resumable = epoch_fn is None or getattr(epoch_fn, "resumable", False)
+    mid_epoch = resumable and not record_presentations
     try:
         state, aux, start, row, resume = log.restore(state, aux, mid_epoch=mid_epoch)
         for epoch in range(start + 1, epochs + 1):

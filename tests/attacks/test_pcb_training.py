@@ -6,6 +6,7 @@ functions are built once per module and reused.
 """
 
 import functools
+import itertools
 
 import chex
 import flax.linen as nn
@@ -17,7 +18,16 @@ import pytest
 from jaxbd.attacks import badnets, pcb_training
 from jaxbd.attacks.pcb import pcb
 from jaxbd.data import make_synthetic
-from jaxbd.train import PLAIN, CosineSchedule, Trainer, init_variables, make_mesh
+from jaxbd.runs import RunDir, train_phase
+from jaxbd.train import (
+    PLAIN,
+    CosineSchedule,
+    EpochProgress,
+    Trainer,
+    init_variables,
+    make_mesh,
+    preemption,
+)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 LR = 0.1
@@ -319,3 +329,61 @@ def test_alternating_epoch_rejects_bad_arguments(setup):
         epoch(update_mask={"Conv_0": mask["Conv_0"]})
     with pytest.raises(ValueError, match="update_mask_mode"):
         epoch(update_mask=mask, update_mask_mode="soft")
+
+
+@pytest.mark.parametrize("stop", [2, 4])  # in a clean run, then right after a poisoned step
+def test_a_stopped_alternating_epoch_resumes_exactly(setup, monkeypatch, stop):
+    trainer, clean, pool, _ = setup
+    mask = _random_mask(17, 0.3)
+
+    def epoch(state, **kwargs):
+        return pcb_training.train_epoch_alternating(
+            trainer, state, clean, pool, jax.random.key(5), update_mask=mask,
+            poison_every=3, poison_batch_size=3, **kwargs,
+        )  # fmt: skip
+
+    whole, want = epoch(_fresh(trainer))  # P C C P C C, one step per call
+    count = itertools.count(1)
+    monkeypatch.setattr(preemption, "stop_requested", lambda: next(count) >= stop)
+    part, stopped = epoch(_fresh(trainer), preemptible=True)
+    assert stopped.progress.steps == stop == stopped.clean_steps + stopped.poison_steps
+    monkeypatch.undo()
+    resume = EpochProgress.from_json(stopped.progress.to_json())
+    state, got = epoch(part, resume=resume)
+    assert got.progress is None
+    # Every figure but the timing, bit for bit, and the same final state.
+    assert got._replace(seconds=0, images_per_second=0) == want._replace(
+        seconds=0, images_per_second=0
+    )
+    chex.assert_trees_all_equal(_host(state.params), _host(whole.params))
+    chex.assert_trees_all_equal(_host(state.batch_stats), _host(whole.batch_stats))
+
+
+def test_a_pcb_phase_stops_mid_epoch_and_resumes_exactly(setup, monkeypatch, tmp_path):
+    trainer, clean, pool, attack = setup
+    epoch_fn = pcb_training._EpochFn(attack, trainer, pool)  # what make_epoch_fn returns
+
+    def phase(path):
+        rundir = RunDir(str(path))
+        rundir.open({"name": "pcb"})
+        try:
+            return train_phase(
+                "dense", trainer, _fresh(trainer), clean, epochs=2,
+                shuffle_key=jax.random.key(6), rundir=rundir, evaluate_fn=None, eval_every=0,
+                epoch_fn=epoch_fn,
+            )  # fmt: skip
+        finally:
+            rundir.close()
+
+    want, want_row, _ = phase(tmp_path / "uninterrupted")
+    count = itertools.count(1)
+    monkeypatch.setattr(preemption, "armed", lambda: True)
+    # Asked after each of epoch 1's first 5 calls, at its end, then in epoch 2: stop after 2.
+    monkeypatch.setattr(preemption, "stop_requested", lambda: next(count) >= 8)
+    with pytest.raises(preemption.Preempted, match=r"epoch 2/2, after step 2 of 6"):
+        phase(tmp_path / "stopped")
+    monkeypatch.undo()
+    state, row, _ = phase(tmp_path / "stopped")
+    for key in ("step", "loss", "accuracy", "lr", "poison_loss", "poison_accuracy"):
+        assert row[key] == want_row[key], key
+    chex.assert_trees_all_equal(_host(state.params), _host(want.params))
