@@ -18,9 +18,10 @@ from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_s
 from jaxbd.select.craig import craig, gradient_proxy
 from jaxbd.select.facility_location import facility_location
 from jaxbd.select.grad_align import grad_align
+from jaxbd.select.method import Inputs, Method
 from jaxbd.select.random import random_subset
 from jaxbd.select.ranking import rank_within_class
-from jaxbd.select.registry import METHODS, SELECTORS
+from jaxbd.select.registry import METHODS, SELECTION_METHODS, SELECTORS
 from jaxbd.select.report import selection_report
 from jaxbd.select.scores import el2n_scores, grand_scores, make_grand_fn
 from jaxbd.select.settings import (
@@ -35,10 +36,13 @@ from jaxbd.select.spectral import spectral_filter, spectral_scores
 
 __all__ = [
     "METHODS",
+    "SELECTION_METHODS",
     "SELECTORS",
     "ActivationClusteringSettings",
     "CraigSettings",
     "ForgettingSettings",
+    "Inputs",
+    "Method",
     "ScoreSettings",
     "SelectSettings",
     "Selection",

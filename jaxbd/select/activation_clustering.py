@@ -16,6 +16,7 @@ not `round(fraction · N)`.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 from jaxbd.select.base import Selection, make_selection
 from jaxbd.select.method import Inputs, Method, own_settings
 from jaxbd.select.spectral import check_features
+from jaxbd.settings import require, require_int
 
 REDUCTIONS = ("ica", "pca")
 """How the centred features are reduced before k-means (`config.select.activation_clustering
@@ -190,6 +192,34 @@ def activation_clustering_filter(
     return make_selection(np.flatnonzero(~flagged))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActivationClusteringSettings:
+    """Activation Clustering (Chen et al. 2018, "Detecting backdoor attacks on deep neural
+    networks by activation clustering").
+
+    Attributes:
+        dims: dimensions the centred features of a class are reduced to (the paper: 10), ≥ 1;
+            classes of fewer than dims + 2 examples are not clustered.
+        reduction: "ica" (FastICA, the paper's) or "pca" (`REDUCTIONS`).
+        min_cluster: the smaller k-means cluster is flagged when it holds fewer than this
+            share of its class (the paper: 0.35), in (0, 0.5].
+    """
+
+    dims: int = 10
+    reduction: str = "ica"
+    min_cluster: float = 0.35
+
+    def __post_init__(self):
+        require_int(self.dims, "dims", 1)
+        require(
+            self.reduction in REDUCTIONS,
+            "reduction",
+            f"must be one of {list(REDUCTIONS)}",
+            self.reduction,
+        )
+        require(0 < self.min_cluster <= 0.5, "min_cluster", "must be in (0, 0.5]", self.min_cluster)
+
+
 def _run(inputs: Inputs) -> tuple[Selection, None]:
     a = inputs.settings
     selection = activation_clustering_filter(
@@ -209,6 +239,7 @@ METHOD = Method(
     run=_run,
     outputs=True,
     section="activation_clustering",
+    settings=ActivationClusteringSettings,
     fraction=False,
     effective=own_settings("activation_clustering"),
 )

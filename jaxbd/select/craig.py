@@ -15,6 +15,8 @@ on, under its own name, in `jaxbd.select.grad_align`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +28,9 @@ from jaxbd.select.facility_location import (
     OuterProduct,
     facility_location_groups,
 )
+from jaxbd.select.greedy import GREEDY
 from jaxbd.select.method import Inputs, Method
+from jaxbd.settings import require
 
 PROXIES = ("error", "concat", "outer")
 """The gradient-proxy kinds of `gradient_proxy` (the values of `config.select.craig.proxy`)."""
@@ -183,6 +187,28 @@ def craig(
     return make_selection(indices, weights)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CraigSettings:
+    """CRAIG (Mirzasoleiman, Bilmes, Leskovec 2020, "Coresets for data-efficient training of
+    machine learning models").
+
+    Attributes:
+        proxy: the gradient proxy, one of `PROXIES` (see `jaxbd.select.craig.gradient_proxy`).
+        greedy: the facility-location greedy, one of `GREEDY` ("lazy" picks what "exact"
+            does, faster).
+        epsilon: stochastic greedy's ε, in (0, 1).
+    """
+
+    proxy: str = "error"
+    greedy: str = "lazy"
+    epsilon: float = 0.1
+
+    def __post_init__(self):
+        require(self.proxy in PROXIES, "proxy", f"must be one of {list(PROXIES)}", self.proxy)
+        require(self.greedy in GREEDY, "greedy", f"must be one of {list(GREEDY)}", self.greedy)
+        require(0 < self.epsilon < 1, "epsilon", "must be in (0, 1)", self.epsilon)
+
+
 def _run(inputs: Inputs) -> tuple[Selection, None]:
     """CRAIG on the gradient proxies of member 0's final model (`select.craig`)."""
     c = inputs.settings
@@ -199,5 +225,5 @@ def _run(inputs: Inputs) -> tuple[Selection, None]:
     return selection, None
 
 
-METHOD = Method(selector=craig, run=_run, outputs=True, section="craig")
+METHOD = Method(selector=craig, run=_run, outputs=True, section="craig", settings=CraigSettings)
 """One pretraining run; its final model's logits and features."""

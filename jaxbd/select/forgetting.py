@@ -15,6 +15,7 @@ too, with one "presentation" per example per epoch, and `scores(never_learned=0.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.select.method import Inputs, Method
-from jaxbd.select.ranking import rank_inputs, rank_within_class
+from jaxbd.select.ranking import check_keep, rank_inputs, rank_within_class
 
 
 @flax.struct.dataclass
@@ -95,6 +96,23 @@ def scores(state: ForgettingState, *, never_learned: float = float("inf")) -> np
     return np.where(learned, forgets.astype(np.float64), never_learned)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForgettingSettings:
+    """Forgetting scores (Toneva et al. 2019, "An empirical study of example forgetting
+    during deep neural network learning").
+
+    Attributes:
+        keep: "hard" (most forgotten, never learned first) or "easy" (`KEEP`).
+        offset: fraction of each class's ranking skipped first, in [0, 1).
+    """
+
+    keep: str = "hard"
+    offset: float = 0.0
+
+    def __post_init__(self):
+        check_keep(self.keep, self.offset)
+
+
 def forgetting_settings(select: Any) -> dict[str, Any]:
     """The effective settings (`SelectSettings.effective`): per-presentation checks and
     never-learned scored +∞ with `select.forgetting`'s keep policy, or with `variant="study"`
@@ -130,6 +148,7 @@ METHOD = Method(
     run=_run,
     presentations=True,
     section="forgetting",
+    settings=ForgettingSettings,
     variants=True,
     effective=forgetting_settings,
 )

@@ -92,8 +92,9 @@ class Method:
             run is the method's own (a shared run does not record them).
         presentations: the pretraining records per-presentation correctness.
         outputs: it reads the logits and features of member 0's final model.
-        section: the sub-section of `config.select` it reads (validated against the
-            pretraining length only for it), or None.
+        section: the sub-section of `config.select` it reads, or None.
+        settings: that sub-section's frozen, self-validating settings dataclass (a field of
+            `SelectSettings` named `section`; methods may share one, as EL2N and GraNd do).
         variants: it reads `select.variant` (a "study" variant).
         fraction: `select.fraction` sets its subset size (False: it keeps what it does not
             flag, a poison detector used as a selection).
@@ -108,6 +109,7 @@ class Method:
     presentations: bool = False
     outputs: bool = False
     section: str | None = None
+    settings: type | None = None
     variants: bool = False
     fraction: bool = True
     effective: Callable[[Any], dict[str, Any]] = no_settings

@@ -19,10 +19,17 @@ import numpy as np
 
 from jaxbd.select.base import Selection, class_budgets, make_selection, num_to_select
 from jaxbd.select.method import Inputs
+from jaxbd.settings import require
 
 KEEP = ("hard", "easy")
 """The ranking policies of `rank_within_class` (`config.select.score.keep`, `.forgetting.keep`)."""
 KEEP_POLICIES = KEEP  # the former name
+
+
+def check_keep(keep: str, offset: float) -> None:
+    """Validates a ranking's `keep` policy and `offset` (settings fields of those names)."""
+    require(keep in KEEP, "keep", f"must be one of {list(KEEP)}", keep)
+    require(0 <= offset < 1, "offset", "must be in [0, 1)", offset)
 
 
 def rank_within_class(

@@ -38,6 +38,22 @@ METHODS = tuple(SELECTION_METHODS)
 """The selection method names, in registry order."""
 
 
+def _sections() -> dict[str, type]:
+    sections: dict[str, type] = {}
+    for name, m in SELECTION_METHODS.items():
+        if m.section is None:
+            continue
+        known = sections.setdefault(m.section, m.settings)
+        if m.settings is None or known is not m.settings:
+            raise TypeError(f"{name}: section {m.section!r} needs one settings dataclass")
+    return sections
+
+
+SECTIONS: dict[str, type] = _sections()
+"""The sub-sections of `config.select` (name -> settings dataclass), in registry order: the
+fields `SelectSettings` gets beside its own."""
+
+
 def method(name: str) -> Method:
     """The `Method` registered as `name`.
 

@@ -12,6 +12,7 @@ reaches the host.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +24,8 @@ import optax
 
 from jaxbd.data import augment as augment_lib
 from jaxbd.select.method import Inputs, Method
-from jaxbd.select.ranking import rank_inputs, rank_within_class
+from jaxbd.select.ranking import check_keep, rank_inputs, rank_within_class
+from jaxbd.settings import require
 
 
 @jax.jit
@@ -113,6 +115,43 @@ def grand_scores(
     return np.asarray(jax.device_get(jnp.concatenate(out)), np.float32)
 
 
+PARALLEL = ("auto", "vmap", "sequential")
+"""How an EL2N/GraNd ensemble trains: members in one vmapped step, one after another, or
+"auto" (sequential on the CPU, vmap on accelerators)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoreSettings:
+    """EL2N and GraNd scoring (Paul, Ganguli, Dziugaite 2021, "Deep learning on a data diet").
+
+    Attributes:
+        ensemble_size: models whose scores are averaged (the paper used 10).
+        score_epochs: scores taken after these pretraining epochs, averaged (each in
+            [1, pretrain_epochs], checked by `SelectSettings`).
+        keep: "hard" (highest scores first) or "easy" (`KEEP`).
+        offset: fraction of each class's ranking skipped first, in [0, 1).
+        chunk_size: GraNd's examples per `vmap(grad)` call.
+        parallel: how the ensemble trains (`PARALLEL`).
+    """
+
+    ensemble_size: int = 4
+    score_epochs: tuple[int, ...] = (10,)
+    keep: str = "hard"
+    offset: float = 0.0
+    chunk_size: int = 128
+    parallel: str = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.score_epochs, list):
+            object.__setattr__(self, "score_epochs", tuple(self.score_epochs))
+        require(self.ensemble_size >= 1, "ensemble_size", "must be >= 1", self.ensemble_size)
+        check_keep(self.keep, self.offset)
+        require(
+            self.parallel in PARALLEL, "parallel", f"must be one of {list(PARALLEL)}", self.parallel
+        )
+        require(self.chunk_size >= 1, "chunk_size", "must be >= 1", self.chunk_size)
+
+
 def score_settings(select: Any) -> dict[str, Any]:
     """EL2N's and GraNd's effective settings (`SelectSettings.effective`): `select.score`'s,
     or with `variant="study"` the earlier study's: one model, scores averaged over epochs
@@ -156,6 +195,7 @@ EL2N = Method(
     run=_el2n,
     ensemble=True,
     section="score",
+    settings=ScoreSettings,
     variants=True,
     effective=score_settings,
 )
@@ -167,6 +207,7 @@ GRAND = Method(
     ensemble=True,
     gradient_norms=True,
     section="score",
+    settings=ScoreSettings,
     variants=True,
     effective=score_settings,
 )

@@ -18,12 +18,14 @@ The number kept is what remains after the cut, not `round(fraction · N)`: the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from jaxbd.select.base import Selection, make_selection
 from jaxbd.select.method import Inputs, Method, own_settings
+from jaxbd.settings import require
 
 REMOVAL_MARGIN = 1.5
 """Tran et al.'s margin: 1.5·ε·n_c examples are removed from a class of n_c."""
@@ -173,6 +175,27 @@ def remove_highest(scores, labels, *, poison_rate: float) -> Selection:
     return make_selection(np.flatnonzero(kept))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpectralSettings:
+    """Spectral Signatures (Tran, Li, Madry 2018, "Spectral signatures in backdoor attacks").
+
+    Attributes:
+        poison_rate: ε, the expected fraction of poisons in a class, in (0, 2/3); each class
+            loses its ⌈1.5·ε·n_c⌉ highest scores. Not read from the attack section: a study
+            sets it to its poison rate (the default, 0.05, is a generic guess).
+    """
+
+    poison_rate: float = 0.05
+
+    def __post_init__(self):
+        require(
+            0 < self.poison_rate < 1 / REMOVAL_MARGIN,
+            "poison_rate",
+            f"must be in (0, 2/3) ({REMOVAL_MARGIN}·poison_rate of each class is removed)",
+            self.poison_rate,
+        )
+
+
 def _run(inputs: Inputs) -> tuple[Selection, np.ndarray]:
     # `spectral_filter` in two steps, so that the scores are saved with the selection (the
     # cut can be re-drawn without pretraining again).
@@ -186,6 +209,7 @@ METHOD = Method(
     run=_run,
     outputs=True,
     section="spectral",
+    settings=SpectralSettings,
     fraction=False,
     effective=own_settings("spectral"),
 )

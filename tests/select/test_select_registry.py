@@ -10,7 +10,7 @@ import pytest
 from jaxbd.configs import base_config
 from jaxbd.select import METHODS, SELECTORS, SelectSettings
 from jaxbd.select.method import Method
-from jaxbd.select.registry import SELECTION_METHODS, method
+from jaxbd.select.registry import SECTIONS, SELECTION_METHODS, method
 from jaxbd.select.settings import DETECTORS
 from jaxbd.settings import ConfigError, from_config
 
@@ -48,10 +48,11 @@ def test_pretraining_fields_are_checked_only_for_methods_that_pretrain():
 
 def test_every_method_declares_its_needs():
     assert tuple(SELECTION_METHODS) == METHODS == tuple(SELECTORS)
-    sections = {f.name for f in dataclasses.fields(SelectSettings)}
+    fields = {f.name: f for f in dataclasses.fields(SelectSettings)}
     for name, m in SELECTION_METHODS.items():
         assert isinstance(m, Method) and method(name) is m
-        assert m.section is None or m.section in sections
+        if m.section is not None:  # its settings are a field of SelectSettings, by registry
+            assert fields[m.section].default_factory is m.settings is SECTIONS[m.section]
         assert m.pretrain or not (m.ensemble or m.outputs or m.presentations)
     assert DETECTORS == ("spectral", "activation_clustering")
     assert not method("random").pretrain and not method("grand").shares_pretraining
@@ -69,3 +70,9 @@ def test_the_pipeline_compares_no_method_name():
                     if isinstance(part, ast.Constant) and part.value in names:
                         found.append(f"{path.name}:{node.lineno}: {part.value!r}")
     assert found == []
+
+
+def test_the_sections_are_the_registered_methods():
+    names = [f.name for f in dataclasses.fields(SelectSettings)]
+    assert names[-len(SECTIONS) :] == list(SECTIONS)
+    assert list(SECTIONS) == ["score", "forgetting", "craig", "spectral", "activation_clustering"]
