@@ -2,38 +2,18 @@
 lottery ticket hypothesis"; Frankle et al. 2020, "Linear mode connectivity and the lottery
 ticket hypothesis", for rewinding to an early epoch).
 
-The procedure, with R = `rounds`, k = `rewind_epoch`, T = `round_epochs`:
-
-1. **Rewind point.** From the initialization θ₀ train k epochs (phase "imp_rewind") on a
-   T-epoch schedule; the state reached, θ_k, is the rewind point (k = 0: θ₀ itself, the
-   original lottery ticket).
-2. **Rounds r = 1..R.** Start from θ_k with the current mask applied (round 1: dense), train
-   epochs k+1..T of the same schedule (phase "imp_round<r>"), then prune `rate` of the
-   remaining prunable weights by magnitude (`magnitude_masks`, layer-wise or global). After
-   R rounds the survivors of a layer-wise leaf of n weights are `survivor_counts(n, rate,
-   R)[-1]` ≈ n·(1 − rate)^R.
-3. **Final sparse network** (phase "pruned"): θ_k ⊙ m_R — its survivors rewound to their
-   epoch-k values, BatchNorm statistics from epoch k — trained with the mask for the whole
-   `final_epochs` schedule with a fresh optimizer. (The study trained the final network for
-   about 11 epochs only, too short for it to converge.)
-
-"Rewinding" restores the whole epoch-k train state — parameters, BatchNorm statistics,
-momentum buffers and the step within the round schedule — with the mask applied to the
-parameters and to every parameter-shaped optimizer buffer, so a pruned weight has neither a
-value nor momentum.
-
-Lottery-ticket controls (Frankle & Carbin 2019), selected by `control`:
-- "reinit": the IMP mask on a fresh random initialization (its own PRNG stream);
-- "random_mask": a uniformly random mask with IMP's survivor counts (per leaf for
-  layer-wise, in total for global scope) on the rewound weights. The counts do not depend
-  on training, so this control skips the rounds.
+With R = `rounds`, k = `rewind_epoch`, T = `round_epochs`: train k epochs of a T-epoch
+schedule to the rewind point θ_k ("imp_rewind"); R times, train epochs k+1..T from θ_k with
+the current mask ("imp_round<r>") and prune `rate` of the remaining prunable weights by
+magnitude; then train θ_k ⊙ m_R with the mask for `final_epochs` ("pruned"). Rewinding
+restores the whole epoch-k train state, with the mask applied to the parameters and to every
+parameter-shaped optimizer buffer. Lottery-ticket controls (`control`): "reinit" (the IMP
+mask on a fresh initialization) and "random_mask" (a random mask with IMP's survivor counts).
 
 Masks stay data (`TrainState.mask`), so every round and the final phase reuse the compiled
 train step. How a phase's epochs run is the caller's choice (`TrainPhases`): in memory
-(`in_memory_phases`, for a user's own code: nothing is written), or checkpointed and
-resumable (the experiment pipeline passes `jaxbd.runs.train_phase_group`; a finished phase
-restores instantly and its mask is recomputed deterministically, so an interrupted IMP run
-resumes where it stopped).
+(`in_memory_phases`) or checkpointed and resumable (`jaxbd.runs.train_phase_group`). The
+whole procedure: docs/imp.md.
 """
 
 from __future__ import annotations
