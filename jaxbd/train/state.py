@@ -48,7 +48,8 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, int
 
     The jitted initializer is compiled once per model and image shape (flax modules hash by
     their fields): initializing ResNet-18 compiles for seconds on the CPU, and every
-    pretraining member, IMP control and seed of a sweep initializes a fresh model.
+    pretraining member, IMP control and seed of a sweep initializes a fresh model. `model`
+    is any hashable object with flax's `init(key, x, train=False)` (not type-checked).
     """
     variables = _initializer(model, tuple(image_shape))(key)
     return variables["params"], variables.get("batch_stats", {})
