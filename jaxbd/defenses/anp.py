@@ -34,11 +34,10 @@ from jaxbd.defenses.anp_sweep import (
     choose_candidate,
     pruning_mask,
     sweep_accuracy,
-    sweep_program,
 )
 from jaxbd.defenses.base import Candidates, RepairContext, TuningPlan, Variables
 from jaxbd.defenses.curve import within_budget
-from jaxbd.defenses.finetune import check_optimizer
+from jaxbd.defenses.finetune import check_optimizer, engine_classifier
 from jaxbd.prune.masks import apply_mask, check_mask
 from jaxbd.settings import require, require_int
 
@@ -56,7 +55,6 @@ __all__ = [
     "perturbed_params",
     "pruning_mask",
     "sweep_accuracy",
-    "sweep_program",
 ]
 
 # fold_in tag of the mask-optimization stream (draws batches, augmentation and noise).
@@ -164,15 +162,12 @@ class ANP:
         layers = bn_layers(params, batch_stats)
 
         # 1. The masks, on the defender's tuning images (already on the devices).
+        classifier = engine_classifier(trainer, params, batch_stats, variables.mask)
         result = optimize_masks(
-            trainer.model,
-            params,
-            batch_stats,
+            classifier,
             ctx.tune_data.images,
             ctx.tune_data.labels,
             jax.random.fold_in(ctx.key, _MASK_STREAM),
-            mean=trainer.mean,
-            std=trainer.std,
             layers=layers,
             iterations=self.iterations,
             batch_size=self.batch_size,
@@ -189,15 +184,7 @@ class ANP:
         keeps = candidate_keeps(result.masks, self.grid, self.prune_by)
         val = ctx.defender.val
         accuracies = sweep_accuracy(
-            trainer.model,
-            params,
-            batch_stats,
-            keeps,
-            val.images,
-            val.labels,
-            mean=trainer.mean,
-            std=trainer.std,
-            batch_size=trainer.eval_batch_size,
+            classifier, keeps, val.images, val.labels, batch_size=trainer.eval_batch_size
         )
         base = float(accuracies[0])
         pruned_counts = [

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxbd.data import augment as augment_lib
+from jaxbd.models.classifier import Classifier
 from jaxbd.prune.masks import path_name
 from jaxbd.train.epoch_order import largest_divisor_at_most
 from jaxbd.types import PyTree
@@ -130,7 +131,8 @@ def perturbed_params(
 
 
 def _logits(model: nn.Module, mean, std, params, batch_stats, images) -> jax.Array:
-    """f32[B, C] logits of uint8 images in inference mode (running BatchNorm statistics)."""
+    """f32[B, C] logits of uint8 images in inference mode (running BatchNorm statistics);
+    `model` is a `Classifier.engine_model()`, `(mean, std)` static tuples."""
     x = augment_lib.normalize(images, mean, std)
     logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
     return logits.astype(jnp.float32)
@@ -233,15 +235,11 @@ def _uniform(key, like, eps):
 
 
 def optimize_masks(
-    model: nn.Module,
-    params: PyTree,
-    batch_stats: PyTree,
+    classifier: Classifier,
     images: jax.Array,
     labels: jax.Array,
     key: jax.Array,
     *,
-    mean: Sequence[float],
-    std: Sequence[float],
     layers: Sequence[str] | None = None,
     iterations: int = 2000,
     batch_size: int = 128,
@@ -256,14 +254,11 @@ def optimize_masks(
     """ANP's mask optimization (the algorithm: the module docstring, docs/defenses.md).
 
     Args:
-        model: flax module returning `(logits, features)`, with a `train` flag.
-        params: its parameters (any pruning mask already applied).
-        batch_stats: its BatchNorm statistics (used, never updated).
+        classifier: the model (any pruning mask already applied to its parameters; its
+            BatchNorm statistics are used, never updated; normalization inside).
         images: uint8[N, H, W, 3] the defender's tuning images (on the device).
         labels: int32[N] their labels.
         key: PRNG key of the batches, augmentation and noise.
-        mean: normalization mean.
-        std: normalization standard deviation.
         layers: the BatchNorm layers to mask (default: all, `bn_layers`).
         iterations: T, mask steps (paper: 2000).
         batch_size: images per iteration (paper: 128).
@@ -279,6 +274,7 @@ def optimize_masks(
     Returns:
         The masks (each f32[C] in [0, 1]) and the per-iteration losses.
     """
+    params, batch_stats = classifier.params, classifier.batch_stats
     if layers is None:
         layers = bn_layers(params, batch_stats)
     if not layers:
@@ -296,7 +292,7 @@ def optimize_masks(
         augment=bool(augment),
         chunk=chunk,
     )
-    program = _mask_program(model, tuple(mean), tuple(std), settings)
+    program = _mask_program(classifier.engine_model(), classifier.mean, classifier.std, settings)
     masks = init_masks(params, layers)
     velocity = jax.tree.map(jnp.zeros_like, masks)
     sharding = getattr(images, "sharding", None)

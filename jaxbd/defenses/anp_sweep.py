@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxbd.defenses.anp_masks import TRACES, _logits, perturbed_params
 from jaxbd.defenses.curve import within_budget
+from jaxbd.models.classifier import Classifier
 from jaxbd.prune.masks import path_name
 from jaxbd.types import PyTree
 
@@ -66,13 +67,14 @@ def candidate_keeps(
 
 
 @functools.lru_cache(maxsize=32)
-def sweep_program(model: nn.Module, mean: tuple, std: tuple):
+def _sweep_program(model: nn.Module, mean: tuple, std: tuple):
     """The jitted vectorized evaluation of pruning candidates on one batch of images.
 
     `program(params, batch_stats, keeps, images, labels, valid) -> int32[K]` correct counts
     per candidate: vmap over the K rows of `keeps` (path → f32[K, C]) of the inference
     forward with γ → γ · keep; `valid` (bool[B]) marks real images in a padded batch. Built
-    once per model and normalization (its compile count is what the tests read).
+    once per `Classifier.engine_model()` and normalization (the tests read its compile
+    count).
     """
 
     def program(params, batch_stats, keeps, images, labels, valid):
@@ -88,28 +90,20 @@ def sweep_program(model: nn.Module, mean: tuple, std: tuple):
 
 
 def sweep_accuracy(
-    model: nn.Module,
-    params: PyTree,
-    batch_stats: PyTree,
+    classifier: Classifier,
     keeps: Mapping[str, jax.Array],
     images: np.ndarray | jax.Array,
     labels: np.ndarray | jax.Array,
     *,
-    mean: Sequence[float],
-    std: Sequence[float],
     batch_size: int = 512,
 ) -> np.ndarray:
     """Accuracy of every pruning candidate, in one vectorized program.
 
     Args:
-        model: flax module returning `(logits, features)`.
-        params: its parameters.
-        batch_stats: its BatchNorm statistics.
+        classifier: the model (its BatchNorm scales are what the candidates mask).
         keeps: path → f32[K, C] candidate channel masks (`candidate_keeps`).
         images: uint8[N, H, W, 3] the validation images.
         labels: int[N] their labels.
-        mean: normalization mean.
-        std: normalization standard deviation.
         batch_size: images per call; the last batch is padded, so every call has one shape.
 
     Returns:
@@ -118,7 +112,8 @@ def sweep_accuracy(
     n = int(np.shape(labels)[0])
     if n < 1:
         raise ValueError("sweep_accuracy needs at least one validation image")
-    program = sweep_program(model, tuple(mean), tuple(std))
+    program = _sweep_program(classifier.engine_model(), classifier.mean, classifier.std)
+    params, batch_stats = classifier.params, classifier.batch_stats
     b = min(batch_size, n)
     images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
     total = 0

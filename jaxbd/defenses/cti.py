@@ -22,7 +22,6 @@ import zlib
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxbd.defenses.base import RepairContext, Variables
@@ -35,6 +34,7 @@ from jaxbd.defenses.cti_inversion import (
     float_logits_fn,
     invert_triggers,
 )
+from jaxbd.defenses.finetune import masked_classifier
 from jaxbd.defenses.neural_cleanse_detect import (
     NeuralCleanseDetectSettings,
     neural_cleanse_score,
@@ -194,16 +194,8 @@ def calibrated_trigger_inversion(
         desc="cti/pivotal_tuning",
     )
 
-    def logits(v: Variables):
-        params = jax.tree.map(jnp.multiply, v.params, v.mask)
-        return float_logits_fn(
-            trainer.model,
-            trainer.mean,
-            trainer.std,
-            {"params": params, "batch_stats": v.batch_stats},
-        )
-
-    poisoned_fn, repaired_fn = logits(variables), logits(result.variables)
+    poisoned_fn = float_logits_fn(masked_classifier(trainer, variables))
+    repaired_fn = float_logits_fn(masked_classifier(trainer, result.variables))
     d = ctx.defender
     deltas, losses = invert_triggers(
         poisoned_fn,

@@ -5,16 +5,16 @@ CE(poisoned(clip(x + δ_c)), c) + w·CE(repaired(clip(x + δ_c)), y) over the im
 class c) as one jitted program: `vmap` over c, the steps in `lax.scan`, each step's batch
 shared by every class (class c's own images are weighted out, not indexed away, so every
 shape is fixed). `cti_scores` scores every class in one program too. Both take
-`logits_fn(images01 f32[B, H, W, 3]) -> f32[B, C]` callables that normalize inside
-(`float_logits_fn` builds them for a flax model as a `jax.tree_util.Partial`, so the
-variables are traced inputs and one compilation serves every model of an architecture).
+`logits_fn(images01 f32[B, H, W, 3] in [0, 1]) -> f32[B, C]` callables that normalize inside
+(`float_logits_fn(classifier)` builds one as a `jax.tree_util.Partial`, so the variables are
+traced inputs and one compilation serves every model of an architecture).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxbd.data.augment import normalize
+from jaxbd.models.classifier import Classifier, EngineModel
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 """`logits_fn(images01 float32[B, H, W, 3] in [0, 1]) -> float32[B, C]`, normalization
@@ -45,26 +46,25 @@ class CTIScores(NamedTuple):
     judged: jax.Array
 
 
-def float_logits_fn(model, mean: Sequence[float], std: Sequence[float], variables) -> Any:
-    """`images01 f32[B, H, W, 3] -> logits f32[B, C]` of a flax model in inference mode.
+def float_logits_fn(classifier: Classifier) -> jax.tree_util.Partial:
+    """`images01 f32[B, H, W, 3] in [0, 1] -> logits f32[B, C]` of a classifier in inference
+    mode: `Classifier.logits_fn` on float pixels (a perturbed image is not uint8), the
+    classifier's normalization applied to 255 · images01.
 
     Args:
-        model: a flax module returning `logits` or `(logits, features, ...)`.
-        mean: float[3] its normalization mean, in [0, 1] pixel units.
-        std: float[3] its standard deviation.
-        variables: `{"params": ..., "batch_stats": ...}`.
+        classifier: the model (its parameters as they are: apply a pruning mask first).
 
     Returns:
         A `jax.tree_util.Partial` whose leaves are the variables; the function is one object
-        per (model, mean, std), so every model of an architecture reuses the compiled CTI
+        per (module, mean, std), so every model of an architecture reuses the compiled CTI
         programs.
     """
-    apply = _float_apply(model, tuple(float(m) for m in mean), tuple(float(s) for s in std))
-    return jax.tree_util.Partial(apply, variables["params"], variables.get("batch_stats", {}))
+    apply = _float_apply(classifier.engine_model(), classifier.mean, classifier.std)
+    return jax.tree_util.Partial(apply, classifier.params, classifier.batch_stats)
 
 
 @functools.cache
-def _float_apply(model, mean, std):
+def _float_apply(model: EngineModel, mean: tuple, std: tuple):
     def apply(params, batch_stats, images01):
         x = normalize(images01 * 255.0, mean, std)
         out = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)

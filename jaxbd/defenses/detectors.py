@@ -25,8 +25,10 @@ from jaxbd.defenses import curve
 from jaxbd.defenses import strip as strip_lib
 from jaxbd.defenses.base import RepairContext, Variables
 from jaxbd.defenses.defender_data import DefenderData
+from jaxbd.defenses.finetune import masked_classifier
 from jaxbd.defenses.neural_cleanse import anomaly_index, flag_labels
 from jaxbd.defenses.tuning import validator
+from jaxbd.models.classifier import Classifier
 from jaxbd.settings import ConfigError
 from jaxbd.train import Trainer
 
@@ -59,6 +61,10 @@ class DetectorContext:
     num_classes: int
     inputs: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     make_trainer: MakeTrainer | None = None
+
+    def classifier(self) -> Classifier:
+        """The examined model as a `Classifier` (the engine's module and normalization)."""
+        return masked_classifier(self.trainer, self.model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,16 +165,12 @@ def _neural_cleanse(
 ) -> Detection:
     """Neural Cleanse (Wang et al. 2019) as a model score: every label's trigger reversed on
     the defender's tuning images; the largest anomaly index below the median."""
-    trainer = ctx.trainer
     triggers = jax.device_get(
         settings.search(
-            trainer.model,
-            ctx.model,
+            ctx.classifier(),
             ctx.defender.tune.images,
             ctx.num_classes,
             key=ctx.key,
-            mean=trainer.mean,
-            std=trainer.std,
             batch_size=settings.batch_size,
             lr=settings.lr,
         )

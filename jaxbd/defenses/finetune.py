@@ -13,8 +13,14 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import jax
+import jax.numpy as jnp
+
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
+from jaxbd.models.classifier import Classifier, EngineModel
 from jaxbd.settings import require
+from jaxbd.train import Trainer
+from jaxbd.types import PyTree
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,3 +78,34 @@ def check_optimizer(repair) -> None:
         repair.weight_decay,
     )
     require(repair.batch_size >= 1, "batch_size", "must be >= 1", repair.batch_size)
+
+
+def engine_classifier(
+    trainer: Trainer, params: PyTree, batch_stats: PyTree, mask: PyTree | None = None
+) -> Classifier:
+    """The `Classifier` of a repair's engine (`RepairContext.trainer`) with these variables.
+
+    Its module, declared taps and normalization are the engine's (`trainer.model`, unwrapped
+    when it is already an `EngineModel`; `trainer.mean`, `trainer.std`), so a repair's
+    `plan(ctx, variables)` calls the public functions that take a `Classifier`.
+
+    Args:
+        trainer: the engine.
+        params: the parameters, any pruning mask already applied.
+        batch_stats: the BatchNorm statistics.
+        mask: the pruning mask (None: dense).
+    """
+    module, declared = trainer.model, {}
+    if isinstance(module, EngineModel):
+        declared = {"feature_layer": module.feature_layer, "taps": module.taps}
+        module = module.module
+    return Classifier(
+        module, params, batch_stats, mean=trainer.mean, std=trainer.std, mask=mask, **declared
+    )
+
+
+def masked_classifier(trainer: Trainer, variables: Variables) -> Classifier:
+    """`engine_classifier` of `variables` with their mask multiplied into the parameters
+    (`params * mask`, leaf by leaf), the convention of a `Classifier`'s parameters."""
+    params = jax.tree.map(jnp.multiply, variables.params, variables.mask)
+    return engine_classifier(trainer, params, variables.batch_stats, variables.mask)

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
 from jaxbd.defenses.curve import within_budget
-from jaxbd.defenses.finetune import check_optimizer
+from jaxbd.defenses.finetune import check_optimizer, engine_classifier
 from jaxbd.defenses.grad_prune_reference import (
     next_tensor,
     parameter_order,
@@ -43,6 +43,7 @@ from jaxbd.defenses.grad_prune_scores import (
     filter_scores,
     flat_offsets,
     keep_vector,
+    programs_for,
     unflatten_filter,
     unlearning_gradients,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "keep_vector",
     "next_tensor",
     "parameter_order",
+    "programs_for",
     "pruning_mask",
     "unflatten_filter",
     "unlearning_gradients",
@@ -281,7 +283,8 @@ class GradPrune:
         pairs = conv_bn_pairs(model, params, image_shape)
         convs = tuple(p.conv for p in pairs)
         order = parameter_order(model, image_shape) if self.variant == "reference" else None
-        programs = _programs(model, tuple(trainer.mean), tuple(trainer.std), convs)
+        classifier = engine_classifier(trainer, params, batch_stats)
+        programs = programs_for(classifier, convs)
 
         # 1. The defender's triggered copies (true labels kept), tuning and validation at once.
         n_tune = len(tune_set)
@@ -331,11 +334,8 @@ class GradPrune:
             else:
                 rows, weights = canonical
             sums, loss_sum, stats = unlearning_gradients(
-                programs,
+                classifier.replace(batch_stats=stats, mask=mask),
                 convs,
-                params,
-                stats,
-                mask,
                 tune_images,
                 tune_labels,
                 rows,

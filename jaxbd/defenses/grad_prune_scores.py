@@ -5,8 +5,9 @@ The unlearning loss is the mean cross-entropy of the defender's triggered images
 model in inference mode unless the reference variant asks for its first batch in training
 mode); every filter k of every conv scores mean |g| over its kernel slice `kernel[..., k]`
 (`filter_scores`), and the highest-scoring filter not yet pruned is chosen (`choose_filter`).
-Each program is jitted once per model (`TRACES` counts their traces): the mask, the
-pruned-filter flags and the batch order are data, so pruning more filters never recompiles.
+Each program is jitted once per classifier module and normalization (`programs_for`;
+`TRACES` counts their traces): the mask, the pruned-filter flags and the batch order are
+data, so pruning more filters never recompiles.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 
 from jaxbd.data import augment as augment_lib
+from jaxbd.models.classifier import Classifier
 from jaxbd.prune.channels import ConvBN, module_params
 from jaxbd.types import PyTree
 
@@ -169,12 +171,15 @@ def batch_rows(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarr
     return rows.reshape(nb, batch_size), weights.reshape(nb, batch_size)
 
 
+def programs_for(classifier: Classifier, convs: Sequence[Path]) -> _Programs:
+    """The jitted programs of a classifier's module and normalization (compiled once; its
+    variables, masks and batch orders are data)."""
+    return _programs(classifier.engine_model(), classifier.mean, classifier.std, tuple(convs))
+
+
 def unlearning_gradients(
-    programs: _Programs,
+    classifier: Classifier,
     convs: Sequence[Path],
-    params: PyTree,
-    batch_stats: PyTree,
-    mask: PyTree,
     images: jax.Array,
     labels: jax.Array,
     rows: jax.Array,
@@ -185,11 +190,9 @@ def unlearning_gradients(
     """Summed unlearning gradients of the convs' kernels over all batches.
 
     Args:
-        programs: `_programs(model, mean, std, convs)`.
+        classifier: the model; its `mask` (float 0/1 like the parameters; None: dense) is
+            applied to its parameters inside.
         convs: the conv paths, in the map's order.
-        params: the parameters (the mask is applied inside).
-        batch_stats: the BatchNorm statistics.
-        mask: float 0/1 pytree like `params`.
         images: uint8[N, H, W, 3] the triggered tuning images (on the devices).
         labels: int32[N] their TRUE labels.
         rows: int32[nb, B] the batches (`batch_rows`).
@@ -203,6 +206,11 @@ def unlearning_gradients(
         statistics after the pass: updated by batch 0 when `first_batch_train`, else the
         input ones).
     """
+    programs = programs_for(classifier, convs)
+    params, batch_stats = classifier.params, classifier.batch_stats
+    mask = classifier.mask
+    if mask is None:
+        mask = jax.tree.map(lambda p: jnp.ones(np.shape(p), jnp.float32), params)
     acc = (
         tuple(jnp.zeros(np.shape(module_params(params, c)["kernel"]), jnp.float32) for c in convs),
         jnp.zeros((), jnp.float32),

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables, copy_tree
-from jaxbd.defenses.finetune import check_optimizer
+from jaxbd.defenses.finetune import check_optimizer, engine_classifier
+from jaxbd.models.classifier import Classifier
 from jaxbd.settings import require, require_int
 from jaxbd.train import PLAIN, CosineSchedule, LossOutput, StepVariant
 
@@ -54,26 +55,29 @@ def attention_map(activations: jax.Array, p: float = 2.0) -> jax.Array:
     return a / norm
 
 
-def attention_taps(model, variables: Variables, image_shape: Sequence[int]) -> tuple[str, ...]:
-    """The sown stage outputs usable as NAD taps: 4-D, spatial size larger than 1×1.
+def attention_taps(classifier: Classifier, image_shape: Sequence[int]) -> tuple[str, ...]:
+    """The taps usable by NAD: 4-D, spatial size larger than 1×1.
 
     Shapes only (`jax.eval_shape`): nothing is computed or compiled.
 
     Args:
-        model: a flax module that sows its stage outputs into "intermediates".
-        variables: its variables (for the shapes of the call).
+        classifier: the model; its taps are its sown stage outputs (jaxbd's models), its
+            declared `taps`, or the last conv/BatchNorm output at each resolution (the rule
+            of `Classifier.intermediates`).
         image_shape: (H, W, 3) of one image.
 
     Returns:
         The tap names, in the model's order.
 
     Raises:
-        ValueError: if the model sows no usable stage output.
+        ValueError: if the model has no usable tap.
     """
+    model = classifier.engine_model()
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    v = {"params": variables.params, "batch_stats": variables.batch_stats}
     _, state = jax.eval_shape(
-        lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]), v, x
+        lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]),
+        classifier.variables,
+        x,
     )
     sown = state.get("intermediates", {})
     taps = tuple(
@@ -220,7 +224,8 @@ class NAD:
 
     def plan(self, ctx: RepairContext, variables: Variables) -> TuningPlan:
         """Train the teacher, pick the taps, and distil into the backdoored model."""
-        taps = attention_taps(ctx.trainer.model, variables, ctx.tune_data.images.shape[1:])
+        classifier = engine_classifier(ctx.trainer, variables.params, variables.batch_stats)
+        taps = attention_taps(classifier, ctx.tune_data.images.shape[1:])
         teacher = self.teacher(ctx, variables)
         return TuningPlan(
             variables=variables,

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxbd.defenses.base import RepairContext, TuningPlan, Variables
-from jaxbd.defenses.finetune import check_optimizer
+from jaxbd.defenses.finetune import check_optimizer, masked_classifier
 from jaxbd.defenses.neural_cleanse_detect import (
     MAD_CONSISTENCY,
     NeuralCleanseDetectSettings,
@@ -28,12 +28,7 @@ from jaxbd.defenses.neural_cleanse_detect import (
     flag_labels,
     neural_cleanse_score,
 )
-from jaxbd.defenses.neural_cleanse_reverse import (
-    ReversedTriggers,
-    logits_fn,
-    reverse_engineer,
-    stamp_uint8,
-)
+from jaxbd.defenses.neural_cleanse_reverse import ReversedTriggers, reverse_engineer, stamp_uint8
 from jaxbd.settings import require, require_int
 from jaxbd.types import jsonable
 
@@ -45,7 +40,6 @@ __all__ = [
     "TriggerSearch",
     "anomaly_index",
     "flag_labels",
-    "logits_fn",
     "neural_cleanse_score",
     "reverse_engineer",
     "stamp_uint8",
@@ -102,15 +96,11 @@ class NeuralCleanse(TriggerSearch):
 
     def reverse(self, ctx: RepairContext, variables: Variables) -> ReversedTriggers:
         """Reverse-engineers every label's trigger on the defender's tuning images."""
-        trainer = ctx.trainer
         return self.search(
-            trainer.model,
-            variables,
+            masked_classifier(ctx.trainer, variables),
             ctx.tune_data.images,
             ctx.num_classes,
             key=jax.random.fold_in(ctx.key, zlib.crc32(b"neural_cleanse/reverse")),
-            mean=trainer.mean,
-            std=trainer.std,
             batch_size=self.reverse_batch_size,
             lr=self.mask_lr,
         )

@@ -12,16 +12,14 @@ the detector (`NeuralCleanseDetectSettings`) share.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbd.defenses.base import Variables
-from jaxbd.defenses.neural_cleanse_reverse import ReversedTriggers, logits_fn, reverse_engineer
+from jaxbd.defenses.neural_cleanse_reverse import ReversedTriggers, reverse_engineer
+from jaxbd.models.classifier import Classifier
 from jaxbd.settings import require, require_int
 
 MAD_CONSISTENCY = 1.4826
@@ -118,39 +116,30 @@ class TriggerSearch:
 
     def search(
         self,
-        model: nn.Module,
-        variables: Variables,
+        classifier: Classifier,
         images: jax.Array | np.ndarray,
         num_classes: int,
         *,
         key: jax.Array,
-        mean: Sequence[float],
-        std: Sequence[float],
         batch_size: int,
         lr: float,
     ) -> ReversedTriggers:
         """Every label's trigger reversed on `images` (`reverse_engineer` with these
-        settings) for the masked parameters of `variables`.
+        settings).
 
         Args:
-            model: the Flax module (`(logits, features)` outputs).
-            variables: the examined model.
+            classifier: the examined model (pruning mask already applied to its parameters).
             images: uint8[N, H, W, 3] the defender's tuning images.
             num_classes: C.
             key: the search's randomness.
-            mean, std: the model's input normalization.
             batch_size: images per search step.
             lr: Adam's learning rate for the masks and patterns.
         """
-        params = jax.tree.map(jnp.multiply, variables.params, variables.mask)
         return reverse_engineer(
-            logits_fn(model),
-            {"params": params, "batch_stats": variables.batch_stats},
+            classifier,
             images,
             num_classes,
             key=key,
-            mean=mean,
-            std=std,
             epochs=self.epochs,
             batch_size=batch_size,
             lr=lr,

@@ -4,11 +4,11 @@ For every label t, the smallest mask m (H×W, in [0, 1]) and a pattern P (H×W×
 such that stamping them, x' = (1 − m)·x + m·P, sends clean images to t: minimize
 CE(f(x'), t) + cost·‖m‖₁ with Adam, under the released code's cost schedule and early stop,
 keeping the smallest-norm mask that reached the attack-success threshold.
-`reverse_engineer` runs it as one jitted program: `vmap` over the target label, the epochs
-and the cost schedule in `lax`, the defender's clean images on the device in fixed-shape
-batches shared by every label. `stamp_uint8` stamps a reversed trigger on uint8 images;
-`logits_fn` builds the `apply_fn` of a flax model. The cost schedule in full and the
-defaults' provenance are in docs/defenses.md.
+`reverse_engineer(classifier, images, ...)` runs it as one jitted program: `vmap` over the
+target label, the epochs and the cost schedule in `lax`, the defender's clean uint8 images on
+the device in fixed-shape batches shared by every label. `stamp_uint8` stamps a reversed
+trigger on uint8 images. The cost schedule in full and the defaults' provenance are in
+docs/defenses.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from jaxbd.data.augment import normalize
+from jaxbd.models.classifier import Classifier, EngineModel
 from jaxbd.types import PyTree
 
 
@@ -96,14 +97,11 @@ def _stamp(images01: jax.Array, mask: jax.Array, pattern: jax.Array) -> jax.Arra
 
 
 def reverse_engineer(
-    apply_fn: Callable[[PyTree, jax.Array], Any],
-    variables: PyTree,
+    classifier: Classifier,
     images: jax.Array | np.ndarray,
     num_classes: int,
     *,
     key: jax.Array,
-    mean: Sequence[float],
-    std: Sequence[float],
     labels: Sequence[int] | None = None,
     epochs: int = 80,
     batch_size: int = 128,
@@ -122,21 +120,18 @@ def reverse_engineer(
     follow Adam (betas 0.5, 0.9) on CE(f(x'), t) + cost·‖m‖₁ over the same fixed-shape
     batches of `images` (a permutation per epoch from `key`; the remainder of an epoch is
     dropped), with the cost schedule and the early stop of the released code run per label
-    in `lax`. The model is frozen and in inference mode. Compiled once per
-    (apply_fn, image shape, number of labels, settings): calling again with other variables,
-    images of the same shape or another key reuses the program.
+    in `lax`. The stamp works on float pixels in [0, 1] (x = images / 255, float32[B, H, W,
+    3]); the classifier's own normalization is applied to 255·x'. The model is frozen and in
+    inference mode. Compiled once per (classifier's module, image shape, number of labels,
+    settings): other variables or normalization, images of the same shape or another key
+    reuse the program.
 
     Args:
-        apply_fn: `apply_fn(variables, x float32[B, H, W, 3] normalized) -> logits
-            float32[B, C]` or `(logits, ...)`, in inference mode; e.g. for a flax model
-            returning `(logits, features)`: `lambda v, x: model.apply(v, x, train=False)`.
-            Hashable (it is a static argument: pass the same object to reuse the program).
-        variables: the model's variables (e.g. `{"params": ..., "batch_stats": ...}`).
+        classifier: the examined model (its parameters as they are: apply a pruning mask
+            first).
         images: uint8[N, H, W, 3] clean images (host or device).
         num_classes: C.
         key: PRNG key (initial masks and patterns, batch order).
-        mean: float[3] the model's normalization mean, in [0, 1] pixel units.
-        std: float[3] its standard deviation.
         labels: the target labels to optimize (default: all C).
         epochs: passes over the images (each label may stop earlier).
         batch_size: images per step (at most N).
@@ -190,14 +185,15 @@ def reverse_engineer(
         early_stop_patience=int(early_stop_patience),
     )
     masks, patterns, norms, success, reached = _reverse_program(
-        apply_fn,
+        _apply_fn(classifier.engine_model()),
         settings,
-        variables,
+        classifier.variables,
         images,
         jnp.asarray(labels, jnp.int32),
         key,
-        jnp.asarray(mean, jnp.float32),
-        jnp.asarray(std, jnp.float32),
+        # Traced inputs, not constants: one program serves every normalization.
+        jnp.asarray(classifier.mean, jnp.float32),
+        jnp.asarray(classifier.std, jnp.float32),
     )
     return ReversedTriggers(
         labels=jnp.asarray(labels, jnp.int32),
@@ -411,21 +407,19 @@ def stamp_uint8(images: np.ndarray, mask: np.ndarray, pattern: np.ndarray) -> np
     return np.clip(np.rint(stamped * 255.0), 0, 255).astype(np.uint8)
 
 
-def logits_fn(model) -> Callable[[PyTree, jax.Array], jax.Array]:
-    """The `apply_fn` for `reverse_engineer` of a flax model returning `(logits, ...)`.
-
-    `apply_fn(variables, x float32[B, H, W, 3] normalized) -> logits float32[B, C]`, in
-    inference mode. One function per model (flax modules compare by their fields), so the
-    compiled reverse-engineering program of a model is reused by every later call.
-    """
-    fn = _LOGITS_FNS.get(model)
+def _apply_fn(model: EngineModel) -> Callable[[PyTree, jax.Array], jax.Array]:
+    """`apply_fn(variables, x float32[B, H, W, 3] normalized) -> logits float32[B, C]` of an
+    engine model, in inference mode: the static argument of `_reverse_program`. One function
+    per model (they compare by their fields), so a model's compiled program is reused by
+    every later call."""
+    fn = _APPLY_FNS.get(model)
     if fn is None:
 
         def fn(variables, x):
             return _logits(model.apply(variables, x, train=False))
 
-        _LOGITS_FNS[model] = fn
+        _APPLY_FNS[model] = fn
     return fn
 
 
-_LOGITS_FNS: dict[Any, Callable] = {}
+_APPLY_FNS: dict[Any, Callable] = {}

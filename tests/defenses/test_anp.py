@@ -32,9 +32,9 @@ from jaxbd.defenses.anp import (
     perturbed_params,
     pruning_mask,
     sweep_accuracy,
-    sweep_program,
 )
-from jaxbd.models import tiny_cnn
+from jaxbd.defenses.anp_sweep import _sweep_program
+from jaxbd.models import Classifier, tiny_cnn
 from jaxbd.models.resnet import ResNet, resnet18
 from jaxbd.prune.masks import apply_mask
 from jaxbd.settings import InvalidSettingError
@@ -121,10 +121,11 @@ def test_masks_stay_in_unit_interval_and_compile_once(model_variables):
     traced = anp_lib.TRACES["optimize_masks"]
     ctx = _context(_small())
     v = model_variables
-    kwargs = dict(mean=MEAN, std=STD, iterations=4, batch_size=8)
+    classifier = Classifier(MODEL, v.params, v.batch_stats, mean=MEAN, std=STD)
+    kwargs = dict(iterations=4, batch_size=8)
     # A huge learning rate drives masks past both ends: the projection must hold them.
     result = optimize_masks(
-        MODEL, v.params, v.batch_stats, ctx.tune_data.images, ctx.tune_data.labels,
+        classifier, ctx.tune_data.images, ctx.tune_data.labels,
         jax.random.key(1), lr=50.0, **kwargs,
     )  # fmt: skip
     values = np.concatenate([np.asarray(m) for m in result.masks.values()])
@@ -133,7 +134,7 @@ def test_masks_stay_in_unit_interval_and_compile_once(model_variables):
     assert np.any(values < 1)  # the masks moved
     assert result.clean_loss.shape == (4,) and np.all(np.asarray(result.robust_loss) > 0)
     again = optimize_masks(
-        MODEL, v.params, v.batch_stats, ctx.tune_data.images, ctx.tune_data.labels,
+        classifier, ctx.tune_data.images, ctx.tune_data.labels,
         jax.random.key(1), lr=50.0, **kwargs,
     )  # fmt: skip
     jax.tree.map(np.testing.assert_array_equal, again.masks, result.masks)
@@ -141,7 +142,7 @@ def test_masks_stay_in_unit_interval_and_compile_once(model_variables):
     # A scan over chunks of 2 iterations draws the same batches and noise (keys are folded
     # from the iteration index), so it reaches the same masks.
     scanned = optimize_masks(
-        MODEL, v.params, v.batch_stats, ctx.tune_data.images, ctx.tune_data.labels,
+        classifier, ctx.tune_data.images, ctx.tune_data.labels,
         jax.random.key(1), lr=50.0, chunk=2, **kwargs,
     )  # fmt: skip
     jax.tree.map(
@@ -176,7 +177,7 @@ def test_choose_candidate_keeps_last_within_budget():
 
 
 def test_sweep_is_one_compiled_program_and_matches_per_candidate(model_variables):
-    sweep_program.cache_clear()
+    _sweep_program.cache_clear()
     traced = anp_lib.TRACES["sweep"]
     v = model_variables
     ctx = _context(_small())
@@ -189,9 +190,8 @@ def test_sweep_is_one_compiled_program_and_matches_per_candidate(model_variables
             for n, m in init_masks(v.params, layers).items()
         }
         keeps = candidate_keeps(masks, anp_lib.DEFAULT_GRID)
-        acc = sweep_accuracy(
-            MODEL, v.params, v.batch_stats, keeps, images, labels, mean=MEAN, std=STD, batch_size=8
-        )
+        classifier = Classifier(MODEL, v.params, v.batch_stats, mean=MEAN, std=STD)
+        acc = sweep_accuracy(classifier, keeps, images, labels, batch_size=8)
         assert acc.shape == (1 + 19,)
         for i in (0, 5, 12, 19):
             keep = {n: k[i] for n, k in keeps.items()}
@@ -199,7 +199,7 @@ def test_sweep_is_one_compiled_program_and_matches_per_candidate(model_variables
             logits, _ = ctx.trainer.predict_variables(pruned, v.batch_stats, images)
             expected = np.mean(np.asarray(jnp.argmax(logits, -1)) == labels)
             assert acc[i] == pytest.approx(expected), (trial, i)
-    assert sweep_program(MODEL, MEAN, STD)._cache_size() == 1
+    assert _sweep_program(classifier.engine_model(), MEAN, STD)._cache_size() == 1
     assert anp_lib.TRACES["sweep"] == traced + 1
 
 
@@ -218,7 +218,7 @@ def test_plan_chooses_threshold_from_a_known_validation_profile(model_variables,
     def stub_optimize(*args, **kwargs):
         return MaskOptimization(masks, jnp.zeros(3), jnp.zeros(3))
 
-    def stub_sweep(model, params, batch_stats, keeps, images, labels, **kwargs):
+    def stub_sweep(classifier, keeps, images, labels, **kwargs):
         seen["images"] = images
         return profile
 

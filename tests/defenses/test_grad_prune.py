@@ -22,7 +22,7 @@ from conftest import tiny_repair_context
 from jaxbd.defenses import RepairContext, Variables, tune
 from jaxbd.defenses import grad_prune as gp
 from jaxbd.defenses.registry import hparams_config
-from jaxbd.models import preact_resnet18, tiny_cnn
+from jaxbd.models import Classifier, preact_resnet18, tiny_cnn
 from jaxbd.prune import conv_bn_pairs
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import dense_mask, init_variables
@@ -275,21 +275,18 @@ def test_reference_variant_updates_batch_stats_on_the_first_batch_only(model_var
     v = model_variables
     pairs = conv_bn_pairs(MODEL, v.params, IMAGE)
     convs = tuple(p.conv for p in pairs)
-    programs = gp._programs(MODEL, MEAN, STD, convs)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (12, *IMAGE), np.uint8))
     labels = jnp.arange(12, dtype=jnp.int32) % 10
     rows, weights = gp.batch_rows(np.array([5, 3, 7, 0, 1, 2, 4, 6, 8, 9, 10, 11]), 4)
     mask = dense_mask(v.params)
+    classifier = Classifier(MODEL, v.params, v.batch_stats, mean=MEAN, std=STD, mask=mask)
 
-    _, _, same = gp.unlearning_gradients(
-        programs, convs, v.params, v.batch_stats, mask, images, labels, rows, weights
-    )
+    _, _, same = gp.unlearning_gradients(classifier, convs, images, labels, rows, weights)
     jax.tree.map(np.testing.assert_array_equal, same, v.batch_stats)
 
     sums, _, updated = gp.unlearning_gradients(
-        programs, convs, v.params, v.batch_stats, mask, images, labels, rows, weights,
-        first_batch_train=True,
-    )  # fmt: skip
+        classifier, convs, images, labels, rows, weights, first_batch_train=True
+    )
     x = (images[rows[0]].astype(jnp.float32) / 255 - 0.5) / 0.25
     _, expected = MODEL.apply(
         {"params": v.params, "batch_stats": v.batch_stats}, x, train=True, mutable=["batch_stats"]

@@ -16,7 +16,7 @@ from jaxbd.data import make_synthetic
 from jaxbd.defenses import RepairContext, Variables, defender_data, tune
 from jaxbd.defenses.defender_data import DefenderDataSettings
 from jaxbd.defenses.nad import NAD, attention_map, attention_taps
-from jaxbd.models import resnet18, tiny_cnn
+from jaxbd.models import Classifier, resnet18, tiny_cnn
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import Trainer, dense_mask, init_variables, make_mesh
 
@@ -53,8 +53,8 @@ def test_taps_exclude_1x1_stages(size, taps):
     params = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
     )
-    v = Variables(params["params"], params["batch_stats"], None)
-    assert attention_taps(model, v, (size, size, 3)) == tuple(f"stage{i + 1}" for i in range(taps))
+    v = Classifier(model, params["params"], params["batch_stats"])
+    assert attention_taps(v, (size, size, 3)) == tuple(f"stage{i + 1}" for i in range(taps))
 
 
 def test_defaults_and_validation():
@@ -98,8 +98,8 @@ def test_loss_is_ce_when_student_equals_teacher():
     x = jax.random.normal(jax.random.key(0), (B, 8, 8, 3))
     params = model.init(jax.random.key(1), x)["params"]
     labels, weights = jnp.arange(B) % C, jnp.ones(B)
-    v = Variables(params, {}, dense_mask(params))
-    taps = attention_taps(model, v, (8, 8, 3))
+    v = Classifier(model, params, {}, mask=dense_mask(params))
+    taps = attention_taps(v, (8, 8, 3))
     assert taps == ("stage1", "stage2")
     loss_fn = NAD().variant(taps).loss_fn
     # Jitted: op-by-op convolutions on the CPU are far slower than one compile.

@@ -16,6 +16,7 @@ seed 0's largest below-median index is 1.6.
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,10 +29,11 @@ from jaxbd.defenses.neural_cleanse import (
     NeuralCleanse,
     anomaly_index,
     flag_labels,
-    logits_fn,
     reverse_engineer,
     stamp_uint8,
 )
+from jaxbd.defenses.neural_cleanse_reverse import _apply_fn
+from jaxbd.models import Classifier, EngineModel
 from jaxbd.settings import InvalidSettingError
 
 # Reverse-engineering budget of these tests: 60 epochs of 3 batches of 64 tuning images.
@@ -133,18 +135,29 @@ def test_clean_model_flags_nothing_and_plans_no_steps(clean_model):
     json.dumps(plan.details)
 
 
-def test_all_labels_run_in_one_compiled_program():
-    traces = []
-    weights = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 5)) * 0.1
+_LINEAR_TRACES = []
 
-    def apply_fn(variables, x):
-        traces.append(x.shape)  # runs once per trace, never per label or step
-        return x.reshape(x.shape[0], -1) @ variables
+
+class _Linear(nn.Module):
+    """A linear model on the flattened image whose every trace is recorded."""
+
+    @nn.compact
+    def __call__(self, x):
+        _LINEAR_TRACES.append(x.shape)  # runs once per trace, never per label or step
+        return x.reshape(x.shape[0], -1) @ self.param("w", nn.initializers.zeros, (8 * 8 * 3, 5))
+
+
+def test_all_labels_run_in_one_compiled_program():
+    traces = _LINEAR_TRACES
+    traces.clear()
+    weights = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 5)) * 0.1
+    model = _Linear()
 
     images = np.asarray(jax.random.randint(jax.random.key(1), (40, 8, 8, 3), 0, 256), np.uint8)
     run = lambda key, variables, **kw: reverse_engineer(  # noqa: E731
-        apply_fn, variables, images, 5, key=key, mean=MEAN, std=STD, epochs=3, batch_size=16, **kw
-    )
+        Classifier(model, {"w": variables}, mean=MEAN, std=STD),
+        images, 5, key=key, epochs=3, batch_size=16, **kw
+    )  # fmt: skip
     out = run(jax.random.key(2), weights)
     all_labels = len(traces)
     assert all_labels < 5  # a trace per label would be a Python loop over the labels
@@ -181,4 +194,4 @@ def test_stamp_and_settings():
     ):
         with pytest.raises(InvalidSettingError):
             NeuralCleanse(**bad)
-    assert logits_fn(PatchNet()) is logits_fn(PatchNet())
+    assert _apply_fn(EngineModel(PatchNet())) is _apply_fn(EngineModel(PatchNet()))
