@@ -12,9 +12,9 @@ engine (`Trainer.train_epoch`, or `train_epoch_ensemble` for members trained tog
 after the current call, saves each run's state with the epoch's done part (its position in
 the epoch's permutation and the statistics of its done steps) as a mid-epoch checkpoint,
 and raises `Preempted`; the resumed phase continues that epoch at the next step and ends it
-with the row an uninterrupted one logs; so does one with a resumable epoch function (PCB's
-alternating epoch). Phases that record presentations (forgetting scores) or run an epoch
-function that is not resumable stop at the end of the epoch.
+with the row an uninterrupted one logs (and, recording presentations for forgetting scores,
+the same presentations); so does one with a resumable epoch function (PCB's alternating
+epoch). A phase whose epoch function is not resumable stops at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def train_phase(
     """
     log = PhaseLog(name, rundir, epochs, evaluate_fn, eval_every, checkpoint_root)
     # Mid-epoch stops need the engine's own epoch or a resumable one (see the module
-    # docstring).
-    resumable = epoch_fn is None or getattr(epoch_fn, "resumable", False)
-    mid_epoch = resumable and not record_presentations
+    # docstring); the engine's keeps the done part's presentations too.
+    resumable = getattr(epoch_fn, "resumable", False) and not record_presentations
+    mid_epoch = epoch_fn is None or resumable
     try:
         state, aux, start, row, resume = log.restore(state, aux, mid_epoch=mid_epoch)
         for epoch in range(start + 1, epochs + 1):

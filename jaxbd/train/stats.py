@@ -56,6 +56,8 @@ class EpochProgress(NamedTuple):
         correct: presentations classified correctly in the done steps.
         terms: each loss term's per-step values (custom losses; empty for plain training).
         lr: the learning rate of the last done step.
+        presented: for an epoch recording presentations, the done steps' per-presentation
+            correctness (bool[steps, B] bit-packed, as hex: `pack`/`unpack`); else None.
     """
 
     steps: int
@@ -63,16 +65,30 @@ class EpochProgress(NamedTuple):
     correct: int
     terms: Mapping[str, tuple[float, ...]]
     lr: float
+    presented: str | None = None
+
+    @staticmethod
+    def pack(correct: np.ndarray) -> str:
+        """bool[steps, B] as the hex string `presented` holds."""
+        return np.packbits(np.asarray(correct, bool).reshape(-1)).tobytes().hex()
+
+    def unpack(self, batch_size: int) -> np.ndarray:
+        """`presented` back as bool[steps, batch_size]."""
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(self.presented), np.uint8))
+        return bits[: self.steps * batch_size].astype(bool).reshape(self.steps, batch_size)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serializable dict (`from_json` reads it back exactly)."""
-        return {
+        d = {
             "steps": self.steps,
             "losses": list(self.losses),
             "correct": self.correct,
             "terms": {k: list(v) for k, v in self.terms.items()},
             "lr": self.lr,
         }
+        if self.presented is not None:
+            d["presented"] = self.presented
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EpochProgress:
@@ -82,6 +98,7 @@ class EpochProgress(NamedTuple):
             correct=int(d["correct"]),
             terms={k: tuple(float(x) for x in v) for k, v in d["terms"].items()},
             lr=float(d["lr"]),
+            presented=None if d.get("presented") is None else str(d["presented"]),
         )
 
 
@@ -103,8 +120,11 @@ presentations)`, like `Trainer.train_epoch`: what a training phase runs each epo
 training-time attack supplies its own)."""
 
 
-def progress_of(resume: EpochProgress | None, outs, steps_done: int) -> EpochProgress:
-    """The done part: `resume`'s and that of the step outputs `outs` (one read back)."""
+def progress_of(
+    resume: EpochProgress | None, outs, steps_done: int, *, presented: bool = False
+) -> EpochProgress:
+    """The done part: `resume`'s and that of the step outputs `outs` (one read back), with
+    the per-presentation correctness if `presented`."""
     losses, correct, terms, lr = jax.device_get(
         (
             jnp.concatenate([o.loss for o in outs]),
@@ -114,12 +134,19 @@ def progress_of(resume: EpochProgress | None, outs, steps_done: int) -> EpochPro
         )
     )
     before = resume or EpochProgress(0, (), 0, {}, 0.0)
+    packed = None
+    if presented:
+        now = jax.device_get(jnp.concatenate([o.correct for o in outs]))
+        if before.steps:
+            now = np.concatenate([before.unpack(now.shape[1]), now])
+        packed = EpochProgress.pack(now)
     return EpochProgress(
         steps=steps_done,
         losses=before.losses + tuple(float(x) for x in losses),
         correct=before.correct + int(correct),
         terms={k: before.terms.get(k, ()) + tuple(float(x) for x in v) for k, v in terms.items()},
         lr=float(lr),
+        presented=packed,
     )
 
 

@@ -260,8 +260,7 @@ class Trainer:
                 whole epoch, exactly as if it had not stopped.
             preemptible: stop after the current call when `preemption.stop_requested()`
                 says so (`loop.run_calls`); the returned stats then carry the done part as
-                `progress`. Not with `record_presentations` (a stopped epoch's
-                presentations are not kept).
+                `progress` (with `record_presentations`, its presentations too).
 
         Returns:
             (new state, epoch statistics, presentations or None). With a loss that reports
@@ -272,7 +271,7 @@ class Trainer:
         done = 0 if resume is None else resume.steps
         if not 0 <= done < steps:
             raise ValueError(f"resume.steps={done} is not a step inside an epoch of {steps}")
-        if done and record_presentations:
+        if done and record_presentations and resume.presented is None:
             raise ValueError("an epoch resumed mid-way has no presentations of its done part")
         chunk = loop.chunk_size(steps, done, self.steps_per_call)
         key = self.global_value(key)
@@ -296,15 +295,19 @@ class Trainer:
             desc=desc,
             progress=self.progress,
             images_per_step=self.batch_size,
-            preemptible=preemptible and not record_presentations,
+            preemptible=preemptible,
         )
-        progress = stats_lib.progress_of(resume, ran.outs, ran.done)
+        keep = ran.stopped and record_presentations
+        progress = stats_lib.progress_of(resume, ran.outs, ran.done, presented=keep)
         stats = stats_lib.epoch_stats(progress, ran.done - done, ran.started, self.batch_size)
         if ran.stopped:  # the done part, for the checkpoint
             return ran.state, stats._replace(progress=progress), None
         presentations = None
         if record_presentations:
-            presentations = Presentations(order, jnp.concatenate([o.correct for o in ran.outs]))
+            correct = [o.correct for o in ran.outs]
+            if done:  # the done part's, then this call's
+                correct.insert(0, self.replicate(resume.unpack(self.batch_size)))
+            presentations = Presentations(order, jnp.concatenate(correct))
         return ran.state, stats, presentations
 
     def train_steps(

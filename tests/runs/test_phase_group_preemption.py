@@ -1,5 +1,6 @@
-"""Members trained together (`train_phase_group`) stop mid-epoch at a preemption request,
-each saving its done part, and the resumed group ends exactly as an uninterrupted one."""
+"""Phases stop mid-epoch at a preemption request and resume exactly: members trained
+together (`train_phase_group`), each saving its done part, and a phase recording
+presentations (forgetting statistics), whose hook sees the uninterrupted epoch's."""
 
 import itertools
 import os
@@ -11,7 +12,7 @@ import pytest
 
 from jaxbd.data import make_synthetic
 from jaxbd.models import tiny_cnn
-from jaxbd.runs import RunDir, train_phase_group
+from jaxbd.runs import RunDir, train_phase, train_phase_group
 from jaxbd.train import CosineSchedule, Trainer, make_mesh, preemption
 
 
@@ -89,3 +90,44 @@ def test_a_group_stopped_mid_epoch_resumes_exactly(trainer, tmp_path, monkeypatc
         logged = RunDir(os.path.join(root, f"seed{m}")).read_metrics()
         assert {"event": "resume", "phase": "dense", "epoch": 1, "step_in_epoch": 2} in logged
         assert [r["epoch"] for r in logged if r.get("event") == "epoch"] == [1, 2]
+
+
+def test_a_phase_recording_presentations_stops_mid_epoch_and_resumes_exactly(
+    trainer, tmp_path, monkeypatch
+):
+    train = make_synthetic(num_train=64, num_test=8, image_size=8, seed=0).train
+    data = trainer.put(train.images, train.labels)
+
+    def hook(epoch, state, presentations, aux):  # what forgetting statistics read
+        return aux + jnp.zeros(64, jnp.int32).at[presentations.indices].add(
+            presentations.correct.astype(jnp.int32)
+        )
+
+    def phase(path):
+        rundir = RunDir(str(path))
+        rundir.open({"name": "forgetting"})
+        state = trainer.init_state(
+            jax.random.key(1), (8, 8, 3), CosineSchedule.create(0.05, 8), rng=jax.random.key(2)
+        )
+        try:
+            return train_phase(
+                "pretrain", trainer, state, data, epochs=2, shuffle_key=jax.random.key(3),
+                rundir=rundir, evaluate_fn=None, eval_every=0, aux=jnp.zeros(64, jnp.int32),
+                epoch_hook=hook, record_presentations=True,
+            )  # fmt: skip
+        finally:
+            rundir.close()
+
+    want, want_row, want_aux = phase(tmp_path / "uninterrupted")
+    count = itertools.count(1)
+    monkeypatch.setattr(preemption, "armed", lambda: True)
+    monkeypatch.setattr(preemption, "stop_requested", lambda: next(count) >= 5)  # epoch 2
+    with pytest.raises(preemption.Preempted, match=r"epoch 2/2, after step 1 of 4"):
+        phase(tmp_path / "stopped")
+    monkeypatch.undo()
+    state, row, aux = phase(tmp_path / "stopped")
+    np.testing.assert_array_equal(aux, want_aux)
+    for key in ("step", "loss", "accuracy", "lr"):
+        assert row[key] == want_row[key], key
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(host(x), host(y))

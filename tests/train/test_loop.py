@@ -1,7 +1,9 @@
-"""The engine's one loop (`jaxbd.train.loop`): a step range or an ensemble epoch stopped at a
-preemption request and resumed from its done part ends exactly as an uninterrupted one, bit
-for bit; without `preemptible` a request changes nothing."""
+"""The engine's one loop (`jaxbd.train.loop`): a step range, an ensemble epoch or an epoch
+recording presentations stopped at a preemption request and resumed from its done part ends
+exactly as an uninterrupted one, bit for bit; without `preemptible` a request changes
+nothing."""
 
+import functools
 import itertools
 
 import jax
@@ -141,3 +143,24 @@ def test_ensemble_resume_is_checked(setup):
         trainer.train_epoch_ensemble(
             stacked, data, keys, resume=[progress] * 2, record_presentations=True
         )
+
+
+def test_a_stopped_epoch_keeps_its_presentations(setup, stop_after):
+    trainer, data = setup
+    key = jax.random.key(4)
+    subset = jnp.asarray(np.random.default_rng(1).permutation(64)[:48], jnp.int32)  # 3 steps
+    epoch = functools.partial(
+        trainer.train_epoch, data=data, key=key, indices=subset, record_presentations=True
+    )
+    whole, want, want_presentations = epoch(fresh(trainer))
+    stop_after(1)
+    part, stopped, presentations = epoch(fresh(trainer), preemptible=True)
+    assert presentations is None and stopped.progress.steps == 1
+    resume = EpochProgress.from_json(stopped.progress.to_json())
+    assert resume.unpack(16).shape == (1, 16)
+    state, got, presentations = epoch(part, resume=resume)
+    assert figures(got) == figures(want)
+    assert_same(state, whole)
+    assert_same(presentations, want_presentations)  # the done part's, then the rest's
+    with pytest.raises(ValueError, match="no presentations of its done part"):
+        epoch(fresh(trainer), resume=resume._replace(presented=None))
