@@ -6,13 +6,10 @@ themselves live in `jaxbd.defenses.detectors`; nothing here decides anything.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
-import ml_collections
 import numpy as np
 from absl import logging
-from ml_collections import config_dict
 
 from jaxbd import metrics
 from jaxbd.defenses.detectors import (
@@ -22,6 +19,7 @@ from jaxbd.defenses.detectors import (
     DetectorContext,
 )
 from jaxbd.pipeline import setup
+from jaxbd.settings import config_section
 
 __all__ = [
     "DETECTORS",
@@ -35,20 +33,8 @@ __all__ = [
 ]
 
 
-def settings_config(cls: type) -> ml_collections.ConfigDict:
-    """A ConfigDict of a settings dataclass's defaults (a None default becomes a typed
-    placeholder, int or float after its annotation), for `config.detector.<name>`."""
-    section = ml_collections.ConfigDict()
-    for field in dataclasses.fields(cls):
-        default = field.default
-        if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        if default is None:
-            kind = float if "float" in str(field.type) else int
-            section[field.name] = config_dict.placeholder(kind)
-        elif default is not dataclasses.MISSING:
-            section[field.name] = default
-    return section
+settings_config = config_section
+"""A ConfigDict of a detector's settings defaults (`jaxbd.settings.config_section`)."""
 
 
 def judged_inputs(stage: setup.Setup) -> dict[str, np.ndarray]:

@@ -31,6 +31,8 @@ from jaxbd import attacks, rng
 from jaxbd.data import DataSplits, load_dataset
 from jaxbd.pipeline.config import ExperimentSettings
 from jaxbd.runs import RunDir, train_phase
+from jaxbd.select import num_to_select
+from jaxbd.select import registry as select_registry
 from jaxbd.settings import ConfigError
 from jaxbd.train import EpochFn, Trainer
 
@@ -89,9 +91,7 @@ def check(settings: ExperimentSettings, trainer: Trainer, splits: DataSplits) ->
             f"config.train.batch_size={s.train.batch_size} exceeds the {len(train_set)} "
             "training examples"
         )
-    if s.select.name is not None:
-        from jaxbd.select import num_to_select
-
+    if s.select.name is not None and select_registry.method(s.select.name).fraction:
         k = num_to_select(len(train_set), s.select.fraction)
         if trainer.steps_per_epoch(k) == 0:
             raise ConfigError(

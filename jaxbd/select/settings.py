@@ -92,9 +92,9 @@ class _SelectFields:
             return
         method = SELECTION_METHODS[self.name]
         # Only what the method reads is checked (`Method`): CRAIG never reads score.*, random
-        # no pretraining field. `fraction` is checked for every method: the setup stage
-        # sizes the subset with it.
-        require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
+        # no pretraining field, a poison detector (spectral) not `fraction`.
+        if method.fraction:
+            require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]", self.fraction)
         if method.variants:
             require(
                 self.variant in VARIANTS,

@@ -46,6 +46,13 @@ def test_pretraining_fields_are_checked_only_for_methods_that_pretrain():
         from_config(SelectSettings, select_section("forgetting", variant="x"), "config.select")
 
 
+def test_fraction_is_checked_only_where_it_sizes_the_subset():
+    # A poison detector keeps what it does not flag: `fraction` is not its field.
+    assert SelectSettings(name="spectral", fraction=2.0).fraction == 2.0
+    with pytest.raises(ConfigError, match=r"config\.select\.fraction: must be in \(0, 1\]"):
+        from_config(SelectSettings, select_section("el2n", fraction=2.0), "config.select")
+
+
 def test_every_method_declares_its_needs():
     assert tuple(SELECTION_METHODS) == METHODS == tuple(SELECTORS)
     fields = {f.name: f for f in dataclasses.fields(SelectSettings)}
