@@ -35,9 +35,8 @@ from jaxbd import defenses
 from jaxbd.attacks import badnets
 from jaxbd.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset, make_synthetic
 from jaxbd.defenses import DefenderData, RepairContext, TuningPlan, Variables
-from jaxbd.defenses.neural_cleanse import logits_fn
 from jaxbd.defenses.registry import make_repair
-from jaxbd.models import MODELS
+from jaxbd.models import MODELS, Classifier
 from jaxbd.settings import InvalidSettingError
 from jaxbd.train import CosineSchedule, Trainer, dense_mask, make_mesh
 from jaxbd.train.epoch_order import largest_divisor_at_most
@@ -319,20 +318,17 @@ def bench_nc_programs(args, defender: DefenderData) -> dict:
     images = trainer.replicate(defender.tune.images)
     common = dict(
         key=jax.random.key(args.seed + 7),
-        mean=trainer.mean,
-        std=trainer.std,
         epochs=args.nc_epochs,
         batch_size=args.batch,
         early_stop=False,
     )
-    apply_fn = logits_fn(trainer.model)
-    model_vars = {"params": variables.params, "batch_stats": variables.batch_stats}
+    classifier = Classifier(
+        trainer.model, variables.params, variables.batch_stats, mean=trainer.mean, std=trainer.std
+    )
 
     def run(labels):
         return _ready(
-            defenses.reverse_engineer(
-                apply_fn, model_vars, images, NUM_CLASSES, labels=labels, **common
-            )
+            defenses.reverse_engineer(classifier, images, NUM_CLASSES, labels=labels, **common)
         )
 
     start = time.perf_counter()
