@@ -94,7 +94,9 @@ def train_phase(
             results), e.g. a training-time attack's alternating epoch; extra statistics it
             returns in a third field of its stats (`extra`, a dict) are logged too. One
             with a true `resumable` attribute also takes `resume` and `preemptible` as
-            `Trainer.train_epoch` does, and stops mid-epoch too.
+            `Trainer.train_epoch` does, and stops mid-epoch too; its stats' `progress` is
+            its done part (a list of them for members trained as one phase, which it
+            gets back as `resume`).
 
     Returns:
         (final state, last epoch's log row, final aux).

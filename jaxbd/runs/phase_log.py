@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -25,6 +25,10 @@ from jaxbd.train import EpochProgress, TrainState, distributed, preemption
 
 MID_EPOCH_SUFFIX = ".mid_epoch"
 """A phase's mid-epoch checkpoint (saved at a preemption request) is in `<phase>.mid_epoch`."""
+
+
+Progress = EpochProgress | Sequence[EpochProgress]
+"""An epoch's done part: one run's, or each member's of an ensemble trained as one phase."""
 
 
 class TrainingDivergedError(RuntimeError):
@@ -104,11 +108,11 @@ class PhaseLog:
         if found is not None or progress is not None:
             resumed = {"event": "resume", "phase": self.name, "epoch": start}
             if progress is not None:
-                resumed["step_in_epoch"] = progress.steps
+                resumed["step_in_epoch"] = done_steps(progress)
             self.rundir.log(resumed)
         # An ensemble's members share the step. A resumed epoch's done steps are counted
         # again when it ends (its statistics cover the whole epoch).
-        self.step = int(np.max(jax.device_get(state.step))) - (progress.steps if progress else 0)
+        self.step = int(np.max(jax.device_get(state.step))) - done_steps(progress)
         return state, aux, start, row, progress
 
     def _restore_mid_epoch(self, state, aux, done: int):
@@ -127,23 +131,24 @@ class PhaseLog:
         if meta["epoch"] != done + 1:
             self._drop_mid_epoch()
             return None
-        progress = EpochProgress.from_json(meta["progress"])
+        progress = _progress_from_json(meta["progress"])
         logging.info(
             "phase %s: resuming epoch %d at step %d (saved at a preemption request)",
             self.name,
             meta["epoch"],
-            progress.steps,
+            done_steps(progress),
         )
         return restored["state"], restored.get("aux"), progress
 
     def save_mid_epoch(
-        self, epoch: int, state: TrainState, progress: EpochProgress, aux: Any, steps: int
+        self, epoch: int, state: TrainState, progress: Progress, aux: Any, steps: int
     ) -> preemption.Preempted:
         """Saves the state in the middle of `epoch` (of `steps` steps) with its done part
         (the engine stopped the epoch at a preemption request); returns the `Preempted`
         to raise once every run of the phase is saved."""
-        step = self.step + progress.steps
-        meta = {"epoch": epoch, "progress": progress.to_json()}
+        done = done_steps(progress)
+        step = self.step + done
+        meta = {"epoch": epoch, "progress": _progress_to_json(progress)}
         checkpointer = self._mid_epoch_checkpointer(create=True)
         checkpointer.save(step, bundle(state, aux), meta)
         self.rundir.log(
@@ -151,16 +156,16 @@ class PhaseLog:
                 "event": "preempted",
                 "phase": self.name,
                 "epoch": epoch,
-                "step_in_epoch": progress.steps,
+                "step_in_epoch": done,
                 "step": step,
             }
         )
         return preemption.Preempted(
             self.name,
             epoch,
-            progress.steps,
+            done,
             f"stopped at a preemption request (SIGTERM) in phase {self.name!r}, epoch "
-            f"{epoch}/{self.epochs}, after step {progress.steps} of {steps}; saved "
+            f"{epoch}/{self.epochs}, after step {done} of {steps}; saved "
             f"{checkpointer.step_dir(step)}",
         )
 
@@ -262,9 +267,28 @@ def _check_meta(step: int, meta: dict) -> None:
 
 def _check_mid_epoch_meta(step: int, meta: dict) -> None:
     """Rejects metadata that is not what `stop_mid_epoch` saves."""
-    if not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("progress"), dict):
+    if not isinstance(meta.get("epoch"), int) or not isinstance(meta.get("progress"), dict | list):
         raise ValueError(f"metadata {meta!r} is not that of a mid-epoch checkpoint")
-    EpochProgress.from_json(meta["progress"])
+    _progress_from_json(meta["progress"])
+
+
+def done_steps(progress: Progress | None) -> int:
+    """The steps of the epoch a done part covers (0 for None)."""
+    if progress is None:
+        return 0
+    return progress.steps if isinstance(progress, EpochProgress) else progress[0].steps
+
+
+def _progress_to_json(progress: Progress):
+    if isinstance(progress, EpochProgress):
+        return progress.to_json()
+    return [p.to_json() for p in progress]
+
+
+def _progress_from_json(d) -> Progress:
+    if isinstance(d, list):
+        return [EpochProgress.from_json(p) for p in d]
+    return EpochProgress.from_json(d)
 
 
 def bundle(state: TrainState, aux: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Phases stop mid-epoch at a preemption request and resume exactly: members trained
 together (`train_phase_group`), each saving its done part, and a phase recording
-presentations (forgetting statistics), whose hook sees the uninterrupted epoch's."""
+presentations (forgetting statistics), whose hook sees the uninterrupted epoch's, and an
+ensemble trained as one phase by a resumable epoch function."""
 
 import itertools
 import os
@@ -127,6 +128,67 @@ def test_a_phase_recording_presentations_stops_mid_epoch_and_resumes_exactly(
     monkeypatch.undo()
     state, row, aux = phase(tmp_path / "stopped")
     np.testing.assert_array_equal(aux, want_aux)
+    for key in ("step", "loss", "accuracy", "lr"):
+        assert row[key] == want_row[key], key
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(host(x), host(y))
+
+
+class _Ensemble:
+    """An ensemble trained as one phase (as EL2N pretraining does): a resumable epoch
+    function whose done part is each member's."""
+
+    resumable = True
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __call__(self, states, data, keys, *, indices=None, desc="", resume=None, **kwargs):
+        kwargs.pop("record_presentations", None)
+        states, stats, _ = self.trainer.train_epoch_ensemble(
+            states, data, keys, desc=desc, resume=resume, **kwargs
+        )
+        progress = None if stats[0].progress is None else [s.progress for s in stats]
+        return states, stats[0]._replace(progress=progress), None
+
+
+def test_an_ensemble_phase_stops_mid_epoch_with_each_members_done_part(
+    trainer, tmp_path, monkeypatch
+):
+    train = make_synthetic(num_train=64, num_test=8, image_size=8, seed=0).train
+    data = trainer.put(train.images, train.labels)
+
+    def phase(path):
+        rundir = RunDir(str(path))
+        rundir.open({"name": "ensemble"})
+        states = trainer.stack(
+            [
+                trainer.init_state(
+                    jax.random.key(m),
+                    (8, 8, 3),
+                    CosineSchedule.create(0.05, 8),
+                    rng=jax.random.key(5 + m),
+                )
+                for m in range(2)
+            ]
+        )
+        keys = jnp.stack([jax.random.key(7), jax.random.key(8)])
+        try:
+            return train_phase(
+                "pretrain_ensemble", trainer, states, data, epochs=2, shuffle_key=keys,
+                rundir=rundir, evaluate_fn=None, eval_every=0, epoch_fn=_Ensemble(trainer),
+            )  # fmt: skip
+        finally:
+            rundir.close()
+
+    want, want_row, _ = phase(tmp_path / "uninterrupted")
+    count = itertools.count(1)
+    monkeypatch.setattr(preemption, "armed", lambda: True)
+    monkeypatch.setattr(preemption, "stop_requested", lambda: next(count) >= 6)  # epoch 2
+    with pytest.raises(preemption.Preempted, match=r"epoch 2/2, after step 2 of 4"):
+        phase(tmp_path / "stopped")
+    monkeypatch.undo()
+    state, row, _ = phase(tmp_path / "stopped")
     for key in ("step", "loss", "accuracy", "lr"):
         assert row[key] == want_row[key], key
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(want), strict=True):
