@@ -271,9 +271,23 @@ def _pretrain_ensemble(
         [rng.stream(seed, f"{_member_prefix(m)}/shuffle") for m in range(members)]
     )
 
-    def epoch_fn(states, data, keys, *, indices=None, desc="", record_presentations=False):
-        states, stats, _ = trainer.train_epoch_ensemble(states, data, keys, desc=desc)
+    def epoch_fn(
+        states,
+        data,
+        keys,
+        *,
+        indices=None,
+        desc="",
+        record_presentations=False,
+        resume=None,
+        preemptible=False,
+    ):
+        states, stats, _ = trainer.train_epoch_ensemble(
+            states, data, keys, desc=desc, resume=resume, preemptible=preemptible
+        )
         return states, _MeanStats(stats), None
+
+    epoch_fn.resumable = True  # stops mid-epoch at a preemption request, each member's part
 
     def hook(epoch, states, presentations, records):
         updated = [
@@ -309,6 +323,8 @@ class _MeanStats:
         self.lr, self.steps = stats[0].lr, stats[0].steps
         self.seconds, self.images_per_second = stats[0].seconds, stats[0].images_per_second
         self.extra = {"member_loss": [s.loss for s in stats]}
+        # A stopped epoch's done part, one per member (what the phase checkpoints).
+        self.progress = None if stats[0].progress is None else [s.progress for s in stats]
 
 
 def save_selection(path: str, selection: Selection, scores, info: dict) -> None:

@@ -7,7 +7,7 @@
 - `checkpoint`: per-epoch orbax checkpoints of a pytree with JSON metadata, falling back past
   a damaged newest one;
 - `phase`: a named, checkpointed, resumable training phase (`train_phase`,
-  `train_phase_group`).
+  `train_phase_group`); `phase_log`: one run's side of it (checkpoints, log rows).
 
 The method libraries (`jaxbd.attacks`, `select`, `prune`, `metrics`, ...) never import
 this package: they run in a user's own loop without a run directory.
