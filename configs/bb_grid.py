@@ -24,10 +24,10 @@ Run (resumable; `--config.sweep.shard=i --config.sweep.num_shards=n` for n jobs)
         --config.data.path=/path/to/cifar10
 
 The leaderboard: table_backdoorbench.md; the training-set detectors' precision and recall:
-table_detection.md (`jaxbd.pipeline.defense_report`).
+table_detection.md (`jaxbd.pipeline.grid.defense_report`).
 
 Expected wall time (`python scripts/project_grid.py --config configs/bb_grid.py
---images_per_s R`, how: `jaxbd.pipeline.grid_cost`): 54 cells (6 attacks × 3 methods × 3
+--images_per_s R`, how: `jaxbd.pipeline.grid.cost`): 54 cells (6 attacks × 3 methods × 3
 seeds) of 100 epochs, 18 shared 20-epoch pretraining runs and adv_clean_label's 10-epoch
 surrogates (5,850 epochs over 50,000 images), and 324 defense runs. At R = 22.4 images/s
 (this project's CPU, ResNet-18 width 64, BENCHMARKS.md) 3,627 hours of training and 902 of

@@ -19,7 +19,7 @@ Run (resumable; `--config.sweep.shard=i --config.sweep.num_shards=n` for n jobs)
 
 Writes table_defenses.md (the paper's table: remaining ASR · clean accuracy · η_Δ per attack
 × repair × r), table_backdoorbench.md, tradeoff_<attack>.png, heatmap_<r>.png and the rest
-(`jaxbd.pipeline.defense_report`). Detectors are a further axis
+(`jaxbd.pipeline.grid.defense_report`). Detectors are a further axis
 (`--config.sweep.detectors='("strip","cti")'`; not counted in the wall time below).
 
 Expected wall time: 15 cells (5 attacks × 3 seeds) of 50 epochs over 50,000 images, plus

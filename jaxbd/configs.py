@@ -45,8 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     """The reference study's settings: CIFAR-10, 2% BadNets, ResNet-18, 50 epochs.
 
     Each section holds the defaults of the settings dataclass it becomes
-    (`jaxbd.pipeline.config.ExperimentSettings`), where every field is documented; the
-    methods are defined in docs/methods.md.
+    (`jaxbd.pipeline.stages.experiment_settings.ExperimentSettings`), where every field is
+    documented; the methods are defined in docs/methods.md.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0  # Every random stream (poison, init, shuffle, augment) derives from it.

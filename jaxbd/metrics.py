@@ -276,7 +276,7 @@ def backdoor_metrics(
     fixed-shape batches: it is jitted once here for one batch shape
     `[min(batch_size, M), H, W, 3]` and the last batch is padded with zero images (their
     predictions are dropped), so one evaluation compiles once. The figures are those of
-    `jaxbd.pipeline.evaluate.evaluate`, for a model outside the `Trainer` (your own
+    `jaxbd.pipeline.stages.test_metrics.evaluate`, for a model outside the `Trainer` (your own
     flax/optax loop).
 
     Args:

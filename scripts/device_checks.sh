@@ -16,7 +16,7 @@
 #   5. a reduced configs/pyp_grid.py (Pick your Poison's grid: 1 attack, 1 seed, 2 epochs
 #      over 50,000 CIFAR-shaped synthetic images, the five repairs at r = 1% with 100 tuning
 #      steps), its wall time, and the full grid's wall time projected from it
-#      (scripts/project_grid.py --reduced; jaxbd.pipeline.grid_cost says how). About 4
+#      (scripts/project_grid.py --reduced; jaxbd.pipeline.grid.cost says how). About 4
 #      minutes: with it the script needs about 15 minutes, so run it in a session of its own
 #      if the others' budget is tight (ONLY=pyp_grid bash scripts/device_checks.sh).
 #   6. Optional, in a session of its own (ONLY=zoo_scale; skipped otherwise): Calibrated

@@ -16,7 +16,7 @@ from absl import app
 from ml_collections import config_flags
 
 from jaxbd import cli
-from jaxbd.pipeline import evaluation
+from jaxbd.pipeline import evaluate as evaluation
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _CONFIG = config_flags.DEFINE_config_file(

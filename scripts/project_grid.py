@@ -7,7 +7,7 @@
     python scripts/project_grid.py --config configs/pyp_grid.py --images_per_s 22.4
 
 Prints the grid's work (cells, epochs over the training set, defense runs) and one JSON line
-with the projected seconds (`jaxbd.pipeline.grid_cost` says how each is estimated). Config
+with the projected seconds (`jaxbd.pipeline.grid.cost` says how each is estimated). Config
 overrides work as for scripts/sweep.py (`--config.sweep.seeds=(0,1)`).
 """
 
@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxbd import cli
-from jaxbd.pipeline import grid_cost
+from jaxbd.pipeline.grid import cost as grid_cost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The full grid's config file.")
 _REDUCED = flags.DEFINE_string("reduced", None, "A finished reduced grid directory.")

@@ -101,7 +101,7 @@ def main(argv=None) -> None:
 
 def _grid_report(workdir: str) -> None:
     from jaxbd import cli
-    from jaxbd.pipeline import defense_report, sweep
+    from jaxbd.pipeline.grid import defense_report, sweep
 
     cli.run_or_exit(
         lambda: sweep.report_only(workdir),

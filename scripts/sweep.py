@@ -14,7 +14,8 @@ cells and defense runs and resumes an interrupted one; new axis entries run only
 `--config.sweep.seeds_together=5` trains each method's seeds as one vmap-batched model
 (default 1, one at a time). `--config.sweep.shard=i --config.sweep.num_shards=n` runs job i's
 share of the grid, so n jobs (e.g. a SLURM job array) fill one directory; the last to finish
-writes the report, or `python scripts/summarize.py --grid WORKDIR` does (`jaxbd.pipeline.sweep`).
+writes the report, or `python scripts/summarize.py --grid WORKDIR` does
+(`jaxbd.pipeline.grid.sweep`).
 """
 
 import os
@@ -23,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxbd import cli
-from jaxbd.pipeline import defense_report, sweep
+from jaxbd.pipeline.grid import defense_report, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file (with `sweep`).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Grid directory (default: runs/<config name>).")

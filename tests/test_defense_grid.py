@@ -18,8 +18,11 @@ from conftest import tiny_config
 from jaxbd import runs
 from jaxbd.configs import sweep_section
 from jaxbd.defenses import tuning
-from jaxbd.pipeline import defense_report, engine, experiment, grid, grid_cost, sweep
-from jaxbd.pipeline import source as source_lib
+from jaxbd.pipeline import experiment, grid
+from jaxbd.pipeline.grid import cost as grid_cost
+from jaxbd.pipeline.grid import defense_report, sweep
+from jaxbd.pipeline.stages import engine
+from jaxbd.pipeline.stages import source as source_lib
 from jaxbd.settings import ConfigError
 from jaxbd.train import Trainer
 

@@ -311,7 +311,7 @@ def trained_tiny_model():
 
 def test_backdoor_metrics_equals_the_pipelines_evaluate(trained_tiny_model):
     from jaxbd import attacks
-    from jaxbd.pipeline.evaluate import make_evaluate_fn
+    from jaxbd.pipeline.stages.test_metrics import make_evaluate_fn
     from jaxbd.train import make_predict_step
 
     trainer, state, test, attack, model, mean, std = trained_tiny_model

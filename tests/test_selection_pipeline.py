@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import read_rows, tiny_config
 
-from jaxbd.pipeline import arms, experiment
-from jaxbd.pipeline import selection as pipeline
+from jaxbd.pipeline import experiment
+from jaxbd.pipeline.stages import arms
+from jaxbd.pipeline.stages import selection as pipeline
 
 
 def select_config(method, **overrides):

@@ -8,7 +8,8 @@ import shutil
 import pytest
 from conftest import tiny_config
 
-from jaxbd.pipeline import experiment, report, sweep
+from jaxbd.pipeline import experiment
+from jaxbd.pipeline.grid import report, sweep
 from jaxbd.runs import RunDirError
 
 

@@ -1,17 +1,15 @@
 """Pipelines: configurations in, run directories out, built from reusable stages.
 
-The stages, in the order the experiment pipeline runs them:
+- `stages/`: what the pipelines share (validated settings, the engine, a source run read
+  back, data and attack setup, test metrics, selection, the dense and pruned arms, the
+  summary);
+- the pipelines behind the scripts: `experiment` (`scripts/train.py`), `defend`
+  (`scripts/defend.py`), `detect` with `detect_figures` (`scripts/detect.py`), `evaluate`
+  (`scripts/evaluate.py`), `zoo` (`scripts/zoo.py`), and `defaults`, the configuration
+  defaults of each;
+- `grid/`: a study of many runs (`scripts/sweep.py`): its axes, each run's configuration,
+  what makes two invocations the same grid, the sweep that runs it, its cost, and its
+  reports and figures.
 
-- `config`: the configuration as validated settings, section by section;
-- `engine`: the compiled `Trainer` for the model, mesh and optimizer (reused in-process);
-- `setup`: data → attack (training a surrogate if it needs one) → poisoned training set →
-  triggered test set;
-- `evaluate`: clean accuracy, ASR and robust accuracy of a state;
-- `selection`: pretraining, scoring and the coreset;
-- `arms`: the dense arm and the pruned arm (IMP with rewinding);
-- `summary`: `summary.json`.
-
-`experiment` composes them (`scripts/train.py`); `sweep` runs a grid of experiments and
-`report` tabulates it (`scripts/sweep.py`). A new pipeline (defending or evaluating a
-trained run) reuses `config`, `engine`, `setup` and `evaluate` rather than copying them.
+A new pipeline reuses the stages rather than copying them (docs/architecture.md).
 """

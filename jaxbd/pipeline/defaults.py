@@ -119,7 +119,7 @@ def evaluate_config() -> ml_collections.ConfigDict:
 
 
 def sweep_section(**fields) -> ml_collections.ConfigDict:
-    """The `sweep` section of a grid config (`scripts/sweep.py`, `jaxbd.pipeline.sweep`):
+    """The `sweep` section of a grid config (`scripts/sweep.py`, `jaxbd.pipeline.grid.sweep`):
     the grid's axes, how its defenses run, and which share of it this job runs.
 
     A grid config is an experiment config (`jaxbd.configs.base_config`) with this section.

@@ -35,9 +35,9 @@ from jaxbd.defenses.base import RepairContext
 from jaxbd.defenses.registry import make_repair
 from jaxbd.files import write_jsonl
 from jaxbd.metrics import robust_improvement_rate  # noqa: F401 (its old home)
-from jaxbd.pipeline import engine
-from jaxbd.pipeline import source as source_lib
-from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.stages import engine
+from jaxbd.pipeline.stages import source as source_lib
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.settings import ConfigError, from_config
 from jaxbd.types import jsonable

@@ -3,12 +3,12 @@
 `run(config, workdir)` is what `scripts/detect.py` calls (`configs/detect.py`):
 
 1. the source (a finished `scripts/train.py` run — its dense or pruned model — or a finished
-   `scripts/defend.py` run) is read back (`jaxbd.pipeline.source`) and its poisoned training
+   `scripts/defend.py` run) is read back (`jaxbd.pipeline.stages.source`) and its poisoned training
    set and triggered test set rebuilt from the same streams; the source is never written;
 2. the defender's data: the clean subset `scripts/defend.py` draws too ("defender" stream);
 3. the detector named by `config.detector.name` (a key of `jaxbd.defenses.DETECTORS`) runs
    on a `DetectorContext`; an input detector judges the clean and the triggered test
-   images, and the pipeline adds its FRR, FAR and ROC AUC (`pipeline.detectors`);
+   images, and the pipeline adds its FRR, FAR and ROC AUC (`pipeline.detect_figures`);
 4. `summary.json` (with the examined model's test metrics, `model_test`, for the report),
    `scores.npz`, figures, `config.json`, `metrics.jsonl`.
 
@@ -34,10 +34,7 @@ from jaxbd import defenses, rng, runs
 from jaxbd.data import augment
 from jaxbd.defenses.base import Variables
 from jaxbd.files import write_npz
-from jaxbd.pipeline import engine
-from jaxbd.pipeline import source as source_lib
-from jaxbd.pipeline.config import ExperimentSettings
-from jaxbd.pipeline.detectors import (
+from jaxbd.pipeline.detect_figures import (
     DETECTORS,
     Detection,
     Detector,
@@ -46,6 +43,9 @@ from jaxbd.pipeline.detectors import (
     settings_config,
     with_test_figures,
 )
+from jaxbd.pipeline.stages import engine
+from jaxbd.pipeline.stages import source as source_lib
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.settings import ConfigError, from_config
 from jaxbd.train import Trainer
 from jaxbd.types import jsonable

@@ -5,7 +5,7 @@ select → train dense and pruned arms → summary.json.
 call into a stage module of `jaxbd.pipeline`, and every random choice comes from its own
 named stream of the seed (`jaxbd.rng.stream`). `run_group(configs, workdirs)` runs
 replicate seeds of one experiment with their training phases batched into one model (what
-`jaxbd.pipeline.sweep` uses); `run` is a group of one.
+`jaxbd.pipeline.grid.sweep` uses); `run` is a group of one.
 
 Training runs in named *phases* ("surrogate" for an attack that needs one, "pretrain" and
 "pretrain_<m>" for selection, "dense" on the selection, "imp_rewind", "imp_round<r>" and
@@ -27,11 +27,11 @@ import numpy as np
 from absl import logging
 
 from jaxbd import attacks, runs, select
-from jaxbd.pipeline import arms, engine, setup
-from jaxbd.pipeline.config import ExperimentSettings
-from jaxbd.pipeline.evaluate import make_evaluate_fn
-from jaxbd.pipeline.selection import run_selection
-from jaxbd.pipeline.summary import write_summary
+from jaxbd.pipeline.stages import arms, engine, setup
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
+from jaxbd.pipeline.stages.selection import run_selection
+from jaxbd.pipeline.stages.summary import write_summary
+from jaxbd.pipeline.stages.test_metrics import make_evaluate_fn
 from jaxbd.settings import ConfigError
 
 __all__ = ["ConfigError", "ExperimentSettings", "run", "run_group", "validate_config"]

@@ -12,10 +12,11 @@ For a user's own optimizer, chained last:
     params = optax.apply_updates(params, updates)              # pruned weights are 0.0
 
 At a pruned coordinate the update is −params, so `params + update` is exactly 0; elsewhere
-the update passes through unchanged. The mask lives in the transform's *state*, not in its closure: a new mask is new data for a
-jitted step that takes `opt_state` as an argument, never a new trace. Build the new state
-with `keep_pruned(new_mask).init(params)` (the update functions do not depend on the mask,
-so the step compiled for the first transform serves any), or swap the mask into an existing
+the update passes through unchanged. The mask lives in the transform's *state*, not in its
+closure: a new mask is new data for a jitted step that takes `opt_state` as an argument,
+never a new trace. Build the new state with `keep_pruned(new_mask).init(params)` (the
+update functions do not depend on the mask, so the step compiled for the first transform
+serves any), or swap the mask into an existing
 state with `replace_mask`, keeping the momentum.
 """
 

@@ -8,7 +8,7 @@ do not flag.
 `SELECTION_METHODS` (`jaxbd.select.registry`) maps each method's name (`config.select.name`)
 to its `Method`: the library function (`SELECTORS`) and what it needs (a pretraining run,
 scores over epochs, the final model's features, ...), which is all that
-`jaxbd.pipeline.selection.run_selection` and `SelectSettings` dispatch on. The table of
+`jaxbd.pipeline.stages.selection.run_selection` and `SelectSettings` dispatch on. The table of
 methods and inputs, and how to add one: docs/selection.md.
 """
 

@@ -4,7 +4,7 @@ A method is one module holding its library function and a `Method` that declares
 (a pretraining run, an ensemble of them, statistics recorded during it, the final model's
 outputs, which sub-section of `config.select` it reads) and adapts the pipeline's `Inputs`
 to the library function; `jaxbd.select.registry` lists them. The pipeline
-(`jaxbd.pipeline.selection`) and the settings (`SelectSettings`) dispatch by these
+(`jaxbd.pipeline.stages.selection`) and the settings (`SelectSettings`) dispatch by these
 declarations alone, never by a method's name.
 """
 

@@ -12,7 +12,9 @@ from conftest import tiny_config
 from jaxbd import defenses, runs
 from jaxbd.configs import defend_config, evaluate_config
 from jaxbd.data import DataSplits
-from jaxbd.pipeline import defend, evaluation, experiment, setup
+from jaxbd.pipeline import defend, experiment
+from jaxbd.pipeline import evaluate as evaluation
+from jaxbd.pipeline.stages import setup
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.settings import ConfigError
 

@@ -16,7 +16,9 @@ from jaxbd import defenses, runs
 from jaxbd.configs import detect_config
 from jaxbd.data import DataSplits
 from jaxbd.defenses import strip
-from jaxbd.pipeline import detect, detectors, experiment, setup
+from jaxbd.pipeline import detect, experiment
+from jaxbd.pipeline import detect_figures as detectors
+from jaxbd.pipeline.stages import setup
 from jaxbd.settings import ConfigError, require
 
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import tiny_config
 
 from jaxbd import cli
-from jaxbd.pipeline import engine, experiment
+from jaxbd.pipeline import experiment
+from jaxbd.pipeline.stages import engine
 from jaxbd.runs import RunDir, train_phase
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.train import EpochStats, preemption

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxbd import cli
-from jaxbd.pipeline import engine
+from jaxbd.pipeline.stages import engine
 from jaxbd.settings import ConfigError, from_config
 from jaxbd.train import EpochProgress, distributed, make_mesh, put, replicated
 from jaxbd.train.settings import RuntimeSettings

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbd.pipeline import engine, experiment
+from jaxbd.pipeline import experiment
+from jaxbd.pipeline.stages import engine
 from jaxbd.runs.checkpoint import Checkpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh
 
-from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.settings import ConfigError
 from jaxbd.train import Trainer, make_mesh
 

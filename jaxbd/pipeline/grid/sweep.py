@@ -4,7 +4,7 @@ defense × defender budget applied to each model.
 `run(config, workdir)` (what `scripts/sweep.py` calls) runs every cell of the grid
 (`jaxbd.pipeline.grid`) as `jaxbd.pipeline.experiment.run_group`, then each of the cell's
 defense runs (`jaxbd.pipeline.defend.run`) and detection runs (`jaxbd.pipeline.detect.run`),
-and writes the grid's report (`jaxbd.pipeline.report`, `jaxbd.pipeline.defense_report`).
+and writes the grid's report (`jaxbd.pipeline.grid.report`, `jaxbd.pipeline.grid.defense_report`).
 
 - Nothing is recomputed: a finished run (its `summary.json` exists) is read, an
   interrupted one resumes; adding axis entries runs only what is new.
@@ -30,9 +30,11 @@ import ml_collections
 from absl import logging
 
 from jaxbd import runs
-from jaxbd.pipeline import defend, defense_report, detect, experiment, grid, report, setup
-from jaxbd.pipeline import source as source_lib
-from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline import defend, detect, experiment, grid
+from jaxbd.pipeline.grid import defense_report, report
+from jaxbd.pipeline.stages import setup
+from jaxbd.pipeline.stages import source as source_lib
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.runs.rundir import SUMMARY_FILE
 
 SWEEP_FILE = grid.SWEEP_FILE

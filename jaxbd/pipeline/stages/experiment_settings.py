@@ -5,7 +5,7 @@
 itself next to its defaults (`DataSettings`, `AttackSettings`, `SelectSettings`,
 `IMPSettings`, `ModelSettings`, `TrainSettings`, `RuntimeSettings`) — and checks what spans
 sections. Checks that need the data (the target class against the class count, batch sizes
-against the training set) are the setup stage's (`jaxbd.pipeline.setup.check`).
+against the training set) are the setup stage's (`jaxbd.pipeline.stages.setup.check`).
 """
 
 from __future__ import annotations

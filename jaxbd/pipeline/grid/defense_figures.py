@@ -1,5 +1,5 @@
 """The defense grid's figures (matplotlib, `pip install -e ".[plot]"`), drawn by
-`jaxbd.pipeline.defense_report.write` from what `defense_report.collect` read.
+`jaxbd.pipeline.grid.defense_report.write` from what `defense_report.collect` read.
 
 - `tradeoff_<attack>[_<method>].png`: per attack (× selection method), one panel per
   defender budget with every defense's trade-off curve — test clean accuracy against ASR,
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from jaxbd.pipeline import grid as grid_lib
-from jaxbd.pipeline.defense_report import column_label, row_label
+from jaxbd.pipeline.grid.defense_report import column_label, row_label
 
 
 def draw(workdir: str, g: grid_lib.Grid, found: dict[str, Any], *, delta: float) -> list[str]:

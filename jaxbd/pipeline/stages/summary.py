@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbd import select
-from jaxbd.pipeline.arms import Cell
+from jaxbd.pipeline.stages.arms import Cell
 
 
 def write_summary(cell: Cell, trained_together: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from jaxbd import runs
 from jaxbd.pipeline.defaults import sweep_section
-from jaxbd.pipeline.grid_axes import parse_defense
+from jaxbd.pipeline.grid.axes import parse_defense
 from jaxbd.settings import ConfigError
 
 AXES = (

@@ -23,7 +23,7 @@ import ml_collections
 
 from jaxbd import attacks
 from jaxbd.pipeline import grid as grid_lib
-from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.runs.rundir import METRICS_FILE, SUMMARY_FILE
 from jaxbd.settings import ConfigError
 

@@ -12,7 +12,7 @@ returned, with the defense's own source run's settings).
 `rebuild(source, rundir=...)` turns a source into what every defense or detector of its model
 uses (`Rebuilt`): the data loaded and poisoned again by the setup stage, the model restored,
 the test sets on the devices. A grid builds it once per trained model and hands it to each
-of that model's defenses (`jaxbd.pipeline.sweep`), so they share the data on the devices and
+of that model's defenses (`jaxbd.pipeline.grid.sweep`), so they share the data on the devices and
 the compiled functions of one engine instead of rebuilding them per defense.
 """
 
@@ -28,9 +28,9 @@ import ml_collections
 
 from jaxbd.data import DataSplits
 from jaxbd.defenses.base import Variables, copy_tree
-from jaxbd.pipeline import engine, setup
-from jaxbd.pipeline.config import ExperimentSettings
-from jaxbd.pipeline.evaluate import EvaluateFn, evaluate
+from jaxbd.pipeline.stages import engine, setup
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
+from jaxbd.pipeline.stages.test_metrics import EvaluateFn, evaluate
 from jaxbd.runs.checkpoint import Checkpointer
 from jaxbd.runs.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir
 from jaxbd.settings import ConfigError

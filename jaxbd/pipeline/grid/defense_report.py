@@ -1,6 +1,6 @@
 """The defense grid's report: what each defense leaves of each attack, and at what cost.
 
-Written by `jaxbd.pipeline.sweep` from the finished runs on disk (`collect`), so every job of
+Written by `jaxbd.pipeline.grid.sweep` from the finished runs on disk (`collect`), so every job of
 a sharded grid, and `scripts/summarize.py --grid`, writes the same report. All figures are
 percentages of the test set (ASR excludes target-class images); aggregates are mean ± sample
 std (ddof = 1) over seeds with n (docs/metrics.md).
@@ -9,7 +9,7 @@ The files (`write` says what each holds): `defense_results.csv`, one row per def
 `table_defenses.md` / `.csv`, Pick your Poison's table (remaining ASR per attack × defense ×
 budget); `table_backdoorbench.md`, BackdoorBench's leaderboard layout; `table_detection.md`
 and `detection_results.csv`, selection methods read as poison detectors and the detectors'
-results; the figures of `jaxbd.pipeline.defense_figures`.
+results; the figures of `jaxbd.pipeline.grid.defense_figures`.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def write(
       the model trained on what it kept; each detector's result on each attack's models per
       budget (STRIP: ROC AUC, FRR and FAR on the test set; a model-level detector: its score and
       how many models it flagged); `detection_results.csv`, one row per detection run.
-    - figures (`jaxbd.pipeline.defense_figures`): per attack, every defense's trade-off curve
+    - figures (`jaxbd.pipeline.grid.defense_figures`): per attack, every defense's trade-off curve
       (`tradeoff_<attack>[_<method>].png`, one panel per budget, the Δ band marked) and per
       budget a heat map of remaining ASR, attacks × defenses (`heatmap_<budget>.png`).
 
@@ -208,7 +208,7 @@ def write(
             logging.warning("matplotlib is not installed (pip install -e '.[plot]'): no figures")
             return written
         matplotlib.use("Agg")
-        from jaxbd.pipeline import defense_figures
+        from jaxbd.pipeline.grid import defense_figures
 
         written += defense_figures.draw(workdir, g, found, delta=delta)
     return written

@@ -17,7 +17,7 @@ from jaxbd import attacks, defenses
 from jaxbd.defenses.registry import hparams_config, make_repair
 from jaxbd.pipeline import defaults
 from jaxbd.pipeline.detect import DETECTORS
-from jaxbd.pipeline.grid_axes import FULL, Budget, Cell, Defense, Grid
+from jaxbd.pipeline.grid.axes import FULL, Budget, Cell, Defense, Grid
 from jaxbd.settings import ConfigError, from_config
 
 

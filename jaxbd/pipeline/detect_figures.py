@@ -18,7 +18,7 @@ from jaxbd.defenses.detectors import (
     Detector,
     DetectorContext,
 )
-from jaxbd.pipeline import setup
+from jaxbd.pipeline.stages import setup
 from jaxbd.settings import config_section
 
 __all__ = [

@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 
 from jaxbd import rng
-from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.runs import RunDir, fingerprint, identity, train_phase, write_json_atomic
 from jaxbd.select import forgetting as forgetting_lib
 from jaxbd.select.base import Selection, make_selection

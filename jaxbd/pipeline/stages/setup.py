@@ -29,7 +29,7 @@ from absl import logging
 
 from jaxbd import attacks, rng
 from jaxbd.data import DataSplits, load_dataset
-from jaxbd.pipeline.config import ExperimentSettings
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
 from jaxbd.runs import RunDir, train_phase
 from jaxbd.select import num_to_select
 from jaxbd.select import registry as select_registry

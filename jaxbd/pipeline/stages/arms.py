@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 import jax
 
 from jaxbd import prune, rng, select
-from jaxbd.pipeline.config import ExperimentSettings
-from jaxbd.pipeline.evaluate import EvaluateFn
-from jaxbd.pipeline.setup import Setup
+from jaxbd.pipeline.stages.experiment_settings import ExperimentSettings
+from jaxbd.pipeline.stages.setup import Setup
+from jaxbd.pipeline.stages.test_metrics import EvaluateFn
 from jaxbd.runs import RunDir, train_phase_group
 from jaxbd.train import CosineSchedule, DeviceData, Trainer, TrainState
 

@@ -1,17 +1,17 @@
 """What a grid is: its axes, its cells and defense runs, where each lives, and what makes two
-invocations the same grid. `jaxbd.pipeline.sweep` runs it; `jaxbd.pipeline.defense_report`
+invocations the same grid. `jaxbd.pipeline.grid.sweep` runs it; `jaxbd.pipeline.grid.defense_report`
 tabulates it.
 
 A grid config is an experiment config with a `sweep` section
 (`jaxbd.pipeline.defaults.sweep_section`). `validate` checks it whole before any work and
 returns the `Grid`; the pieces live by concept and are re-exported here:
 
-- `jaxbd.pipeline.grid_axes`: the axes and cells (`Cell`, `Defense`, `Budget`, `Grid`: the
+- `jaxbd.pipeline.grid.axes`: the axes and cells (`Cell`, `Defense`, `Budget`, `Grid`: the
   order of the runs, this job's share, the directories);
-- `jaxbd.pipeline.grid_runs`: the configuration of each cell's experiment, defense run and
+- `jaxbd.pipeline.grid.run_configs`: the configuration of each cell's experiment, defense run and
   detection run (`jaxbd.pipeline.detect.DETECTORS`: STRIP, Neural Cleanse, CTI), in
   `<cell>/defenses/<defense>/<budget>` and `<cell>/detections/<detector>/<budget>`;
-- `jaxbd.pipeline.grid_identity`: what makes two invocations the same grid (`differences`).
+- `jaxbd.pipeline.grid.identity`: what makes two invocations the same grid (`differences`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import ml_collections
 from jaxbd import attacks, select
 from jaxbd.pipeline import experiment
 from jaxbd.pipeline.detect import DETECTORS
-from jaxbd.pipeline.grid_axes import (
+from jaxbd.pipeline.grid.axes import (
     FULL,
     NO_DATA,
     Budget,
@@ -31,8 +31,8 @@ from jaxbd.pipeline.grid_axes import (
     parse_budget,
     parse_defense,
 )
-from jaxbd.pipeline.grid_identity import AXES, SWEEP_EXECUTION, complete, differences
-from jaxbd.pipeline.grid_runs import (
+from jaxbd.pipeline.grid.identity import AXES, SWEEP_EXECUTION, complete, differences
+from jaxbd.pipeline.grid.run_configs import (
     cell_config,
     check_defender_sizes,
     defense_config,

@@ -1,9 +1,9 @@
 """The grid's report: one CSV row per cell, the study's table, plots.
 
-Written by `jaxbd.pipeline.sweep.run` after every cell (plots at the end), and usable on its own:
-`write(workdir, rows)` with rows from `cell_row(method, seed, summary)`. A grid with several
-attacks has a line per attack and method (labelled `attack / method`); the defenses' tables
-are `jaxbd.pipeline.defense_report`'s.
+Written by `jaxbd.pipeline.grid.sweep.run` after every cell (plots at the end), and usable
+on its own: `write(workdir, rows)` with rows from `cell_row(method, seed, summary)`. A grid
+with several attacks has a line per attack and method (labelled `attack / method`); the
+defenses' tables are `jaxbd.pipeline.grid.defense_report`'s.
 
 - `results.csv`: one row per (attack, method, seed) with the selection report, dense and pruned
   metrics, sparsity and timings (`COLUMNS`).
