@@ -278,24 +278,8 @@ class Trainer:
         order = epoch_order(key, num, steps, self.batch_size)
         if indices is not None:
             order = jnp.asarray(self.global_value(indices), jnp.int32)[order]
-        steps_fn = self.compiled_steps(variant)
-        ran = loop.run_calls(
-            state,
-            loop.chunked(
-                steps_fn,
-                data,
-                order,
-                start=done,
-                stop=steps,
-                chunk=chunk,
-                tail=(update_mask, extra),
-            ),
-            total=steps,
-            initial=done,
-            desc=desc,
-            progress=self.progress,
-            images_per_step=self.batch_size,
-            preemptible=preemptible,
+        ran = self._run_rows(
+            state, data, order, done, steps, chunk, variant, update_mask, extra, desc, preemptible
         )
         keep = ran.stopped and record_presentations
         progress = stats_lib.progress_of(resume, ran.outs, ran.done, presented=keep)
@@ -365,24 +349,8 @@ class Trainer:
         offset = start - first_epoch * spe
         rows = jnp.concatenate(orders)[offset : offset + steps]
         chunk = loop.chunk_size(steps, done, self.steps_per_call)
-        steps_fn = self.compiled_steps(variant)
-        ran = loop.run_calls(
-            state,
-            loop.chunked(
-                steps_fn,
-                data,
-                rows,
-                start=done,
-                stop=steps,
-                chunk=chunk,
-                tail=(update_mask, extra),
-            ),
-            total=steps,
-            initial=done,
-            desc=desc,
-            progress=self.progress,
-            images_per_step=self.batch_size,
-            preemptible=preemptible,
+        ran = self._run_rows(
+            state, data, rows, done, steps, chunk, variant, update_mask, extra, desc, preemptible
         )
         stats = stats_lib.step_stats(
             ran.outs, ran.done, ran.done - done, ran.started, self.batch_size, resume
@@ -391,6 +359,31 @@ class Trainer:
             progress = stats_lib.progress_of(resume, ran.outs, ran.done)
             return ran.state, stats._replace(progress=progress)
         return ran.state, stats
+
+    def _run_rows(
+        self, state, data, rows, start, stop, chunk, variant, update_mask, extra, desc, preemptible
+    ) -> loop.Ran:
+        """Steps `start .. stop - 1` of `rows` (one entry per step) through the one loop, in
+        calls of `chunk` steps of `variant`'s compiled function."""
+        calls = loop.chunked(
+            self.compiled_steps(variant),
+            data,
+            rows,
+            start=start,
+            stop=stop,
+            chunk=chunk,
+            tail=(update_mask, extra),
+        )
+        return loop.run_calls(
+            state,
+            calls,
+            total=stop,
+            initial=start,
+            desc=desc,
+            progress=self.progress,
+            images_per_step=self.batch_size,
+            preemptible=preemptible,
+        )
 
     def _steps_of(self, num: int) -> int:
         """`steps_per_epoch(num)`, which must be at least one."""
