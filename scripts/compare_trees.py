@@ -259,7 +259,7 @@ def _run(tree: str, case: str, out: str) -> str:
     os.makedirs(out, exist_ok=True)
     start = time.monotonic()
     with open(log_path, "a") as log:
-        log.write(header + "\n")
+        log.write(f"{header}\n# {tree} at {_describe(tree)}\n")
         log.flush()
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tree)
     seconds = time.monotonic() - start
@@ -411,6 +411,8 @@ def write_report(path: str, args, rows: list[tuple], failed: list[str]) -> None:
         "",
         f"- old tree `{args.old}`: {_describe(args.old)}",
         f"- new tree `{args.new}`: {_describe(args.new)}",
+        "- commits as at the report's writing (each run's log records its tree's state when "
+        "it started)",
         f"- runs under `{args.out}` (old/, new/); seconds: each side's run of the case "
         "(n/a: reused from an earlier invocation that did not record it)",
         "",
