@@ -51,7 +51,7 @@ CURVE_PLOT = "curve.png"
 
 @dataclasses.dataclass(frozen=True)
 class DefendSettings:
-    """A defense run's settings (validated; see `jaxbd.configs.defend_config`)."""
+    """A defense run's settings (validated; see `jaxbd.pipeline.defaults.defend_config`)."""
 
     source: str
     source_arm: str
@@ -137,7 +137,7 @@ def run(
     """Runs (or resumes) one defense of a finished run and returns its summary.
 
     Args:
-        config: a defense configuration (see `jaxbd.configs.defend_config`).
+        config: a defense configuration (see `jaxbd.pipeline.defaults.defend_config`).
         workdir: where the defense writes (default `default_workdir(config)`); created if
             missing, resumed if it holds an unfinished defense of the same configuration,
             refused if finished or different.

@@ -87,7 +87,7 @@ PIPELINE_KEYS = (
 
 @dataclasses.dataclass(frozen=True)
 class DetectSettings:
-    """A detection run's settings (validated; see `jaxbd.configs.detect_config`)."""
+    """A detection run's settings (validated; see `jaxbd.pipeline.defaults.detect_config`)."""
 
     source: source_lib.Source
     seed: int
@@ -153,7 +153,7 @@ def run(
     """Runs one detector on a finished run's model and returns its summary.
 
     Args:
-        config: a detection configuration (see `jaxbd.configs.detect_config`).
+        config: a detection configuration (see `jaxbd.pipeline.defaults.detect_config`).
         workdir: where the detection writes (default `default_workdir(config)`); created if
             missing; an unfinished detection of the same configuration is redone (detectors
             are fast; `summary.json` marks a finished one), a finished or different one is
