@@ -1,5 +1,5 @@
 """Files a reader can hold: no module in jaxbd/ over 500 lines, module docstrings of at most
-20 lines (the paper-to-code essays live in docs/)."""
+20 lines (the paper-to-code essays live in docs/), a README of at most 250 lines."""
 
 import ast
 import pathlib
@@ -17,3 +17,8 @@ def test_module_is_short_with_a_short_docstring(path):
     doc = ast.get_docstring(ast.parse(source), clean=False)
     assert doc, f"{path.name} has no module docstring"
     assert len(doc.splitlines()) <= 20, f"{path.name}: a {len(doc.splitlines())}-line docstring"
+
+
+def test_the_readme_is_a_front_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md: {len(lines)} lines; long tables belong in docs/"
