@@ -109,6 +109,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_the_interrupted_grid_resumes_without_retraining(finished):
     workdir, rows, first, resumed = finished
     g = grid.validate(grid_config())
@@ -144,6 +145,7 @@ def _rows(path):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_every_table_and_figure(finished):
     workdir, _, _, _ = finished
     g = grid.validate(grid_config())
@@ -199,6 +201,7 @@ def test_every_table_and_figure(finished):
     assert not os.path.exists(os.path.join(workdir, defense_report.DETECTION_TABLE))
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_a_defense_added_to_a_finished_grid_trains_no_attacked_model(finished, tmp_path):
     workdir, _, _, _ = finished
     copy = str(tmp_path / "g")
@@ -223,6 +226,7 @@ def test_a_defense_added_to_a_finished_grid_trains_no_attacked_model(finished, t
     assert "finetune@lr=0.01 r=25%" in header and "finetune@lr=0.01 r=50%" in header
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_a_detector_added_to_a_finished_grid_runs_only_detections(finished, tmp_path):
     workdir, _, _, _ = finished
     copy = str(tmp_path / "g")
@@ -247,6 +251,7 @@ def test_a_detector_added_to_a_finished_grid_runs_only_detections(finished, tmp_
     assert line.split(" | ")[1].startswith(f"AUC {auc.mean():.3f} ± {auc.std(ddof=1):.3f} · FRR")
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_another_grid_is_refused(finished):
     workdir, _, _, _ = finished
     changed = grid_config()
@@ -321,6 +326,7 @@ def test_defense_runs_and_shares():
             }
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_a_shard_job_of_a_finished_grid_writes_the_report(finished, tmp_path, monkeypatch):
     workdir, _, _, _ = finished
     copy = str(tmp_path / "g")
@@ -375,6 +381,7 @@ def holding(path):
         thread.join()
 
 
+@pytest.mark.slow  # the grid: 4 cells, 16 defense runs, resumed; .ci/run runs it
 def test_the_projection_of_a_grid_from_itself(finished):
     workdir, _, _, _ = finished
     config = grid_config()
@@ -398,13 +405,26 @@ def test_the_projection_of_a_grid_from_itself(finished):
     assert extra == pytest.approx(4 * 3 * projected["epoch_s"])
 
 
-def test_the_study_configs_count_what_their_docstrings_say():
+def test_the_study_configs_count_the_studies_work():
+    # The studies' sizes (their docstrings' figures), and the same from the grids' axes:
+    # every cell trains its epochs, adv_clean_label's cells a surrogate too, a selection
+    # method's (attack, seed) one pretraining run; every cell gets each repair at each budget.
     for name, expected in (("pyp_grid", (15, 780, 225)), ("bb_grid", (54, 5850, 324))):
         path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        work = grid_cost.count(module.get_config())
+        config = module.get_config()
+        work = grid_cost.count(config)
         assert (work.cells, work.epochs, work.defense_runs) == expected, name
-        text = module.__doc__.replace("\n", " ")
-        assert f"{expected[1]:,} epochs" in text or f"({expected[1]} epochs" in text, name
+        s = config.sweep
+        pairs = len(s.attacks) * len(s.seeds)
+        cells = pairs * len(s.methods)
+        selecting = any(m != "full" for m in s.methods)
+        epochs = (
+            cells * config.train.epochs
+            + len(s.seeds) * len(s.methods) * config.attack.surrogate_epochs  # adv_clean_label
+            + (pairs * config.select.pretrain_epochs if selecting else 0)
+        )
+        assert "adv_clean_label" in s.attacks, name
+        assert (cells, epochs, cells * len(s.defenses) * len(s.defender_budgets)) == expected
