@@ -44,6 +44,7 @@ def test_a_repair_that_assumes_trigger_knowledge_gets_the_trigger():
     assert any(getattr(REPAIRS[n](), "needs_trigger", False) for n in REPAIRS)
 
 
+@pytest.mark.slow  # the script end to end, about half a minute; .ci/run runs it
 def test_bench_defenses_smoke(capsys):
     bench = _load("bench_defenses")
     # One repair and Neural Cleanse's two programs, on tiny_cnn so that the compilations take

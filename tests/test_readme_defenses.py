@@ -5,6 +5,8 @@ import io
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -15,6 +17,7 @@ def readme_block(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # every step of a repair and a detector; .ci/run runs it
 def test_defenses_in_your_own_loop_runs():
     code = readme_block("## Defenses in your own loop")
     assert "Classifier(CNN()" in code and "defenses.repair(" in code and "defenses.detect(" in code

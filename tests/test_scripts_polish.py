@@ -57,6 +57,7 @@ def _png_pixels(path):
     return np.asarray(Image.open(path))
 
 
+@pytest.mark.slow  # trains a surrogate, twice; .ci/run runs it
 def test_show_attacks_never_writes_docs_by_default_and_is_the_same_run_to_run(
     tmp_path, monkeypatch
 ):
@@ -77,6 +78,7 @@ def test_show_attacks_never_writes_docs_by_default_and_is_the_same_run_to_run(
         show_attacks.main([*flags, "--attacks", "no_such_attack"])
 
 
+@pytest.mark.slow  # the benchmark as its docstring runs it; .ci/run runs it
 def test_bench_select_docstring_example_runs(capsys):
     bench_select = load_script("bench_select")
     examples = [

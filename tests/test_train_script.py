@@ -37,6 +37,7 @@ def train(workdir, *extra):
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
 
 
+@pytest.mark.slow  # the ResNet smoke CLI, twice in subprocesses; .ci/run runs it
 def test_smoke_config_end_to_end_then_refuses_to_overwrite(tmp_path):
     workdir = tmp_path / "run"
     # The pruned arm through this command is the CI smoke run's (.ci/run); here it is off.
@@ -59,6 +60,7 @@ def orbax_lines(stderr):
     return sum("orbax" in line for line in stderr.splitlines())
 
 
+@pytest.mark.slow  # a CLI run in a subprocess; .ci/run runs it
 def test_verbosity_brings_library_logs_back(tmp_path):
     # The tiny network: this is about logging, not the ResNet (the smoke test trains that).
     result = train(

@@ -43,6 +43,7 @@ def built(tmp_path_factory):
     return workdir, zoo.run(tiny_zoo(), workdir)
 
 
+@pytest.mark.slow  # the zoo built once for these; .ci/run runs them
 def test_outputs(built):
     workdir, result = built
     for name in ("zoo.json", "models.csv", "models.md", "auc.json", "roc.png"):
@@ -86,6 +87,7 @@ def test_outputs(built):
     assert "| neural_cleanse |" in text and "clean/seed1" in text
 
 
+@pytest.mark.slow  # the zoo built once for these; .ci/run runs them
 def test_clean_models_have_no_poison(built):
     workdir, _ = built
     with open(os.path.join(zoo.model_dir(workdir, "clean", 0), "summary.json")) as f:
@@ -96,6 +98,7 @@ def test_clean_models_have_no_poison(built):
     assert summary["attack"] == "blended" and summary["num_poison"] > 0
 
 
+@pytest.mark.slow  # the zoo built once for these; .ci/run runs them
 def test_resume_reruns_nothing(built, monkeypatch):
     workdir, result = built
     calls = []
@@ -107,6 +110,7 @@ def test_resume_reruns_nothing(built, monkeypatch):
     assert again["auc"]["cti"]["auc"] == result["auc"]["cti"]["auc"]
 
 
+@pytest.mark.slow  # the zoo built once for these; .ci/run runs them
 def test_resume_trains_only_a_missing_model(built, monkeypatch, tmp_path):
     workdir, _ = built
     real = experiment.run
@@ -121,6 +125,7 @@ def test_resume_trains_only_a_missing_model(built, monkeypatch, tmp_path):
     assert trained == [zoo.model_dir(workdir, "clean", 2)]
 
 
+@pytest.mark.slow  # the zoo built once for these; .ci/run runs them
 def test_a_model_that_did_not_learn_its_backdoor_is_left_out(built, monkeypatch):
     workdir, result = built
     backdoored = [r for r in result["models"] if r["backdoored"]]
@@ -146,6 +151,7 @@ def test_a_model_that_did_not_learn_its_backdoor_is_left_out(built, monkeypatch)
         assert sorted(below)[0] in f.read().split("\n")[4]  # named in the AUC table
 
 
+@pytest.mark.slow  # the zoo built once for these; .ci/run runs them
 def test_a_different_zoo_is_refused(built):
     workdir, _ = built
     with pytest.raises(runs.RunDirError, match="different configuration"):

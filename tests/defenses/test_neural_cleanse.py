@@ -78,6 +78,7 @@ def test_anomaly_index_on_hand_made_norms():
     assert not np.any(flag_labels(jnp.full(10, 7.0)))
 
 
+@pytest.mark.slow  # the planted-trigger toy trained and reverse-engineered; .ci/run runs it
 def test_reverse_engineering_recovers_the_planted_patch(backdoored):
     _, _, triggers = backdoored
     norms = np.asarray(triggers.norms)
@@ -102,6 +103,7 @@ def test_reverse_engineering_recovers_the_planted_patch(backdoored):
     assert colour[0] > 0.7 and colour[1] > 0.7 and colour[2] < 0.3, colour
 
 
+@pytest.mark.slow  # the planted-trigger toy trained and reverse-engineered; .ci/run runs it
 def test_plan_unlearns_the_flagged_trigger(backdoored):
     ctx, variables, _ = backdoored
     repair = NeuralCleanse(**REVERSE)
@@ -122,6 +124,7 @@ def test_plan_unlearns_the_flagged_trigger(backdoored):
     json.dumps(details)  # the summary's method details
 
 
+@pytest.mark.slow  # the planted-trigger toy trained and reverse-engineered; .ci/run runs it
 def test_clean_model_flags_nothing_and_plans_no_steps(clean_model):
     ctx, variables = clean_model
     plan = NeuralCleanse(**REVERSE).plan(ctx, variables)

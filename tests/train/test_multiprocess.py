@@ -5,6 +5,8 @@ that reaches one of the two processes.
 The command-line runs go through `mp_worker.py`, which records the files each process
 writes and can send a process a real SIGTERM after its n-th train call:
 
+Every test here is slow (`.ci/run` runs them all):
+
 - "two" (module fixture): 2 × 2, uninterrupted, while this pytest process trains
   "reference", the same experiment on its 4 CPU devices;
 - "two_stopped" (slow; `.ci/run` runs it): 2 × 2, process 1 alone gets SIGTERM after its
@@ -164,6 +166,7 @@ def runs(tmp_path_factory):
     return tmp, dirs, {"two": _wait(launched)}
 
 
+@pytest.mark.slow  # the 2-process run, about a minute on 2 cores; .ci/run runs it
 def test_two_processes_give_the_parameters_of_one_with_four_devices(runs):
     _, dirs, results = runs
     assert [r[0] for r in results["two"]] == [0, 0], results["two"]
@@ -177,6 +180,7 @@ def test_two_processes_give_the_parameters_of_one_with_four_devices(runs):
         assert abs(s2[key] - s1[key]) < 1 / 64, (key, s2[key], s1[key])
 
 
+@pytest.mark.slow  # .ci/run runs it
 def test_only_process_zero_writes_the_run_files(runs):
     _, dirs, results = runs
     (_, _, written0, pid0), (_, _, written1, _) = results["two"]
