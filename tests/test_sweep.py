@@ -39,6 +39,7 @@ def grid(tmp_path_factory):
     return workdir, rows
 
 
+@pytest.mark.slow  # the selection grid run once for these; .ci/run runs them
 def test_grid_outputs(grid):
     workdir, rows = grid
     assert [(r["method"], r["seed"]) for r in rows] == [
@@ -66,6 +67,7 @@ def test_grid_outputs(grid):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # the selection grid run once for these; .ci/run runs them
 def test_pretraining_is_shared_within_a_seed(grid):
     workdir, _ = grid
     # grad_align pretrains once per seed, in the grid's shared directory, not in its cell.
@@ -76,6 +78,7 @@ def test_pretraining_is_shared_within_a_seed(grid):
     )
 
 
+@pytest.mark.slow  # the selection grid run once for these; .ci/run runs them
 def test_rerun_skips_finished_cells_and_runs_only_new_ones(grid, monkeypatch):
     workdir, rows = grid
     calls = []
@@ -94,6 +97,7 @@ def test_rerun_skips_finished_cells_and_runs_only_new_ones(grid, monkeypatch):
     assert len(more) == 9
 
 
+@pytest.mark.slow  # the selection grid run once for these; .ci/run runs them
 def test_seeds_trained_together_match_one_at_a_time(grid, tmp_path, monkeypatch):
     workdir, rows = grid
     calls = []
@@ -135,6 +139,7 @@ def test_seeds_trained_together_match_one_at_a_time(grid, tmp_path, monkeypatch)
         assert json.load(f)["trained_together"] == 2
 
 
+@pytest.mark.slow  # the selection grid run once for these; .ci/run runs them
 def test_a_different_grid_is_refused(grid, tmp_path):
     workdir, _ = grid
     with pytest.raises(RunDirError, match=r"train\.lr"):

@@ -52,6 +52,7 @@ def test_neural_cleanse_score_on_hand_made_norms():
     assert cti.neural_cleanse_score(np.full(10, 5.0)) == 0.0  # nothing below the median
 
 
+@pytest.mark.slow  # a detector through the pipeline; .ci/run runs it
 def test_neural_cleanse_detector_summary(source, tmp_path):
     workdir = str(tmp_path / "nc")
     summary = detect.run(detection_config(source, "neural_cleanse"), workdir)
@@ -68,6 +69,7 @@ def test_neural_cleanse_detector_summary(source, tmp_path):
     assert scores["masks"].shape == (10, 16, 16) and scores["patterns"].shape == (10, 16, 16, 3)
 
 
+@pytest.mark.slow  # a detector through the pipeline; .ci/run runs it
 def test_cti_detector_summary(source, tmp_path):
     workdir = str(tmp_path / "cti")
     summary = detect.run(detection_config(source, "cti"), workdir)
