@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -63,7 +64,7 @@ class Cache:
                 f"ignoring unreadable CIFAR-10 cache file {file} ({type(e).__name__}: {e}); "
                 "decoding the source again",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
             return None
 
@@ -88,8 +89,17 @@ class Cache:
                 f"could not write the CIFAR-10 cache file {file} ({e}); the next load will "
                 "decode again",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=_caller_level(),
             )
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of the first frame outside jaxbd: a cache warning is attributed to
+    the code that asked for the data, whatever route inside jaxbd led to the cache."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("jaxbd"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def atomic_write(dest: Path) -> contextlib.AbstractContextManager[io.BufferedWriter]:
